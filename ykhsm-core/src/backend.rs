@@ -1,0 +1,154 @@
+//! The one interface the daemon uses to turn AEADs and OTPs into counters,
+//! whatever holds the key-handle keys.
+//!
+//! It is shaped after the YubiHSM 1 (yubihsm1.md §2): OTP decode takes the
+//! AEAD, its key handle and nonce and the 16 ciphertext bytes, and answers
+//! with the counters only — the YubiKey's AES key never leaves the backend.
+//! [`SoftBackend`] does the same with pyhsm's keys.json, the way pyhsm's
+//! `SoftYHSM` does.
+
+use thiserror::Error;
+
+use crate::aead::{AeadError, Nonce, YubiKeyAead};
+use crate::keyhandle::KeyHandle;
+use crate::keys_file::KeysFile;
+use crate::otp::{OtpCounters, Token, YubiKeySecrets};
+
+/// What a key handle is to be used for (a YubiHSM key handle carries a
+/// permission flag per command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Decoding OTPs with AEADs (`YSM_AEAD_YUBIKEY_OTP_DECODE`).
+    OtpDecode,
+    /// Making AEADs from YubiKey secrets (`YSM_(BUFFER_)AEAD_GENERATE`).
+    AeadGenerate,
+}
+
+/// Why a backend refused or failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// CRC or uid wrong (`YSM_OTP_INVALID`, 0x83).
+    #[error("the OTP is not valid for this key (CRC or private id mismatch)")]
+    OtpInvalid,
+    /// The AEAD does not authenticate (`YSM_AEAD_INVALID`, 0x82).
+    #[error("the AEAD does not authenticate under key handle {key_handle}")]
+    AeadInvalid {
+        /// The key handle tried.
+        key_handle: KeyHandle,
+    },
+    /// No such key handle (`YSM_KEY_HANDLE_INVALID`, 0x81; or not in keys.json).
+    #[error("key handle {key_handle} is not known to the backend")]
+    UnknownKeyHandle {
+        /// The key handle.
+        key_handle: KeyHandle,
+    },
+    /// The key handle lacks the permission for this command (0x89).
+    #[error("key handle {key_handle} may not be used for {purpose:?}")]
+    NotPermitted {
+        /// The key handle.
+        key_handle: KeyHandle,
+        /// What it was to be used for.
+        purpose: Purpose,
+    },
+    /// The backend cannot make AEADs from these inputs.
+    #[error("cannot make the AEAD: {0}")]
+    Aead(AeadError),
+    /// Anything else the backend reports (device gone, locked, timeout…).
+    #[error("backend failure: {0}")]
+    Failure(String),
+}
+
+impl BackendError {
+    /// Whether this means "the OTP is bad" (`BAD_OTP`) rather than "the
+    /// backend is broken" (`BACKEND_ERROR`): yubihsm1.md §7 treats a
+    /// failing AEAD and a failing OTP alike.
+    pub fn is_bad_otp(&self) -> bool {
+        match self {
+            Self::OtpInvalid | Self::AeadInvalid { .. } => true,
+            Self::UnknownKeyHandle { .. }
+            | Self::NotPermitted { .. }
+            | Self::Aead(_)
+            | Self::Failure(_) => false,
+        }
+    }
+}
+
+/// What the daemon asks of whatever holds the key-handle keys.
+pub trait Backend: Send + Sync {
+    /// Opens the AEAD under `key_handle` and `nonce`, decrypts the token with
+    /// the YubiKey key inside, checks CRC and uid, and returns the counters.
+    fn decode_otp(
+        &self,
+        key_handle: KeyHandle,
+        nonce: &Nonce,
+        aead: &YubiKeyAead,
+        token: &Token,
+    ) -> Result<OtpCounters, BackendError>;
+
+    /// Seals a YubiKey's secrets into an AEAD under `key_handle` and `nonce`.
+    fn wrap_secrets(
+        &self,
+        key_handle: KeyHandle,
+        nonce: &Nonce,
+        secrets: &YubiKeySecrets,
+    ) -> Result<YubiKeyAead, BackendError>;
+
+    /// Whether `key_handle` exists and may be used for `purpose`.
+    fn check_key_handle(&self, key_handle: KeyHandle, purpose: Purpose) -> Result<(), BackendError>;
+}
+
+/// The soft HSM: key-handle keys from pyhsm's keys.json, in memory.
+#[derive(Debug)]
+pub struct SoftBackend {
+    keys: KeysFile,
+}
+
+impl SoftBackend {
+    /// A backend over a loaded keys.json.
+    pub fn new(keys: KeysFile) -> Self {
+        Self { keys }
+    }
+
+    /// The keys it holds.
+    pub fn keys(&self) -> &KeysFile {
+        &self.keys
+    }
+
+    fn key(&self, key_handle: KeyHandle) -> Result<&crate::aead::KeyHandleKey, BackendError> {
+        self.keys
+            .get(key_handle)
+            .ok_or(BackendError::UnknownKeyHandle { key_handle })
+    }
+}
+
+impl Backend for SoftBackend {
+    fn decode_otp(
+        &self,
+        key_handle: KeyHandle,
+        nonce: &Nonce,
+        aead: &YubiKeyAead,
+        token: &Token,
+    ) -> Result<OtpCounters, BackendError> {
+        let key = self.key(key_handle)?;
+        let secrets = aead.open(key, key_handle, nonce).map_err(|e| match e {
+            AeadError::Integrity => BackendError::AeadInvalid { key_handle },
+            other => BackendError::Aead(other),
+        })?;
+        secrets.decode(token).map_err(|_| BackendError::OtpInvalid)
+    }
+
+    fn wrap_secrets(
+        &self,
+        key_handle: KeyHandle,
+        nonce: &Nonce,
+        secrets: &YubiKeySecrets,
+    ) -> Result<YubiKeyAead, BackendError> {
+        let key = self.key(key_handle)?;
+        YubiKeyAead::seal(key, key_handle, nonce, secrets).map_err(BackendError::Aead)
+    }
+
+    fn check_key_handle(&self, key_handle: KeyHandle, _purpose: Purpose) -> Result<(), BackendError> {
+        self.key(key_handle).map(|_| ())
+    }
+}

@@ -1,0 +1,161 @@
+//! Opening files whose owner and mode are part of the security of the
+//! system (keys.json, the authfile): one function with named checks, each
+//! error naming the path (the shape of sudo-rs's `secure_open`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// What a file must satisfy to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilePolicy {
+    /// The uid that must own the file (0 in production).
+    pub owner: u32,
+    /// Mode bits that must all be clear, e.g. `0o077` (no group/other
+    /// access) or `0o022` (not writable by group/other).
+    pub forbidden_mode: u32,
+    /// The largest size accepted, in bytes.
+    pub max_len: u64,
+}
+
+impl FilePolicy {
+    /// A secret file: owned by `owner`, no permission bit for group or other.
+    pub const fn secret(owner: u32, max_len: u64) -> Self {
+        Self {
+            owner,
+            forbidden_mode: 0o077,
+            max_len,
+        }
+    }
+
+    /// A trusted file: owned by `owner`, writable by nobody else.
+    pub const fn trusted(owner: u32, max_len: u64) -> Self {
+        Self {
+            owner,
+            forbidden_mode: 0o022,
+            max_len,
+        }
+    }
+}
+
+/// Why a checked file was refused. Every variant names the file.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SecureFileError {
+    /// Open or read failed (missing, unreadable, a symbolic link).
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Not a regular file.
+    #[error("{} is not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Owned by the wrong user.
+    #[error("{} is owned by uid {found}, it must be owned by uid {expected}", path.display())]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// The owner found.
+        found: u32,
+        /// The owner required.
+        expected: u32,
+    },
+    /// Has a forbidden permission bit.
+    #[error("{} has mode {mode:04o}; the bits {forbidden:04o} must be clear (try chmod {fix:04o})", path.display())]
+    Mode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The bits that must be clear.
+        forbidden: u32,
+        /// A mode that would pass.
+        fix: u32,
+    },
+    /// Larger than the policy allows.
+    #[error("{} is {len} bytes, more than the {max} allowed", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// Opens `path` without following a final symbolic link, checks it against
+/// `policy` on the open descriptor (no check-then-open race), and reads it
+/// into a buffer that is wiped on drop.
+pub fn read_checked(path: &Path, policy: FilePolicy) -> Result<Zeroizing<Vec<u8>>, SecureFileError> {
+    let io_err = |source| SecureFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err)?;
+    check(path, &file, policy)?;
+    let mut buf = Zeroizing::new(Vec::new());
+    file.take(policy.max_len + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err)?;
+    let len = buf.len() as u64;
+    if len > policy.max_len {
+        return Err(SecureFileError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+            max: policy.max_len,
+        });
+    }
+    Ok(buf)
+}
+
+/// The checks of [`read_checked`] on an open file.
+pub fn check(path: &Path, file: &File, policy: FilePolicy) -> Result<(), SecureFileError> {
+    let meta = file.metadata().map_err(|source| SecureFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(SecureFileError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.uid() != policy.owner {
+        return Err(SecureFileError::Owner {
+            path: path.to_path_buf(),
+            found: meta.uid(),
+            expected: policy.owner,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & policy.forbidden_mode != 0 {
+        return Err(SecureFileError::Mode {
+            path: path.to_path_buf(),
+            mode,
+            forbidden: policy.forbidden_mode,
+            fix: mode & !policy.forbidden_mode,
+        });
+    }
+    if meta.len() > policy.max_len {
+        return Err(SecureFileError::TooLarge {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            max: policy.max_len,
+        });
+    }
+    Ok(())
+}
