@@ -84,7 +84,7 @@ impl Nonce {
 
 /// The AES key behind a key handle: 16, 24 or 32 bytes. Wiped on drop, never
 /// printed.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct KeyHandleKey(Vec<u8>);
 
 impl KeyHandleKey {
@@ -107,6 +107,11 @@ impl KeyHandleKey {
     /// Never true: keys are 16, 24 or 32 bytes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The key bytes, for computations inside the crate (HMAC-SHA1).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

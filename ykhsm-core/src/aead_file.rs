@@ -37,7 +37,10 @@ pub enum AeadFileError {
         version: u8,
     },
     /// The v1 header is cut short.
-    #[error("the v1 header is truncated ({len} bytes, the header alone needs {})", V1_HEADER_LEN)]
+    #[error(
+        "the v1 header is truncated ({len} bytes, the header alone needs {})",
+        V1_HEADER_LEN
+    )]
     TruncatedHeader {
         /// Length of the file.
         len: usize,

@@ -95,7 +95,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<YubiKeyAead, BackendError>;
 
     /// Whether `key_handle` exists and may be used for `purpose`.
-    fn check_key_handle(&self, key_handle: KeyHandle, purpose: Purpose) -> Result<(), BackendError>;
+    fn check_key_handle(&self, key_handle: KeyHandle, purpose: Purpose)
+    -> Result<(), BackendError>;
 }
 
 /// The soft HSM: key-handle keys from pyhsm's keys.json, in memory.
@@ -148,7 +149,11 @@ impl Backend for SoftBackend {
         YubiKeyAead::seal(key, key_handle, nonce, secrets).map_err(BackendError::Aead)
     }
 
-    fn check_key_handle(&self, key_handle: KeyHandle, _purpose: Purpose) -> Result<(), BackendError> {
+    fn check_key_handle(
+        &self,
+        key_handle: KeyHandle,
+        _purpose: Purpose,
+    ) -> Result<(), BackendError> {
         self.key(key_handle).map(|_| ())
     }
 }

@@ -54,7 +54,11 @@ impl Counters {
 
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "counter={} session_use={}", self.counter, self.session_use)
+        write!(
+            f,
+            "counter={} session_use={}",
+            self.counter, self.session_use
+        )
     }
 }
 

@@ -14,7 +14,9 @@
 //! - [`ykksm`]: the YK-KSM export line format;
 //! - [`backend`]: the trait the daemon calls, and the soft implementation;
 //! - [`ksm`]: a whole decrypt answered in YK-KSM's words;
-//! - [`serial`]: public ids made from serial numbers.
+//! - [`serial`]: public ids made from serial numbers;
+//! - [`yubihsm`]: the YubiHSM 1 serial protocol as bytes, both directions;
+//! - [`secure_file`]: opening files whose owner and mode matter.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +34,7 @@ pub mod secure_file;
 pub mod serial;
 pub mod store;
 pub mod ykksm;
+pub mod yubihsm;
 
 pub use aead::{KeyHandleKey, Nonce, YubiKeyAead};
 pub use backend::{Backend, BackendError, Purpose, SoftBackend};

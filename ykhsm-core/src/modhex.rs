@@ -42,13 +42,26 @@ pub enum ModhexError {
     },
 }
 
+/// Nibble value per byte, ASCII upper case folded; 0xff where none.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        let c = ALPHABET[i];
+        // i < 16: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        let v = i as u8;
+        t[c as usize] = v;
+        t[c.to_ascii_uppercase() as usize] = v;
+        i += 1;
+    }
+    t
+};
+
 /// Nibble value of a modhex character, after ASCII case folding.
 fn nibble(c: u8) -> Option<u8> {
-    let lower = c.to_ascii_lowercase();
-    ALPHABET
-        .iter()
-        .position(|&a| a == lower)
-        .and_then(|i| u8::try_from(i).ok())
+    let v = NIBBLE[usize::from(c)];
+    (v != 0xff).then_some(v)
 }
 
 /// Encodes bytes as modhex, high nibble first.
@@ -64,6 +77,10 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Checks that every character is modhex (ASCII case folded), naming the
 /// first one that is not. Length is not checked.
 pub fn validate(s: &str) -> Result<(), ModhexError> {
+    // Fast path: every byte a modhex letter (all ASCII, so one char each).
+    if s.bytes().all(|b| nibble(b).is_some()) {
+        return Ok(());
+    }
     for (position, found) in s.chars().enumerate() {
         let ok = u8::try_from(found).ok().and_then(nibble).is_some();
         if !ok {
@@ -136,11 +153,17 @@ mod tests {
     fn invalid_char_names_its_position() {
         assert_eq!(
             decode("cbx"),
-            Err(ModhexError::InvalidChar { position: 2, found: 'x' })
+            Err(ModhexError::InvalidChar {
+                position: 2,
+                found: 'x'
+            })
         );
         assert_eq!(
             decode("cé"),
-            Err(ModhexError::InvalidChar { position: 1, found: 'é' })
+            Err(ModhexError::InvalidChar {
+                position: 1,
+                found: 'é'
+            })
         );
     }
 

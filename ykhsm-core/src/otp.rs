@@ -241,7 +241,7 @@ impl fmt::Debug for Otp {
 
 /// A YubiKey's secrets: its AES-128 key and its 6-byte private id. This is
 /// the 22-byte plaintext inside a YubiKey AEAD (yubihsm1.md §3).
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct YubiKeySecrets {
     key: [u8; KEY_LEN],
     uid: [u8; UID_LEN],

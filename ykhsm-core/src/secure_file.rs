@@ -97,7 +97,10 @@ pub enum SecureFileError {
 /// Opens `path` without following a final symbolic link, checks it against
 /// `policy` on the open descriptor (no check-then-open race), and reads it
 /// into a buffer that is wiped on drop.
-pub fn read_checked(path: &Path, policy: FilePolicy) -> Result<Zeroizing<Vec<u8>>, SecureFileError> {
+pub fn read_checked(
+    path: &Path,
+    policy: FilePolicy,
+) -> Result<Zeroizing<Vec<u8>>, SecureFileError> {
     let io_err = |source| SecureFileError::Io {
         path: path.to_path_buf(),
         source,

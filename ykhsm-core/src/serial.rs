@@ -11,7 +11,11 @@ use crate::modhex;
 /// GUI makes them).
 pub fn public_id_personalization_gui(serial: u32) -> String {
     let hex = format!("{serial:x}");
-    let hex = if !hex.len().is_multiple_of(2) { format!("0{hex}") } else { hex };
+    let hex = if !hex.len().is_multiple_of(2) {
+        format!("0{hex}")
+    } else {
+        hex
+    };
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
         .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())

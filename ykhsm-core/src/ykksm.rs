@@ -165,7 +165,8 @@ fn is_hex(s: &str) -> bool {
 }
 
 fn is_timestamp(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || b"T:- ".contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || b"T:- ".contains(&b))
 }
 
 /// Parses one data line (comment and line end already removed).
