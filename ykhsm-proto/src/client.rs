@@ -1,0 +1,128 @@
+//! A blocking client for the daemon's socket, with one deadline over
+//! connect, write and read: whatever the daemon does (not running, hung with
+//! a full backlog, accepting and never answering), a call returns by then.
+//! No threads, no async runtime: this runs inside sshd's PAM stack.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use thiserror::Error;
+
+use crate::codec::DecodeError;
+use crate::frame::{self, FrameError, MAX_FRAME};
+use crate::message::{Request, Response};
+
+/// How long to wait before retrying a connect refused for a full backlog.
+const BACKLOG_RETRY: Duration = Duration::from_millis(5);
+
+/// Why a call did not produce a response.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Could not connect (daemon not running, no socket, permission).
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The deadline passed.
+    #[error("no answer from the daemon within {0:?}")]
+    Timeout(Duration),
+    /// A framing or transport error.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// The answer did not decode.
+    #[error("the daemon's answer does not decode: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+fn remaining(deadline: Instant, total: Duration) -> Result<Duration, ClientError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(ClientError::Timeout(total))
+    } else {
+        Ok(left)
+    }
+}
+
+/// Connects to `path` before `deadline`. A full listen backlog (`EAGAIN` on
+/// a non-blocking connect) is retried until the deadline.
+fn connect(path: &Path, deadline: Instant, total: Duration) -> Result<UnixStream, ClientError> {
+    let err = |source| ClientError::Connect {
+        path: path.display().to_string(),
+        source,
+    };
+    let addr = SockAddr::unix(path).map_err(err)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    loop {
+        match socket.connect(&addr) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = remaining(deadline, total)?;
+                thread::sleep(left.min(BACKLOG_RETRY));
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    socket.set_nonblocking(false).map_err(err)?;
+    Ok(UnixStream::from(OwnedFd::from(socket)))
+}
+
+/// Sends one request and reads one response, all within `timeout`.
+pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = connect(path, deadline, timeout)?;
+    let body = request.encode();
+    let framed = frame::frame(&body)?;
+    let timed = |e: io::Error| {
+        if is_timeout(&e) {
+            ClientError::Timeout(timeout)
+        } else {
+            ClientError::Frame(FrameError::Io(e))
+        }
+    };
+    stream
+        .set_write_timeout(Some(remaining(deadline, timeout)?))
+        .map_err(timed)?;
+    io::Write::write_all(&mut stream, &framed).map_err(timed)?;
+    let mut reader = DeadlineReader {
+        stream: &stream,
+        deadline,
+        total: timeout,
+    };
+    let answer = frame::read_frame(&mut reader, MAX_FRAME).map_err(|e| match e {
+        FrameError::Io(io) if is_timeout(&io) => ClientError::Timeout(timeout),
+        other => ClientError::Frame(other),
+    })?;
+    Ok(Response::decode(&answer)?)
+}
+
+/// Sets the read timeout to what is left of the deadline before each read,
+/// so a daemon trickling bytes cannot stretch the call.
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+    total: Duration,
+}
+
+impl io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = remaining(self.deadline, self.total)
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?;
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        io::Read::read(&mut s, buf)
+    }
+}

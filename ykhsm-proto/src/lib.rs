@@ -1,0 +1,19 @@
+//! The protocol between `pam_ykhsm.so`, `ykadmin` and `ykhsmd`: versioned,
+//! length-framed messages with a hard size limit, the status words of the
+//! interface, and a blocking client with one deadline.
+//!
+//! This crate is shared by the PAM module, so it stays small: no crypto, no
+//! async runtime, no global state. docs/protocol.md describes the bytes well
+//! enough for another program to speak them; change both together.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod codec;
+pub mod frame;
+pub mod message;
+pub mod status;
+
+pub use client::{ClientError, call};
+pub use message::{CounterRecord, Request, Response};
+pub use status::Status;

@@ -1,0 +1,447 @@
+//! Requests and responses (docs/protocol.md has the byte layout of each).
+//!
+//! Secret-bearing fields (OTPs, YubiKey secrets) are wiped on drop and never
+//! shown by `Debug`.
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::status::Status;
+
+/// Length of a counter fingerprint (SHA-1 of the AEAD it belongs to).
+pub const FINGERPRINT_LEN: usize = 20;
+/// Length of a YubiKey AEAD.
+pub const AEAD_LEN: usize = 30;
+/// Length of a YubiKey's secrets (AES key ‖ uid).
+pub const SECRETS_LEN: usize = 22;
+
+/// The last accepted counters of one key (one AEAD) — a row of the counter
+/// database, as exported and merged between hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterRecord {
+    /// The key's public id (modhex).
+    pub public_id: String,
+    /// SHA-1 over the AEAD the counters belong to (key handle ‖ nonce ‖
+    /// AEAD): counters follow a key's secret, not only its public id.
+    pub fingerprint: [u8; FINGERPRINT_LEN],
+    /// The 15-bit usage counter.
+    pub counter: u16,
+    /// The 8-bit session use.
+    pub session_use: u8,
+    /// Timestamp high byte of that OTP.
+    pub ts_high: u8,
+    /// Timestamp low 16 bits of that OTP.
+    pub ts_low: u16,
+    /// When it was accepted, Unix seconds.
+    pub modified: u64,
+}
+
+impl CounterRecord {
+    const MIN_LEN: usize = 2 + FINGERPRINT_LEN + 2 + 1 + 1 + 2 + 8;
+
+    fn write(&self, w: &mut Writer) {
+        w.str(&self.public_id);
+        w.raw(&self.fingerprint);
+        w.u16(self.counter);
+        w.u8(self.session_use);
+        w.u8(self.ts_high);
+        w.u16(self.ts_low);
+        w.u64(self.modified);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            public_id: r.str("public_id")?.to_owned(),
+            fingerprint: r.array("fingerprint")?,
+            counter: r.u16("counter")?,
+            session_use: r.u8("session_use")?,
+            ts_high: r.u8("ts_high")?,
+            ts_low: r.u16("ts_low")?,
+            modified: r.u64("modified")?,
+        })
+    }
+}
+
+fn write_records(w: &mut Writer, records: &[CounterRecord]) {
+    w.count(records.len());
+    for rec in records {
+        rec.write(w);
+    }
+}
+
+fn read_records(r: &mut Reader<'_>) -> Result<Vec<CounterRecord>, DecodeError> {
+    let n = r.count("records", CounterRecord::MIN_LEN)?;
+    (0..n).map(|_| CounterRecord::read(r)).collect()
+}
+
+/// What a client asks.
+#[derive(PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// May `user` log in with `otp`? Consumes the OTP on `OK`.
+    Verify {
+        /// The PAM user name.
+        user: String,
+        /// The typed OTP.
+        otp: Zeroizing<String>,
+    },
+    /// Does `user` have a line in the authfile? (Lets the PAM module skip
+    /// the prompt under `nullok`.)
+    HasUser {
+        /// The PAM user name.
+        user: String,
+    },
+    /// Daemon, backend and store health. Admin.
+    Status,
+    /// Decrypt without consuming; YK-KSM's answer line. Admin.
+    Decrypt {
+        /// The typed OTP.
+        otp: Zeroizing<String>,
+    },
+    /// Verify an OTP for enrollment, without the authfile: decodes it and
+    /// records its counters (consumes it). Admin.
+    ConsumeOtp {
+        /// The typed OTP.
+        otp: Zeroizing<String>,
+    },
+    /// Seal a YubiKey's secrets into an AEAD with the backend. Admin.
+    WrapSecrets {
+        /// Key handle number.
+        key_handle: u32,
+        /// The 6-byte nonce.
+        nonce: [u8; 6],
+        /// AES key ‖ uid.
+        secrets: Zeroizing<[u8; SECRETS_LEN]>,
+    },
+    /// Every counter record. Admin.
+    CountersExport,
+    /// Merge records: per (public id, fingerprint) keep the higher pair,
+    /// never lower one. Admin.
+    CountersMerge {
+        /// The records.
+        records: Vec<CounterRecord>,
+    },
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Verify { user, .. } => write!(f, "Verify {{ user: {user:?}, otp: <redacted> }}"),
+            Self::HasUser { user } => write!(f, "HasUser {{ user: {user:?} }}"),
+            Self::Status => f.write_str("Status"),
+            Self::Decrypt { .. } => f.write_str("Decrypt { otp: <redacted> }"),
+            Self::ConsumeOtp { .. } => f.write_str("ConsumeOtp { otp: <redacted> }"),
+            Self::WrapSecrets { key_handle, .. } => {
+                write!(f, "WrapSecrets {{ key_handle: {key_handle}, <redacted> }}")
+            }
+            Self::CountersExport => f.write_str("CountersExport"),
+            Self::CountersMerge { records } => {
+                write!(f, "CountersMerge {{ {} records }}", records.len())
+            }
+        }
+    }
+}
+
+mod kind {
+    pub(crate) const VERIFY: u8 = 0x01;
+    pub(crate) const HAS_USER: u8 = 0x02;
+    pub(crate) const STATUS: u8 = 0x10;
+    pub(crate) const DECRYPT: u8 = 0x11;
+    pub(crate) const CONSUME_OTP: u8 = 0x12;
+    pub(crate) const WRAP_SECRETS: u8 = 0x13;
+    pub(crate) const COUNTERS_EXPORT: u8 = 0x14;
+    pub(crate) const COUNTERS_MERGE: u8 = 0x15;
+
+    pub(crate) const VERDICT: u8 = 0x01;
+    pub(crate) const FAILED: u8 = 0x02;
+    pub(crate) const PROTOCOL_ERROR: u8 = 0x03;
+    pub(crate) const STATUS_INFO: u8 = 0x10;
+    pub(crate) const DECRYPTED: u8 = 0x11;
+    pub(crate) const CONSUMED: u8 = 0x12;
+    pub(crate) const WRAPPED: u8 = 0x13;
+    pub(crate) const COUNTERS: u8 = 0x14;
+    pub(crate) const MERGED: u8 = 0x15;
+}
+
+impl Request {
+    /// Whether only root may send it.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Self::Verify { .. } | Self::HasUser { .. } => false,
+            Self::Status
+            | Self::Decrypt { .. }
+            | Self::ConsumeOtp { .. }
+            | Self::WrapSecrets { .. }
+            | Self::CountersExport
+            | Self::CountersMerge { .. } => true,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Verify { .. } => "verify",
+            Self::HasUser { .. } => "has-user",
+            Self::Status => "status",
+            Self::Decrypt { .. } => "decrypt",
+            Self::ConsumeOtp { .. } => "consume-otp",
+            Self::WrapSecrets { .. } => "wrap-secrets",
+            Self::CountersExport => "counters-export",
+            Self::CountersMerge { .. } => "counters-merge",
+        }
+    }
+
+    /// The message body (without the frame header). Wiped on drop, as it
+    /// may carry an OTP or secrets.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut w = Writer::new();
+        match self {
+            Self::Verify { user, otp } => {
+                w.u8(kind::VERIFY);
+                w.str(user);
+                w.str(otp);
+            }
+            Self::HasUser { user } => {
+                w.u8(kind::HAS_USER);
+                w.str(user);
+            }
+            Self::Status => w.u8(kind::STATUS),
+            Self::Decrypt { otp } => {
+                w.u8(kind::DECRYPT);
+                w.str(otp);
+            }
+            Self::ConsumeOtp { otp } => {
+                w.u8(kind::CONSUME_OTP);
+                w.str(otp);
+            }
+            Self::WrapSecrets {
+                key_handle,
+                nonce,
+                secrets,
+            } => {
+                w.u8(kind::WRAP_SECRETS);
+                w.u32(*key_handle);
+                w.raw(nonce);
+                w.raw(&secrets[..]);
+            }
+            Self::CountersExport => w.u8(kind::COUNTERS_EXPORT),
+            Self::CountersMerge { records } => {
+                w.u8(kind::COUNTERS_MERGE);
+                write_records(&mut w, records);
+            }
+        }
+        Zeroizing::new(w.into_inner())
+    }
+
+    /// Decodes a message body. Total: any bytes give a request or an error.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let req = match r.u8("kind")? {
+            kind::VERIFY => Self::Verify {
+                user: r.str("user")?.to_owned(),
+                otp: Zeroizing::new(r.str("otp")?.to_owned()),
+            },
+            kind::HAS_USER => Self::HasUser {
+                user: r.str("user")?.to_owned(),
+            },
+            kind::STATUS => Self::Status,
+            kind::DECRYPT => Self::Decrypt {
+                otp: Zeroizing::new(r.str("otp")?.to_owned()),
+            },
+            kind::CONSUME_OTP => Self::ConsumeOtp {
+                otp: Zeroizing::new(r.str("otp")?.to_owned()),
+            },
+            kind::WRAP_SECRETS => Self::WrapSecrets {
+                key_handle: r.u32("key_handle")?,
+                nonce: r.array("nonce")?,
+                secrets: Zeroizing::new(r.array("secrets")?),
+            },
+            kind::COUNTERS_EXPORT => Self::CountersExport,
+            kind::COUNTERS_MERGE => Self::CountersMerge {
+                records: read_records(&mut r)?,
+            },
+            other => return Err(DecodeError::UnknownKind { kind: other }),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Response {
+    /// The answer to `Verify` and `HasUser`: a status word. For `HasUser`,
+    /// `OK` means "has a line".
+    Verdict {
+        /// The word.
+        status: Status,
+    },
+    /// A request that failed, with a reason for the operator (never a
+    /// secret).
+    Failed {
+        /// The word (`DENIED`, `BACKEND_ERROR`, …).
+        status: Status,
+        /// Why.
+        message: String,
+    },
+    /// The request could not be read (bad frame, version, size).
+    ProtocolError {
+        /// Why.
+        message: String,
+    },
+    /// `Status`: key/value pairs for people.
+    StatusInfo {
+        /// In display order.
+        items: Vec<(String, String)>,
+    },
+    /// `Decrypt`: YK-KSM's answer line, and the public id if the OTP had one.
+    Decrypted {
+        /// `OK counter=…` or `ERR …`.
+        line: String,
+        /// Public id (may be empty).
+        public_id: String,
+    },
+    /// `ConsumeOtp`.
+    Consumed {
+        /// `OK`, `BAD_OTP`, `REPLAYED_OTP`, `NO_SUCH_KEY`, `BACKEND_ERROR`.
+        status: Status,
+        /// The OTP's public id (empty if it did not parse).
+        public_id: String,
+        /// The counter recorded (0 unless `OK`).
+        counter: u16,
+        /// The session use recorded (0 unless `OK`).
+        session_use: u8,
+    },
+    /// `WrapSecrets`: the AEAD.
+    Wrapped {
+        /// 30 bytes.
+        aead: [u8; AEAD_LEN],
+    },
+    /// `CountersExport`.
+    Counters {
+        /// Every record.
+        records: Vec<CounterRecord>,
+    },
+    /// `CountersMerge`.
+    Merged {
+        /// Records that raised (or created) a row.
+        raised: u32,
+        /// Records at or below what the daemon had.
+        unchanged: u32,
+    },
+}
+
+impl Response {
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Self::Verdict { status } => {
+                w.u8(kind::VERDICT);
+                w.u8(status.code());
+            }
+            Self::Failed { status, message } => {
+                w.u8(kind::FAILED);
+                w.u8(status.code());
+                w.str(message);
+            }
+            Self::ProtocolError { message } => {
+                w.u8(kind::PROTOCOL_ERROR);
+                w.str(message);
+            }
+            Self::StatusInfo { items } => {
+                w.u8(kind::STATUS_INFO);
+                w.count(items.len());
+                for (k, v) in items {
+                    w.str(k);
+                    w.str(v);
+                }
+            }
+            Self::Decrypted { line, public_id } => {
+                w.u8(kind::DECRYPTED);
+                w.str(line);
+                w.str(public_id);
+            }
+            Self::Consumed {
+                status,
+                public_id,
+                counter,
+                session_use,
+            } => {
+                w.u8(kind::CONSUMED);
+                w.u8(status.code());
+                w.str(public_id);
+                w.u16(*counter);
+                w.u8(*session_use);
+            }
+            Self::Wrapped { aead } => {
+                w.u8(kind::WRAPPED);
+                w.raw(aead);
+            }
+            Self::Counters { records } => {
+                w.u8(kind::COUNTERS);
+                write_records(&mut w, records);
+            }
+            Self::Merged { raised, unchanged } => {
+                w.u8(kind::MERGED);
+                w.u32(*raised);
+                w.u32(*unchanged);
+            }
+        }
+        w.into_inner()
+    }
+
+    /// Decodes a message body. Total.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let status = |r: &mut Reader<'_>| {
+            Status::from_code(r.u8("status")?).ok_or(DecodeError::BadValue { field: "status" })
+        };
+        let resp = match r.u8("kind")? {
+            kind::VERDICT => Self::Verdict {
+                status: status(&mut r)?,
+            },
+            kind::FAILED => Self::Failed {
+                status: status(&mut r)?,
+                message: r.str("message")?.to_owned(),
+            },
+            kind::PROTOCOL_ERROR => Self::ProtocolError {
+                message: r.str("message")?.to_owned(),
+            },
+            kind::STATUS_INFO => {
+                let n = r.count("items", 4)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push((r.str("key")?.to_owned(), r.str("value")?.to_owned()));
+                }
+                Self::StatusInfo { items }
+            }
+            kind::DECRYPTED => Self::Decrypted {
+                line: r.str("line")?.to_owned(),
+                public_id: r.str("public_id")?.to_owned(),
+            },
+            kind::CONSUMED => Self::Consumed {
+                status: status(&mut r)?,
+                public_id: r.str("public_id")?.to_owned(),
+                counter: r.u16("counter")?,
+                session_use: r.u8("session_use")?,
+            },
+            kind::WRAPPED => Self::Wrapped {
+                aead: r.array("aead")?,
+            },
+            kind::COUNTERS => Self::Counters {
+                records: read_records(&mut r)?,
+            },
+            kind::MERGED => Self::Merged {
+                raised: r.u32("raised")?,
+                unchanged: r.u32("unchanged")?,
+            },
+            other => return Err(DecodeError::UnknownKind { kind: other }),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}

@@ -1,0 +1,281 @@
+//! The protocol's rules: every message round-trips, decoding is total and
+//! rejects trailing bytes, the size limit is checked before allocating, and
+//! the client returns by its deadline whatever the server does.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use ykhsm_proto::codec::DecodeError;
+use ykhsm_proto::frame::{self, FrameError, HEADER_LEN, MAX_UNPRIVILEGED_FRAME, VERSION};
+use ykhsm_proto::{ClientError, CounterRecord, Request, Response, Status, call, status};
+use zeroize::Zeroizing;
+
+fn record() -> impl Strategy<Value = CounterRecord> {
+    (
+        "[cbdefghijklnrtuv]{0,16}",
+        any::<[u8; 20]>(),
+        any::<u16>(),
+        any::<u8>(),
+        any::<u8>(),
+        any::<u16>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)| {
+                CounterRecord {
+                    public_id,
+                    fingerprint,
+                    counter,
+                    session_use,
+                    ts_high,
+                    ts_low,
+                    modified,
+                }
+            },
+        )
+}
+
+fn status() -> impl Strategy<Value = Status> {
+    prop::sample::select(status::ALL.to_vec())
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        ("\\PC{0,40}", "\\PC{0,60}").prop_map(|(user, otp)| Request::Verify {
+            user,
+            otp: Zeroizing::new(otp)
+        }),
+        "\\PC{0,40}".prop_map(|user| Request::HasUser { user }),
+        Just(()).prop_map(|()| Request::Status),
+        "\\PC{0,60}".prop_map(|otp| Request::Decrypt {
+            otp: Zeroizing::new(otp)
+        }),
+        "\\PC{0,60}".prop_map(|otp| Request::ConsumeOtp {
+            otp: Zeroizing::new(otp)
+        }),
+        (any::<u32>(), any::<[u8; 6]>(), any::<[u8; 22]>()).prop_map(|(key_handle, nonce, s)| {
+            Request::WrapSecrets {
+                key_handle,
+                nonce,
+                secrets: Zeroizing::new(s),
+            }
+        }),
+        Just(()).prop_map(|()| Request::CountersExport),
+        prop::collection::vec(record(), 0..5).prop_map(|records| Request::CountersMerge { records }),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        status().prop_map(|status| Response::Verdict { status }),
+        (status(), "\\PC{0,80}").prop_map(|(status, message)| Response::Failed { status, message }),
+        "\\PC{0,80}".prop_map(|message| Response::ProtocolError { message }),
+        prop::collection::vec(("\\PC{0,10}", "\\PC{0,20}"), 0..5)
+            .prop_map(|items| Response::StatusInfo { items }),
+        ("\\PC{0,50}", "[cbdefghijklnrtuv]{0,16}")
+            .prop_map(|(line, public_id)| Response::Decrypted { line, public_id }),
+        (status(), "[cbdefghijklnrtuv]{0,16}", any::<u16>(), any::<u8>()).prop_map(
+            |(status, public_id, counter, session_use)| Response::Consumed {
+                status,
+                public_id,
+                counter,
+                session_use
+            }
+        ),
+        any::<[u8; 30]>().prop_map(|aead| Response::Wrapped { aead }),
+        prop::collection::vec(record(), 0..5).prop_map(|records| Response::Counters { records }),
+        (any::<u32>(), any::<u32>()).prop_map(|(raised, unchanged)| Response::Merged { raised, unchanged }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(req in request()) {
+        prop_assert_eq!(Request::decode(&req.encode()).unwrap(), req);
+    }
+
+    #[test]
+    fn responses_round_trip(resp in response()) {
+        prop_assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = Request::decode(&bytes);
+        let _ = Response::decode(&bytes);
+    }
+
+    #[test]
+    fn truncated_messages_are_errors(req in request(), cut in any::<prop::sample::Index>()) {
+        let body = req.encode();
+        let n = cut.index(body.len());
+        prop_assert!(Request::decode(&body[..n]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused(req in request(), extra in prop::collection::vec(any::<u8>(), 1..8)) {
+        let mut body = req.encode().to_vec();
+        body.extend_from_slice(&extra);
+        prop_assert!(Request::decode(&body).is_err());
+    }
+}
+
+#[test]
+fn huge_record_count_is_refused_without_allocating() {
+    // kind COUNTERS_MERGE, then a count of 2^32-1 records and nothing else.
+    let body = [0x15, 0xff, 0xff, 0xff, 0xff];
+    assert!(matches!(
+        Request::decode(&body),
+        Err(DecodeError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn unknown_kind_and_bad_status_are_errors() {
+    assert_eq!(
+        Request::decode(&[0x7e]),
+        Err(DecodeError::UnknownKind { kind: 0x7e })
+    );
+    assert!(Response::decode(&[0x01, 8]).is_err());
+    assert!(Request::decode(&[]).is_err());
+}
+
+#[test]
+fn secrets_are_not_in_debug_output() {
+    let req = Request::Verify {
+        user: "alice".into(),
+        otp: Zeroizing::new("ccccccdbjrgfkljjucgrvddcgfhldbibefkvdvijhhjf".into()),
+    };
+    let dbg = format!("{req:?}");
+    assert!(dbg.contains("alice") && !dbg.contains("kljjucgr"), "{dbg}");
+}
+
+#[test]
+fn frame_over_limit_is_refused_before_reading_the_body() {
+    let mut header = vec![VERSION];
+    header.extend_from_slice(&u32::MAX.to_be_bytes());
+    let err = frame::read_frame(&mut &header[..], MAX_UNPRIVILEGED_FRAME).unwrap_err();
+    assert!(
+        matches!(err, FrameError::TooLarge { len, max } if len == u32::MAX as usize && max == MAX_UNPRIVILEGED_FRAME)
+    );
+}
+
+#[test]
+fn wrong_version_and_short_frames_are_errors() {
+    let err = frame::read_frame(&mut &[2u8, 0, 0, 0, 1, 0][..], 100).unwrap_err();
+    assert!(matches!(err, FrameError::Version { got: 2 }));
+    let err = frame::read_frame(&mut &[VERSION, 0, 0][..], 100).unwrap_err();
+    assert!(matches!(err, FrameError::Closed));
+    let err = frame::read_frame(&mut &[VERSION, 0, 0, 0, 9, 1, 2][..], 100).unwrap_err();
+    assert!(matches!(err, FrameError::Closed));
+}
+
+#[test]
+fn frame_round_trips() {
+    let mut buf = Vec::new();
+    frame::write_frame(&mut buf, b"hello").unwrap();
+    assert_eq!(buf.len(), HEADER_LEN + 5);
+    assert_eq!(&*frame::read_frame(&mut &buf[..], 5).unwrap(), b"hello");
+}
+
+// ------------------------------------------------------------------ client
+
+#[test]
+fn client_gets_the_servers_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let body = frame::read_frame(&mut s, 4096).unwrap();
+        let req = Request::decode(&body).unwrap();
+        assert!(matches!(req, Request::HasUser { ref user } if user == "bob"));
+        let resp = Response::Verdict {
+            status: Status::NoKeysForUser,
+        };
+        frame::write_frame(&mut s, &resp.encode()).unwrap();
+    });
+    let resp = call(
+        &path,
+        &Request::HasUser { user: "bob".into() },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        resp,
+        Response::Verdict {
+            status: Status::NoKeysForUser
+        }
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn client_fails_fast_when_no_daemon_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = call(
+        &dir.path().join("absent.sock"),
+        &Request::Status,
+        Duration::from_secs(5),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+}
+
+/// A server that accepts and never answers: the call returns at its
+/// deadline with a timeout, not later.
+#[test]
+fn client_returns_by_its_deadline_when_the_server_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        let _ = rx.recv(); // hold the connection open, silent
+        let _ = s.write_all(b"");
+    });
+    let start = Instant::now();
+    let err = call(&path, &Request::Status, Duration::from_millis(300)).unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    tx.send(()).unwrap();
+    server.join().unwrap();
+}
+
+/// A server whose backlog is full (it never accepts): connect does not
+/// block past the deadline.
+#[test]
+fn client_returns_by_its_deadline_when_the_backlog_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+    sock.listen(0).unwrap();
+    // Fill the backlog with connections that are never accepted.
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..8 {
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&socket2::SockAddr::unix(&path).unwrap()) {
+            Ok(()) => held.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => full = true,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(full, "the backlog never filled, so this test would not test it");
+    let start = Instant::now();
+    let err = call(&path, &Request::Status, Duration::from_millis(300)).unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    drop(held);
+}
