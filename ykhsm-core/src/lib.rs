@@ -15,6 +15,7 @@
 //! - [`backend`]: the trait the daemon calls, and the soft implementation;
 //! - [`ksm`]: a whole decrypt answered in YK-KSM's words;
 //! - [`serial`]: public ids made from serial numbers;
+//! - [`softkey`]: a software YubiKey for tests and the demo;
 //! - [`yubihsm`]: the YubiHSM 1 serial protocol as bytes, both directions;
 //! - [`secure_file`]: opening files whose owner and mode matter.
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod modhex;
 pub mod otp;
 pub mod secure_file;
 pub mod serial;
+pub mod softkey;
 pub mod store;
 pub mod ykksm;
 pub mod yubihsm;

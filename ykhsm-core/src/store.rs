@@ -99,6 +99,20 @@ pub struct StoredAead {
     pub format: AeadFileFormat,
 }
 
+impl StoredAead {
+    /// SHA-1 over key handle (u32 LE) ‖ nonce ‖ AEAD: names the secret the
+    /// AEAD holds without revealing it, so counters can follow a key's
+    /// secret rather than only its public id (docs/protocol.md).
+    pub fn fingerprint(&self) -> [u8; 20] {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(self.key_handle.to_le_bytes());
+        h.update(self.nonce.0);
+        h.update(self.aead.0);
+        h.finalize().into()
+    }
+}
+
 /// Whether a write may replace an existing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {

@@ -113,7 +113,11 @@ impl<'a> Reader<'a> {
     /// A u32 element count, checked against the bytes left (each element
     /// needs at least `min_item_len` bytes), so a huge count cannot make the
     /// caller reserve memory the body does not back.
-    pub fn count(&mut self, field: &'static str, min_item_len: usize) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        field: &'static str,
+        min_item_len: usize,
+    ) -> Result<usize, DecodeError> {
         let n = usize::try_from(self.u32(field)?).map_err(|_| DecodeError::BadValue { field })?;
         let need = n.saturating_mul(min_item_len.max(1));
         if need > self.buf.len() {

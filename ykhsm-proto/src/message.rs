@@ -78,7 +78,6 @@ fn read_records(r: &mut Reader<'_>) -> Result<Vec<CounterRecord>, DecodeError> {
 
 /// What a client asks.
 #[derive(PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Request {
     /// May `user` log in with `otp`? Consumes the OTP on `OK`.
     Verify {
@@ -271,7 +270,6 @@ impl Request {
 
 /// What the daemon answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Response {
     /// The answer to `Verify` and `HasUser`: a status word. For `HasUser`,
     /// `OK` means "has a line".

@@ -64,7 +64,8 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         Just(()).prop_map(|()| Request::CountersExport),
-        prop::collection::vec(record(), 0..5).prop_map(|records| Request::CountersMerge { records }),
+        prop::collection::vec(record(), 0..5)
+            .prop_map(|records| Request::CountersMerge { records }),
     ]
 }
 
@@ -77,17 +78,24 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|items| Response::StatusInfo { items }),
         ("\\PC{0,50}", "[cbdefghijklnrtuv]{0,16}")
             .prop_map(|(line, public_id)| Response::Decrypted { line, public_id }),
-        (status(), "[cbdefghijklnrtuv]{0,16}", any::<u16>(), any::<u8>()).prop_map(
-            |(status, public_id, counter, session_use)| Response::Consumed {
-                status,
-                public_id,
-                counter,
-                session_use
-            }
-        ),
+        (
+            status(),
+            "[cbdefghijklnrtuv]{0,16}",
+            any::<u16>(),
+            any::<u8>()
+        )
+            .prop_map(
+                |(status, public_id, counter, session_use)| Response::Consumed {
+                    status,
+                    public_id,
+                    counter,
+                    session_use
+                }
+            ),
         any::<[u8; 30]>().prop_map(|aead| Response::Wrapped { aead }),
         prop::collection::vec(record(), 0..5).prop_map(|records| Response::Counters { records }),
-        (any::<u32>(), any::<u32>()).prop_map(|(raised, unchanged)| Response::Merged { raised, unchanged }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(raised, unchanged)| Response::Merged { raised, unchanged }),
     ]
 }
 
@@ -271,7 +279,10 @@ fn client_returns_by_its_deadline_when_the_backlog_is_full() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(full, "the backlog never filled, so this test would not test it");
+    assert!(
+        full,
+        "the backlog never filled, so this test would not test it"
+    );
     let start = Instant::now();
     let err = call(&path, &Request::Status, Duration::from_millis(300)).unwrap_err();
     let took = start.elapsed();

@@ -1,0 +1,296 @@
+//! The daemon's configuration file (interface.md, "Files and their
+//! defaults"): TOML, every key optional, unknown keys refused. Parsed into a
+//! raw struct, then validated into [`Config`], which has no `Option` left
+//! and whose paths are absolute.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use ykhsm_core::keyhandle::{KeyHandleError, KeyHandleName};
+
+/// Where the configuration is read from when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/ykhsm/ykhsmd.toml";
+
+/// Why the configuration was refused. Every message names the file.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's description (line, column, key).
+        message: String,
+    },
+    /// A value that parses but cannot be used.
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which backend holds the key-handle keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// pyhsm's keys.json.
+    Soft,
+    /// A YubiHSM 1 on a serial port.
+    Yubihsm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<PathBuf>,
+    authfile: Option<PathBuf>,
+    aead_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    backend: Option<BackendKind>,
+    keys_file: Option<PathBuf>,
+    key_handles: Option<Vec<String>>,
+    device: Option<PathBuf>,
+    // Extensions (docs/architecture.md):
+    client_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    syslog_socket: Option<PathBuf>,
+    debug: Option<bool>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The listening socket.
+    pub socket: PathBuf,
+    /// pam_yubico's user → key map.
+    pub authfile: PathBuf,
+    /// pyhsm's AEAD store.
+    pub aead_dir: PathBuf,
+    /// Where the counter database lives; the only place the daemon writes.
+    pub state_dir: PathBuf,
+    /// The backend and its file or device.
+    pub backend: BackendConfig,
+    /// Key handles to look under, in order, as spelled.
+    pub key_handles: Vec<KeyHandleName>,
+    /// How long a client may take to send its request.
+    pub client_timeout: Duration,
+    /// Connections served at once from root (sshd, su, ykadmin).
+    pub max_connections: usize,
+    /// Connections served at once from each other uid.
+    pub max_connections_per_user: usize,
+    /// Where syslog is (`/dev/log`).
+    pub syslog_socket: PathBuf,
+    /// Extra diagnostic lines (never content).
+    pub debug: bool,
+}
+
+/// The backend section, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// pyhsm's keys.json.
+    Soft {
+        /// The keys file.
+        keys_file: PathBuf,
+    },
+    /// A YubiHSM 1.
+    Yubihsm {
+        /// The serial device.
+        device: PathBuf,
+    },
+}
+
+impl Config {
+    /// The counter database.
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("counters.sqlite")
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let abs = |key: &'static str, v: Option<PathBuf>, default: &str| {
+            let p = v.unwrap_or_else(|| PathBuf::from(default));
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                ))
+            }
+        };
+        let backend = match raw.backend.unwrap_or(BackendKind::Soft) {
+            BackendKind::Soft => {
+                if raw.device.is_some() {
+                    return Err(invalid(
+                        "device",
+                        "only used with backend = \"yubihsm\"".into(),
+                    ));
+                }
+                BackendConfig::Soft {
+                    keys_file: abs("keys_file", raw.keys_file, "/etc/ykhsm/keys.json")?,
+                }
+            }
+            BackendKind::Yubihsm => {
+                if raw.keys_file.is_some() {
+                    return Err(invalid(
+                        "keys_file",
+                        "only used with backend = \"soft\"".into(),
+                    ));
+                }
+                BackendConfig::Yubihsm {
+                    device: abs("device", raw.device, "/dev/ttyACM0")?,
+                }
+            }
+        };
+        let spelled = raw.key_handles.unwrap_or_else(|| vec!["1".to_owned()]);
+        if spelled.is_empty() {
+            return Err(invalid("key_handles", "the list is empty".into()));
+        }
+        let mut key_handles = Vec::new();
+        for s in &spelled {
+            let kh: KeyHandleName = s
+                .parse()
+                .map_err(|e: KeyHandleError| invalid("key_handles", e.to_string()))?;
+            if key_handles
+                .iter()
+                .any(|k: &KeyHandleName| k.spelled() == kh.spelled())
+            {
+                return Err(invalid("key_handles", format!("{s:?} is listed twice")));
+            }
+            key_handles.push(kh);
+        }
+        let client_timeout_ms = raw.client_timeout_ms.unwrap_or(5000);
+        if !(100..=60_000).contains(&client_timeout_ms) {
+            return Err(invalid(
+                "client_timeout_ms",
+                format!("{client_timeout_ms} is outside 100..=60000"),
+            ));
+        }
+        let max_connections = raw.max_connections.unwrap_or(4096);
+        if !(1..=65_536).contains(&max_connections) {
+            return Err(invalid(
+                "max_connections",
+                format!("{max_connections} is outside 1..=65536"),
+            ));
+        }
+        let max_connections_per_user = raw.max_connections_per_user.unwrap_or(16);
+        if !(1..=4096).contains(&max_connections_per_user) {
+            return Err(invalid(
+                "max_connections_per_user",
+                format!("{max_connections_per_user} is outside 1..=4096"),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            socket: abs("socket", raw.socket, "/run/ykhsm/ykhsmd.sock")?,
+            authfile: abs("authfile", raw.authfile, "/etc/yubikeys")?,
+            aead_dir: abs("aead_dir", raw.aead_dir, "/var/cache/yubikey-ksm/aeads")?,
+            state_dir: abs("state_dir", raw.state_dir, "/var/lib/ykhsm")?,
+            backend,
+            key_handles,
+            client_timeout: Duration::from_millis(client_timeout_ms),
+            max_connections,
+            max_connections_per_user,
+            syslog_socket: abs("syslog_socket", raw.syslog_socket, "/dev/log")?,
+            debug: raw.debug.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/ykhsm/ykhsmd.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_interface_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.socket, Path::new("/run/ykhsm/ykhsmd.sock"));
+        assert_eq!(c.authfile, Path::new("/etc/yubikeys"));
+        assert_eq!(c.aead_dir, Path::new("/var/cache/yubikey-ksm/aeads"));
+        assert_eq!(c.database(), Path::new("/var/lib/ykhsm/counters.sqlite"));
+        assert_eq!(
+            c.backend,
+            BackendConfig::Soft {
+                keys_file: "/etc/ykhsm/keys.json".into()
+            }
+        );
+        assert_eq!(c.key_handles.len(), 1);
+        assert_eq!(c.key_handles[0].spelled(), "1");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_naming_file_and_key() {
+        let e = parse("sockt = \"/x\"").unwrap_err().to_string();
+        assert!(
+            e.contains("/etc/ykhsm/ykhsmd.toml") && e.contains("sockt"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_are_refused() {
+        for (text, needle) in [
+            ("socket = 5", "socket"),
+            ("backend = \"hsm\"", "backend"),
+            ("socket = \"relative.sock\"", "absolute"),
+            ("key_handles = []", "empty"),
+            ("key_handles = [\"1\", \"1\"]", "twice"),
+            ("key_handles = [\"0X2000\"]", "0X2000"),
+            ("device = \"/dev/ttyACM0\"", "yubihsm"),
+            ("client_timeout_ms = 1", "client_timeout_ms"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.contains("/etc/ykhsm/ykhsmd.toml"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn key_handles_keep_their_spelling_and_order() {
+        let c = parse("key_handles = [\"0x2000\", \"1\", \"KSM1\"]").unwrap();
+        let s: Vec<&str> = c.key_handles.iter().map(|k| k.spelled()).collect();
+        assert_eq!(s, ["0x2000", "1", "KSM1"]);
+    }
+}

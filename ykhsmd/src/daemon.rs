@@ -1,0 +1,238 @@
+//! Start-up, `--check`, signals and process hygiene.
+//!
+//! Start-up refuses to run on anything it would later have to refuse
+//! logins for: every problem names the file and stops the daemon with a
+//! non-zero exit, before the socket exists.
+
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use ykhsm_core::backend::Purpose;
+
+use crate::authfile::Authfile;
+use crate::config::{BackendConfig, Config};
+use crate::db::Db;
+use crate::log::Log;
+use crate::server;
+use crate::service::{Service, load_backend};
+
+/// No core files (they would hold keys), and as many descriptors as the
+/// hard limit allows (each client connection is one).
+fn harden(log: &Log) {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log.warn(&format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"));
+    }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log.warn(&format!("cannot raise RLIMIT_NOFILE to {hard}: {e}"));
+    }
+}
+
+/// The state directory: created 0700 if missing; must be root's and not
+/// writable by anyone else.
+fn state_dir(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("cannot create state_dir {}", path.display()))?,
+        Err(e) => return Err(e).with_context(|| format!("state_dir {}", path.display())),
+        Ok(_) => {}
+    }
+    let m = fs::symlink_metadata(path).with_context(|| format!("state_dir {}", path.display()))?;
+    if !m.is_dir() {
+        bail!("state_dir {} is not a directory", path.display());
+    }
+    if m.uid() != 0 {
+        bail!(
+            "state_dir {} is owned by uid {}, it must be owned by root",
+            path.display(),
+            m.uid()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        bail!(
+            "state_dir {} has mode {:04o}: group or others could write the counter database (chmod 0700)",
+            path.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+fn aead_dir(path: &Path) -> Result<()> {
+    fs::read_dir(path)
+        .map(|_| ())
+        .with_context(|| format!("aead_dir {} is not a readable directory", path.display()))
+}
+
+/// Reads the authfile once, reporting each problem line (once: the
+/// returned `Authfile` keeps the parse until the file changes).
+fn authfile(config: &Config, log: &Log) -> Result<Authfile> {
+    let a = Authfile::new(config.authfile.clone(), 0);
+    let current = a.current().context("authfile")?;
+    for p in &current.parsed.problems {
+        let msg = format!(
+            "authfile {} line {}: {}{}",
+            config.authfile.display(),
+            p.line,
+            p.reason,
+            if p.fails_closed {
+                " (that user gets BACKEND_ERROR until it is fixed)"
+            } else {
+                ""
+            }
+        );
+        if p.fails_closed {
+            log.error(&msg);
+        } else {
+            log.warn(&msg);
+        }
+    }
+    Ok(a)
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<()> {
+    let log = Arc::new(Log::new(&config.syslog_socket, config.debug));
+    harden(&log);
+    let backend = load_backend(&config)?;
+    for kh in &config.key_handles {
+        if let Err(e) = backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
+            log.warn(&format!("key handle {}: {e}", kh.spelled()));
+        }
+    }
+    let users = authfile(&config, &log)?;
+    aead_dir(&config.aead_dir)?;
+    state_dir(&config.state_dir)?;
+    let (db, closer) = Db::open(&config.database())?;
+    let bound = server::bind(&config.socket, 0)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ykhsmd")
+        .build()
+        .context("cannot start the async runtime")?;
+    log.info(&format!(
+        "started: socket={} backend={} key_handles={} aead_dir={} authfile={} database={}",
+        config.socket.display(),
+        match &config.backend {
+            BackendConfig::Soft { .. } => "soft",
+            BackendConfig::Yubihsm { .. } => "yubihsm",
+        },
+        config
+            .key_handles
+            .iter()
+            .map(|k| k.spelled())
+            .collect::<Vec<_>>()
+            .join(","),
+        config.aead_dir.display(),
+        config.authfile.display(),
+        config.database().display()
+    ));
+    let service = Arc::new(Service::new(config, Arc::clone(&log), backend, db, users));
+    let result: Result<()> = runtime.block_on(async {
+        let listener =
+            tokio::net::UnixListener::from_std(bound.listener.try_clone().context("socket")?)
+                .context("socket")?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let svc = Arc::clone(&service);
+        let reloader = tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let s = Arc::clone(&svc);
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        server::run(listener, Arc::clone(&service), shutdown).await;
+        reloader.abort();
+        Ok(())
+    });
+    log.info("stopping: in-flight requests answered; closing the database");
+    drop(service);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    drop(bound);
+    closer.wait();
+    log.info("stopped");
+    result
+}
+
+/// `--check`: validates the whole configuration and reports each part.
+/// Returns whether everything passed.
+pub fn check(config: &Config) -> bool {
+    let log = Log::stderr_only(false);
+    let mut ok = true;
+    let mut report = |what: &str, r: Result<String>| match r {
+        Ok(detail) => println!("ok    {what}: {detail}"),
+        Err(e) => {
+            ok = false;
+            println!("FAIL  {what}: {e:#}");
+        }
+    };
+    report("config", Ok(config.path.display().to_string()));
+    match load_backend(config) {
+        Ok(backend) => {
+            report(
+                "backend",
+                Ok(match &config.backend {
+                    BackendConfig::Soft { keys_file } => format!("soft, {}", keys_file.display()),
+                    BackendConfig::Yubihsm { device } => format!("yubihsm, {}", device.display()),
+                }),
+            );
+            for kh in &config.key_handles {
+                report(
+                    &format!("key handle {}", kh.spelled()),
+                    backend
+                        .check_key_handle(kh.value(), Purpose::OtpDecode)
+                        .map(|()| format!("{} usable for OTP decode", kh.value()))
+                        .map_err(anyhow::Error::from),
+                );
+            }
+        }
+        Err(e) => report("backend", Err(e.into())),
+    }
+    report(
+        "authfile",
+        authfile(config, &log).map(|_| config.authfile.display().to_string()),
+    );
+    report(
+        "aead_dir",
+        aead_dir(&config.aead_dir).map(|()| config.aead_dir.display().to_string()),
+    );
+    report(
+        "state_dir",
+        if config.state_dir.exists() {
+            state_dir(&config.state_dir).map(|()| config.state_dir.display().to_string())
+        } else {
+            Ok(format!("{} (will be created)", config.state_dir.display()))
+        },
+    );
+    if config.database().exists() {
+        report(
+            "database",
+            Db::open(&config.database())
+                .map(|(db, closer)| {
+                    drop(db);
+                    closer.wait();
+                    config.database().display().to_string()
+                })
+                .map_err(anyhow::Error::from),
+        );
+    }
+    ok
+}

@@ -1,0 +1,20 @@
+//! ykhsmd, the local verifier: one root daemon per bastion that owns the
+//! backend, the AEAD store, the counter database and the authfile, and
+//! answers "may USER log in with this OTP?" over a Unix socket.
+//!
+//! - [`config`]: the TOML file, validated;
+//! - [`authfile`]: pam_yubico's `/etc/yubikeys`, re-read on change;
+//! - [`db`]: counters in SQLite, exactly-once, durable, group commit;
+//! - [`service`]: the checks in interface.md's order, and admin requests;
+//! - [`server`]: the socket, peer credentials, limits, deadlines, shutdown;
+//! - [`daemon`]: start-up, `--check`, signals, process hygiene;
+//! - [`log`]: the audit and diagnostic lines.
+#![forbid(unsafe_code)]
+
+pub mod authfile;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod log;
+pub mod server;
+pub mod service;

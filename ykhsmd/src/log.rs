@@ -1,0 +1,180 @@
+//! The daemon's two log channels. Audit: exactly one line per verification,
+//! to syslog (facility authpriv) and to stderr, fixed key order. Diagnostics:
+//! the same sinks, for start-up, reloads and problems.
+//!
+//! Nothing here is given an OTP's token, a key, a uid or an AEAD: callers
+//! pass public ids and status words only, and user names are escaped so a
+//! crafted name cannot forge a log line.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Mutex;
+
+use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
+
+/// Where log lines go.
+pub struct Log {
+    syslog: Mutex<Option<Logger<LoggerBackend, Formatter3164>>>,
+    debug: bool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("debug", &self.debug)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Severity of a diagnostic line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something is broken.
+    Error,
+    /// Something is off.
+    Warning,
+    /// Normal operation.
+    Info,
+    /// Detail, only with `debug = true`.
+    Debug,
+}
+
+impl Log {
+    /// Logs to stderr, and to syslog at `syslog_socket` when it can be
+    /// reached (a missing syslog is said once on stderr, not fatal).
+    pub fn new(syslog_socket: &Path, debug: bool) -> Self {
+        let formatter = Formatter3164 {
+            facility: Facility::LOG_AUTHPRIV,
+            hostname: None,
+            process: "ykhsmd".into(),
+            pid: std::process::id(),
+        };
+        let syslog = match syslog::unix_custom(formatter, syslog_socket) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "ykhsmd: warning: no syslog at {} ({e}); logging to stderr only",
+                    syslog_socket.display()
+                );
+                None
+            }
+        };
+        Self {
+            syslog: Mutex::new(syslog),
+            debug,
+        }
+    }
+
+    /// A log with stderr only (tests, `--check`).
+    pub fn stderr_only(debug: bool) -> Self {
+        Self {
+            syslog: Mutex::new(None),
+            debug,
+        }
+    }
+
+    /// Writes one line at `level`.
+    pub fn line(&self, level: Level, msg: &str) {
+        if level == Level::Debug && !self.debug {
+            return;
+        }
+        let tag = match level {
+            Level::Error => "error: ",
+            Level::Warning => "warning: ",
+            Level::Info | Level::Debug => "",
+        };
+        {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "ykhsmd: {tag}{msg}");
+        }
+        let mut guard = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = guard.as_mut() {
+            let _ = match level {
+                Level::Error => l.err(msg),
+                Level::Warning => l.warning(msg),
+                Level::Info => l.info(msg),
+                Level::Debug => l.debug(msg),
+            };
+        }
+    }
+
+    /// An error line.
+    pub fn error(&self, msg: &str) {
+        self.line(Level::Error, msg);
+    }
+
+    /// A warning line.
+    pub fn warn(&self, msg: &str) {
+        self.line(Level::Warning, msg);
+    }
+
+    /// An info line.
+    pub fn info(&self, msg: &str) {
+        self.line(Level::Info, msg);
+    }
+
+    /// A debug line (only with `debug = true`).
+    pub fn debug(&self, msg: &str) {
+        self.line(Level::Debug, msg);
+    }
+
+    /// Whether debug lines are written.
+    pub fn is_debug(&self) -> bool {
+        self.debug
+    }
+}
+
+/// A user name (or any client-supplied text) made safe for one log line:
+/// printable ASCII other than space, `"` and `\` stays; everything else is
+/// escaped; at most 64 characters are kept.
+pub fn escape(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 64 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_ascii_graphic() && c != '"' && c != '\\' {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("\"\"");
+    }
+    out
+}
+
+/// A user name for a log line: [`escape`]d, and withheld entirely when it
+/// parses as an OTP (someone typed their OTP at the login prompt).
+pub fn user(s: &str) -> String {
+    if ykhsm_core::otp::Otp::parse(s).is_ok() {
+        "<withheld:looks-like-an-otp>".to_owned()
+    } else {
+        escape(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape, user};
+
+    #[test]
+    fn otp_typed_as_user_name_is_withheld() {
+        assert_eq!(
+            user("ccccccdbjrgfkljjucgrvddcgfhldbibefkvdvijhhjf"),
+            "<withheld:looks-like-an-otp>"
+        );
+        assert_eq!(user("alice"), "alice");
+    }
+
+    #[test]
+    fn escape_defuses_newlines_and_spaces() {
+        assert_eq!(escape("alice"), "alice");
+        assert_eq!(escape("a b\nc"), "a\\u{20}b\\u{a}c");
+        assert_eq!(escape(""), "\"\"");
+        assert!(escape(&"x".repeat(500)).len() < 80);
+    }
+}

@@ -1,0 +1,628 @@
+//! What the daemon answers: the checks of a verification in the order of
+//! interface.md, and the admin requests. Transport-free: the server hands
+//! in a decoded request and the peer's credentials, and gets a response.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ykhsm_core::backend::{Backend, BackendError, Purpose, SoftBackend};
+use ykhsm_core::counters::Counters;
+use ykhsm_core::keyhandle::KeyHandle;
+use ykhsm_core::keys_file::{KeysFile, KeysFileError};
+use ykhsm_core::ksm;
+use ykhsm_core::otp::{Otp, OtpCounters, PublicId, YubiKeySecrets};
+use ykhsm_core::store::{AeadStore, StoreError};
+use ykhsm_core::{Nonce, YubiKeyAead};
+use ykhsm_proto::status::ALL as ALL_STATUS;
+use ykhsm_proto::{Request, Response, Status};
+
+use crate::authfile::{Authfile, Lookup};
+use crate::config::{BackendConfig, Config};
+use crate::db::{Accept, CounterKey, Db, Presented};
+use crate::log::{self, Log, escape};
+
+/// Who is asking, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Effective uid of the peer process.
+    pub uid: u32,
+    /// Its pid, when the kernel gives one.
+    pub pid: Option<i32>,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// keys.json.
+    #[error(transparent)]
+    Keys(#[from] KeysFileError),
+    /// The backend kind is not available in this build.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Loads the configured backend.
+pub fn load_backend(config: &Config) -> Result<Arc<dyn Backend>, StartError> {
+    match &config.backend {
+        BackendConfig::Soft { keys_file } => {
+            Ok(Arc::new(SoftBackend::new(KeysFile::load(keys_file)?)))
+        }
+        BackendConfig::Yubihsm { device } => Err(StartError::Backend(format!(
+            "{}: backend = \"yubihsm\" (device {}) is not supported by this build yet",
+            config.path.display(),
+            device.display()
+        ))),
+    }
+}
+
+/// The result of a verification, for the answer and the audit line.
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: Status,
+    public_id: Option<PublicId>,
+    counters: Option<Counters>,
+}
+
+impl Outcome {
+    fn status(status: Status) -> Self {
+        Self {
+            status,
+            public_id: None,
+            counters: None,
+        }
+    }
+}
+
+/// What passed checks 1–5: the key and the counters to check-and-set.
+struct Decoded {
+    public_id: PublicId,
+    key: CounterKey,
+    counters: OtpCounters,
+}
+
+/// The daemon's state and logic.
+pub struct Service {
+    config: Config,
+    log: Arc<Log>,
+    authfile: Authfile,
+    store: AeadStore,
+    backend: RwLock<Arc<dyn Backend>>,
+    db: Db,
+    started: Instant,
+    answered: [AtomicU64; 8],
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Builds the service from loaded parts.
+    pub fn new(
+        config: Config,
+        log: Arc<Log>,
+        backend: Arc<dyn Backend>,
+        db: Db,
+        authfile: Authfile,
+    ) -> Self {
+        let store = AeadStore::new(config.aead_dir.clone(), config.key_handles.clone());
+        Self {
+            config,
+            log,
+            authfile,
+            store,
+            backend: RwLock::new(backend),
+            db,
+            started: Instant::now(),
+            answered: Default::default(),
+        }
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The authfile.
+    pub fn authfile(&self) -> &Authfile {
+        &self.authfile
+    }
+
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// SIGHUP: re-reads keys.json (keeping the old keys if the new file is
+    /// refused) and forgets the cached authfile.
+    pub fn reload(&self) {
+        self.authfile.invalidate();
+        match load_backend(&self.config) {
+            Ok(b) => {
+                *self.backend.write().unwrap_or_else(|p| p.into_inner()) = b;
+                self.log.info("reload: keys and authfile re-read");
+            }
+            Err(e) => self
+                .log
+                .error(&format!("reload: keeping the keys already loaded: {e}")),
+        }
+    }
+
+    /// May `peer` ask about `user`? Root may ask for anyone; any other uid
+    /// only for the user name its uid has.
+    fn may_ask(&self, peer: &Peer, user: &str) -> bool {
+        if peer.uid == 0 {
+            return true;
+        }
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) {
+            Ok(Some(u)) => u.name == user,
+            _ => false,
+        }
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn handle(self: &Arc<Self>, peer: Peer, request: Request) -> Response {
+        let admin = request.is_admin();
+        if admin && peer.uid != 0 {
+            self.log.warn(&format!(
+                "denied: {} request from peer_uid={} peer_pid={}",
+                request.name(),
+                peer.uid,
+                pid(&peer)
+            ));
+            return Response::Failed {
+                status: Status::Denied,
+                message: "admin requests need root".into(),
+            };
+        }
+        match request {
+            Request::Verify { user, otp } => {
+                let start = Instant::now();
+                let outcome = self.verify(&peer, &user, &otp).await;
+                self.audit("verify", &user, &outcome, &peer, start.elapsed());
+                Response::Verdict {
+                    status: outcome.status,
+                }
+            }
+            Request::HasUser { user } => {
+                let this = Arc::clone(self);
+                let status = blocking(move || this.has_user(&peer, &user)).await;
+                Response::Verdict { status }
+            }
+            Request::Status => self.status_info().await,
+            Request::Decrypt { otp } => {
+                let this = Arc::clone(self);
+                blocking(move || {
+                    let backend = this.backend();
+                    let public_id = Otp::parse(&otp)
+                        .map(|o| o.public_id().to_string())
+                        .unwrap_or_default();
+                    let r = ksm::decrypt(&this.store, backend.as_ref(), &otp);
+                    if let Err(e) = &r {
+                        this.log.debug(&format!("decrypt pubid={public_id}: {e}"));
+                    }
+                    Response::Decrypted {
+                        line: ksm::ksm_line(&r),
+                        public_id,
+                    }
+                })
+                .await
+            }
+            Request::ConsumeOtp { otp } => {
+                let start = Instant::now();
+                let this = Arc::clone(self);
+                let checked = blocking(move || this.decode(&otp)).await;
+                let outcome = match checked {
+                    Ok(d) => self.commit(d).await,
+                    Err(o) => o,
+                };
+                self.audit("consume", "-", &outcome, &peer, start.elapsed());
+                Response::Consumed {
+                    status: outcome.status,
+                    public_id: outcome.public_id.map(|p| p.to_string()).unwrap_or_default(),
+                    counter: outcome.counters.map_or(0, |c| c.counter()),
+                    session_use: outcome.counters.map_or(0, |c| c.session_use()),
+                }
+            }
+            Request::WrapSecrets {
+                key_handle,
+                nonce,
+                secrets,
+            } => {
+                let this = Arc::clone(self);
+                blocking(move || {
+                    let sec = YubiKeySecrets::from_plaintext(&secrets);
+                    match this
+                        .backend()
+                        .wrap_secrets(KeyHandle(key_handle), &Nonce(nonce), &sec)
+                    {
+                        Ok(YubiKeyAead(aead)) => Response::Wrapped { aead },
+                        Err(e) => Response::Failed {
+                            status: Status::BackendError,
+                            message: e.to_string(),
+                        },
+                    }
+                })
+                .await
+            }
+            Request::CountersExport => match self.db.export().await {
+                Ok(records) => Response::Counters { records },
+                Err(e) => self.failed(&e.to_string()),
+            },
+            Request::CountersMerge { records } => {
+                if let Some(bad) = records
+                    .iter()
+                    .find(|r| PublicId::parse(&r.public_id).is_err())
+                {
+                    return Response::Failed {
+                        status: Status::BadOtp,
+                        message: format!("{:?} is not a public id", escape(&bad.public_id)),
+                    };
+                }
+                let n = records.len();
+                match self.db.merge(records).await {
+                    Ok(m) => {
+                        self.log.info(&format!(
+                            "counters merge: {n} records, {} raised, {} unchanged, peer_pid={}",
+                            m.raised,
+                            m.unchanged,
+                            pid(&peer)
+                        ));
+                        Response::Merged {
+                            raised: m.raised,
+                            unchanged: m.unchanged,
+                        }
+                    }
+                    Err(e) => self.failed(&e.to_string()),
+                }
+            }
+        }
+    }
+
+    fn failed(&self, message: &str) -> Response {
+        self.log.error(message);
+        Response::Failed {
+            status: Status::BackendError,
+            message: message.to_owned(),
+        }
+    }
+
+    /// Checks 0–7 of interface.md for a login.
+    async fn verify(self: &Arc<Self>, peer: &Peer, user: &str, otp: &str) -> Outcome {
+        let this = Arc::clone(self);
+        let (peer_c, user_c, otp_c) = (
+            *peer,
+            user.to_owned(),
+            zeroize::Zeroizing::new(otp.to_owned()),
+        );
+        let checked = blocking(move || this.check(&peer_c, &user_c, &otp_c)).await;
+        match checked {
+            Ok(decoded) => self.commit(decoded).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Checks 0–5: may ask, authfile, OTP form, key on the user's line,
+    /// AEAD, backend decode.
+    fn check(&self, peer: &Peer, user: &str, otp: &str) -> Result<Decoded, Outcome> {
+        if !self.may_ask(peer, user) {
+            return Err(Outcome::status(Status::Denied));
+        }
+        let current = match self.authfile.current() {
+            Ok(c) => c,
+            Err(e) => {
+                self.log.error(&format!("authfile: {e}"));
+                return Err(Outcome::status(Status::BackendError));
+            }
+        };
+        if current.reread {
+            self.report_authfile(&current.parsed);
+        }
+        let keys = match current.parsed.lookup(user) {
+            Lookup::NoLine => return Err(Outcome::status(Status::NoKeysForUser)),
+            Lookup::Broken => {
+                self.log.debug(&format!(
+                    "authfile {}: a line for user {} cannot be read; failing closed",
+                    self.authfile.path().display(),
+                    log::user(user)
+                ));
+                return Err(Outcome::status(Status::BackendError));
+            }
+            Lookup::Keys(k) => k.to_vec(),
+        };
+        let parsed = Otp::parse(otp).map_err(|_| Outcome::status(Status::BadOtp))?;
+        let public_id = parsed.public_id().clone();
+        let with_id = |status| Outcome {
+            status,
+            public_id: Some(public_id.clone()),
+            counters: None,
+        };
+        if !keys.contains(&public_id) {
+            return Err(with_id(Status::NotAuthorized));
+        }
+        self.decode_parsed(&parsed).map_err(with_id)
+    }
+
+    /// Checks 2, 4, 5 without the authfile (enrollment by OTP).
+    fn decode(&self, otp: &str) -> Result<Decoded, Outcome> {
+        let parsed = Otp::parse(otp).map_err(|_| Outcome::status(Status::BadOtp))?;
+        self.decode_parsed(&parsed).map_err(|status| Outcome {
+            status,
+            public_id: Some(parsed.public_id().clone()),
+            counters: None,
+        })
+    }
+
+    /// Checks 4 and 5.
+    fn decode_parsed(&self, otp: &Otp) -> Result<Decoded, Status> {
+        let public_id = otp.public_id();
+        let found = match self.store.lookup(public_id) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(Status::NoSuchKey),
+            Err(e) => {
+                self.log_store_error(&e);
+                return Err(Status::BackendError);
+            }
+        };
+        let counters = match self.backend().decode_otp(
+            found.key_handle,
+            &found.nonce,
+            &found.aead,
+            otp.token(),
+        ) {
+            Ok(c) => c,
+            Err(e) if e.is_bad_otp() => {
+                self.log.debug(&format!("pubid={public_id}: {e}"));
+                return Err(Status::BadOtp);
+            }
+            Err(e) => {
+                self.log_backend_error(public_id, &found.path, &e);
+                return Err(Status::BackendError);
+            }
+        };
+        Ok(Decoded {
+            public_id: public_id.clone(),
+            key: CounterKey {
+                public_id: public_id.to_string(),
+                fingerprint: found.fingerprint(),
+            },
+            counters,
+        })
+    }
+
+    /// Checks 6 and 7: fresh, and durably committed.
+    async fn commit(&self, d: Decoded) -> Outcome {
+        let pair = d.counters.counters();
+        let presented = Presented {
+            counters: pair,
+            ts_high: d.counters.ts_high,
+            ts_low: d.counters.ts_low,
+        };
+        let status = match self.db.accept(d.key, presented).await {
+            Ok(Accept::Fresh { .. }) => {
+                if pair.is_exhausted() {
+                    self.log.warn(&format!(
+                        "key {} has reached counter 0x7fff and session use 255: no later OTP can be accepted; reprogram it",
+                        d.public_id
+                    ));
+                }
+                Status::Ok
+            }
+            Ok(Accept::Replayed { .. }) => Status::ReplayedOtp,
+            Err(e) => {
+                self.log.error(&e.to_string());
+                Status::BackendError
+            }
+        };
+        Outcome {
+            status,
+            public_id: Some(d.public_id),
+            counters: Some(pair),
+        }
+    }
+
+    fn has_user(&self, peer: &Peer, user: &str) -> Status {
+        if !self.may_ask(peer, user) {
+            return Status::Denied;
+        }
+        match self.authfile.current() {
+            Err(e) => {
+                self.log.error(&format!("authfile: {e}"));
+                Status::BackendError
+            }
+            Ok(current) => {
+                if current.reread {
+                    self.report_authfile(&current.parsed);
+                }
+                match current.parsed.lookup(user) {
+                    Lookup::NoLine => Status::NoKeysForUser,
+                    Lookup::Broken => Status::BackendError,
+                    Lookup::Keys(_) => Status::Ok,
+                }
+            }
+        }
+    }
+
+    fn report_authfile(&self, parsed: &crate::authfile::Parsed) {
+        for p in &parsed.problems {
+            let who = p.user.as_deref().map(escape).unwrap_or_else(|| "-".into());
+            let msg = format!(
+                "authfile {} line {}: {} (user {who}{})",
+                self.authfile.path().display(),
+                p.line,
+                p.reason,
+                if p.fails_closed { ": fails closed" } else { "" }
+            );
+            if p.fails_closed {
+                self.log.error(&msg);
+            } else {
+                self.log.warn(&msg);
+            }
+        }
+    }
+
+    fn log_store_error(&self, e: &StoreError) {
+        self.log.error(&format!("AEAD store: {e}"));
+    }
+
+    fn log_backend_error(&self, public_id: &PublicId, path: &std::path::Path, e: &BackendError) {
+        self.log.error(&format!(
+            "backend, pubid={public_id} (AEAD {}): {e}",
+            path.display()
+        ));
+    }
+
+    fn audit(&self, what: &str, user: &str, o: &Outcome, peer: &Peer, took: Duration) {
+        self.answered[usize::from(o.status.code())].fetch_add(1, Ordering::Relaxed);
+        let pubid = o
+            .public_id
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), PublicId::to_string);
+        let counters = o.counters.map_or_else(
+            || "counter=- session_use=-".to_owned(),
+            |c| format!("counter={} session_use={}", c.counter(), c.session_use()),
+        );
+        self.log.info(&format!(
+            "{what} user={} pubid={pubid} status={} {counters} peer_uid={} peer_pid={} duration_us={}",
+            log::user(user),
+            o.status,
+            peer.uid,
+            pid(peer),
+            took.as_micros()
+        ));
+    }
+
+    async fn status_info(self: &Arc<Self>) -> Response {
+        let this = Arc::clone(self);
+        let mut items = blocking(move || this.status_items()).await;
+        match self.db.export().await {
+            Ok(r) => items.push((
+                "database".into(),
+                format!("{} ({} keys seen)", self.db.path().display(), r.len()),
+            )),
+            Err(e) => items.push(("database".into(), format!("ERROR {e}"))),
+        }
+        Response::StatusInfo { items }
+    }
+
+    fn status_items(&self) -> Vec<(String, String)> {
+        let mut items: Vec<(String, String)> = Vec::new();
+        let mut add = |k: &str, v: String| items.push((k.to_owned(), v));
+        add("version", env!("CARGO_PKG_VERSION").to_owned());
+        add("uptime_s", self.started.elapsed().as_secs().to_string());
+        add("config", self.config.path.display().to_string());
+        add("socket", self.config.socket.display().to_string());
+        match &self.config.backend {
+            BackendConfig::Soft { keys_file } => {
+                add("backend", format!("soft ({})", keys_file.display()))
+            }
+            BackendConfig::Yubihsm { device } => {
+                add("backend", format!("yubihsm ({})", device.display()))
+            }
+        }
+        let backend = self.backend();
+        for kh in &self.config.key_handles {
+            let state = match backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
+                Ok(()) => "usable".to_owned(),
+                Err(e) => format!("ERROR {e}"),
+            };
+            add(&format!("key_handle {}", kh.spelled()), state);
+        }
+        let aead = match std::fs::read_dir(&self.config.aead_dir) {
+            Ok(_) => "readable".to_owned(),
+            Err(e) => format!("ERROR {e}"),
+        };
+        add(
+            "aead_dir",
+            format!("{} {aead}", self.config.aead_dir.display()),
+        );
+        match self.authfile.current() {
+            Ok(c) => {
+                let bad = c.parsed.problems.iter().filter(|p| p.fails_closed).count();
+                add(
+                    "authfile",
+                    format!(
+                        "{} ({} users, {bad} lines failing closed)",
+                        self.authfile.path().display(),
+                        c.parsed.users().len()
+                    ),
+                );
+            }
+            Err(e) => add("authfile", format!("ERROR {e}")),
+        }
+        let counts: BTreeMap<&str, u64> = ALL_STATUS
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str(),
+                    self.answered[usize::from(s.code())].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        add(
+            "answers",
+            counts
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        items
+    }
+}
+
+fn pid(peer: &Peer) -> String {
+    peer.pid.map_or_else(|| "-".to_owned(), |p| p.to_string())
+}
+
+/// Runs file, NSS and backend work off the async workers. If the blocking
+/// pool itself fails, the answer is the fail-closed one the closure's type
+/// allows: `BACKEND_ERROR`.
+async fn blocking<T: Send + 'static + FailClosed>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| T::fail_closed())
+}
+
+/// The value that means "could not decide" for a result type.
+trait FailClosed {
+    fn fail_closed() -> Self;
+}
+
+impl FailClosed for Status {
+    fn fail_closed() -> Self {
+        Status::BackendError
+    }
+}
+
+impl FailClosed for Response {
+    fn fail_closed() -> Self {
+        Response::Failed {
+            status: Status::BackendError,
+            message: "internal error".into(),
+        }
+    }
+}
+
+impl FailClosed for Vec<(String, String)> {
+    fn fail_closed() -> Self {
+        vec![("error".into(), "internal error".into())]
+    }
+}
+
+impl<T> FailClosed for Result<T, Outcome> {
+    fn fail_closed() -> Self {
+        Err(Outcome::status(Status::BackendError))
+    }
+}

@@ -1,0 +1,396 @@
+//! Test support: a temporary installation of ykhsm (keys.json, AEAD store,
+//! authfile, state directory, a syslog socket), the real `ykhsmd` binary
+//! started on it, and software YubiKeys whose OTPs come from the generator
+//! the vector tests check.
+//!
+//! Every OTP, key and uid an [`Env`] hands out is remembered; when the `Env`
+//! is dropped, every log line its daemons wrote (stderr and syslog) is
+//! checked for them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use ykhsm_core::backend::{Backend, SoftBackend};
+use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
+use ykhsm_core::keys_file::KeysFile;
+use ykhsm_core::otp::{PublicId, YubiKeySecrets};
+use ykhsm_core::softkey::SoftYubiKey;
+use ykhsm_core::store::{AeadStore, WriteMode};
+use ykhsm_core::{Nonce, modhex};
+use ykhsm_proto::{Request, Response, Status, call};
+use zeroize::Zeroizing;
+
+/// The key-handle key of key handle 1 in every test keys.json (AES-256).
+pub const KH1_KEY: &str = "2000200020002000200020002000200020002000200020002000200020002000";
+
+/// Random bytes from the OS.
+pub fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b
+}
+
+/// Waits for `cond` until `deadline`, polling; panics with `what` if it
+/// never holds.
+pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Collects syslog datagrams sent to a socket of the test's own.
+struct Syslog {
+    path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Syslog {
+    fn start(path: PathBuf, lines: Arc<Mutex<Vec<String>>>) -> Self {
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let l = Arc::clone(&lines);
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                l.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        Self { path, lines }
+    }
+}
+
+/// A temporary ykhsm installation.
+pub struct Env {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub authfile: PathBuf,
+    pub aead_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub keys_file: PathBuf,
+    extra_config: Mutex<String>,
+    logs: Arc<Mutex<Vec<String>>>,
+    secrets: Mutex<Vec<String>>,
+    syslog: Syslog,
+    backend: SoftBackend,
+}
+
+impl Env {
+    /// keys.json with key handle 1 (AES-256), an empty AEAD store, an
+    /// empty authfile (root, 0644), key_handles = ["1"].
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ykhsm-test-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
+        let keys_file = root.join("keys.json");
+        let keys_json = format!(r#"{{"1": "{KH1_KEY}"}}"#);
+        fs::write(&keys_file, &keys_json).unwrap();
+        fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let aead_dir = root.join("aeads");
+        fs::create_dir(&aead_dir).unwrap();
+        let authfile = root.join("yubikeys");
+        let state_dir = root.join("state");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let syslog = Syslog::start(root.join("syslog.sock"), Arc::clone(&logs));
+        let backend = SoftBackend::new(
+            KeysFile::parse(Path::new("keys.json"), keys_json.as_bytes()).unwrap(),
+        );
+        let env = Self {
+            config_path: root.join("ykhsmd.toml"),
+            socket: root.join("run/ykhsmd.sock"),
+            authfile,
+            aead_dir,
+            state_dir,
+            keys_file,
+            extra_config: Mutex::new(String::new()),
+            logs,
+            secrets: Mutex::new(vec![KH1_KEY.to_owned()]),
+            syslog,
+            backend,
+            dir,
+        };
+        env.set_authfile("");
+        env.write_config();
+        env
+    }
+
+    /// Adds TOML lines to the configuration (before `start`).
+    pub fn config(&self, extra: &str) {
+        let mut e = self.extra_config.lock().unwrap();
+        e.push_str(extra);
+        e.push('\n');
+        drop(e);
+        self.write_config();
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\nkeys_file = {:?}\nsyslog_socket = {:?}\n{}",
+            self.socket,
+            self.authfile,
+            self.aead_dir,
+            self.state_dir,
+            self.keys_file,
+            self.syslog.path,
+            self.extra_config.lock().unwrap()
+        );
+        fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Replaces the authfile atomically (root-owned, mode 0644).
+    pub fn set_authfile(&self, text: &str) {
+        let tmp = self.dir.path().join("yubikeys.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::rename(&tmp, &self.authfile).unwrap();
+    }
+
+    /// Remembers a string that must never appear in a log line.
+    pub fn secret(&self, s: &str) {
+        self.secrets.lock().unwrap().push(s.to_owned());
+    }
+
+    /// A new software YubiKey with random secrets and an AEAD in the store
+    /// under key handle directory `kh` (sealed with key handle number
+    /// `kh_value`, which need not be in keys.json: see [`Env::key_under`]).
+    pub fn key(&self, public_id: &str) -> SoftYubiKey {
+        self.key_under(public_id, "1")
+    }
+
+    /// As [`Env::key`], in another key handle's directory; the AEAD is
+    /// sealed with key handle 1's key but records the directory's number,
+    /// so it opens only if that key handle exists in keys.json.
+    pub fn key_under(&self, public_id: &str, kh: &str) -> SoftYubiKey {
+        let secrets = YubiKeySecrets::new(random(), random());
+        self.secret(&hex::encode(secrets.key()));
+        self.secret(&hex::encode(secrets.uid()));
+        self.secret(&modhex::encode(secrets.key()));
+        self.secret(&modhex::encode(secrets.uid()));
+        let id = PublicId::parse(public_id).unwrap();
+        let name: KeyHandleName = kh.parse().unwrap();
+        let nonce = Nonce::from_public_id(&id).unwrap();
+        let aead = if name.value() == KeyHandle(1) {
+            self.backend
+                .wrap_secrets(KeyHandle(1), &nonce, &secrets)
+                .unwrap()
+        } else {
+            let key = ykhsm_core::KeyHandleKey::new(hex::decode(KH1_KEY).unwrap()).unwrap();
+            ykhsm_core::YubiKeyAead::seal(&key, name.value(), &nonce, &secrets).unwrap()
+        };
+        let store = AeadStore::new(&self.aead_dir, vec![name.clone()]);
+        store
+            .write_v1(&name, &id, &nonce, &aead, WriteMode::Replace)
+            .unwrap();
+        self.secret(&hex::encode(aead.0));
+        SoftYubiKey::new(id, secrets)
+    }
+
+    /// The key's next OTP as typed, remembered as a secret (whole and its
+    /// token part).
+    pub fn otp(&self, key: &mut SoftYubiKey) -> String {
+        let otp = key.next_otp().to_typed_string();
+        self.remember_otp(&otp);
+        otp.to_string()
+    }
+
+    /// Remembers an OTP made elsewhere.
+    pub fn remember_otp(&self, otp: &str) {
+        self.secret(otp);
+        if otp.len() >= 32 {
+            self.secret(&otp[otp.len() - 32..]);
+        }
+    }
+
+    /// Starts the real daemon on this installation and waits until it
+    /// answers.
+    pub fn start(&self) -> Daemon {
+        let d = self.spawn();
+        d.wait_ready();
+        d
+    }
+
+    /// Starts the daemon without waiting.
+    pub fn spawn(&self) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::clone(&self.logs);
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                logs.lock().unwrap().push(line);
+            }
+        });
+        Daemon {
+            child,
+            socket: self.socket.clone(),
+            reader: Some(reader),
+        }
+    }
+
+    /// Runs `ykhsmd --config … [args]` to completion: (exit code, stderr+stdout).
+    pub fn run_daemon_cmd(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.logs
+            .lock()
+            .unwrap()
+            .extend(text.lines().map(str::to_owned));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Every log line so far (stderr and syslog of every daemon).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        wait_for(
+            &format!("a log line with {needle:?}"),
+            Duration::from_secs(10),
+            || self.logs().iter().any(|l| l.contains(needle)),
+        );
+    }
+
+    /// The counter database.
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("counters.sqlite")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            return;
+        }
+        let logs = self.logs();
+        let secrets = self.secrets.lock().unwrap();
+        for line in &logs {
+            let lower = line.to_ascii_lowercase();
+            for s in secrets.iter() {
+                assert!(
+                    !lower.contains(&s.to_ascii_lowercase()),
+                    "a log line contains a secret ({}…): {line}",
+                    &s[..s.len().min(6)]
+                );
+            }
+        }
+    }
+}
+
+/// A running `ykhsmd`. Stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Waits until the daemon answers a status request.
+    pub fn wait_ready(&self) {
+        wait_for("ykhsmd to answer", Duration::from_secs(20), || {
+            matches!(
+                call(&self.socket, &Request::Status, Duration::from_secs(2)),
+                Ok(Response::StatusInfo { .. })
+            )
+        });
+    }
+
+    /// One request.
+    pub fn request(&self, req: &Request) -> Response {
+        call(&self.socket, req, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{req:?}: {e}"))
+    }
+
+    /// Verifies and returns the status word.
+    pub fn verify(&self, user: &str, otp: &str) -> Status {
+        match self.request(&Request::Verify {
+            user: user.into(),
+            otp: Zeroizing::new(otp.into()),
+        }) {
+            Response::Verdict { status } => status,
+            other => panic!("verify answered {other:?}"),
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit status.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = kill(pid, Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return st.code();
+            }
+            if Instant::now() > end {
+                self.kill_hard();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(i32::try_from(self.child.id()).unwrap()), sig).unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}

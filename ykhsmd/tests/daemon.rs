@@ -1,0 +1,477 @@
+//! The real `ykhsmd` binary on a temporary installation, over its real
+//! socket: every status word for the case that should give it, in the order
+//! of interface.md, and the audit trail that never holds a secret.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::Env;
+use ykhsm_proto::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+#[test]
+fn valid_otp_is_accepted_once() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &otp), Status::Ok);
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+    // The next OTP of the same key is fresh.
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
+
+#[test]
+fn older_counter_is_a_replay() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let first = env.otp(&mut key);
+    let second = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &second), Status::Ok);
+    assert_eq!(d.verify("alice", &first), Status::ReplayedOtp);
+    key.replug();
+    let after_replug = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &after_replug), Status::Ok);
+    key.set_counters(1, 200);
+    let lower_counter_higher_use = env.otp(&mut key);
+    assert_eq!(
+        d.verify("alice", &lower_counter_higher_use),
+        Status::ReplayedOtp
+    );
+}
+
+#[test]
+fn other_users_key_is_not_authorized() {
+    let env = Env::new();
+    let mut bobs = env.key("cccccccccccd");
+    env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\nbob:cccccccccccd\n");
+    let d = env.start();
+    let otp = env.otp(&mut bobs);
+    assert_eq!(d.verify("alice", &otp), Status::NotAuthorized);
+    // Not consumed: bob can still use it.
+    assert_eq!(d.verify("bob", &otp), Status::Ok);
+}
+
+#[test]
+fn user_without_a_line_has_no_keys() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("carol", &env.otp(&mut key)), Status::NoKeysForUser);
+    assert_eq!(
+        d.request(&Request::HasUser {
+            user: "carol".into()
+        }),
+        Response::Verdict {
+            status: Status::NoKeysForUser
+        }
+    );
+    assert_eq!(
+        d.request(&Request::HasUser {
+            user: "alice".into()
+        }),
+        Response::Verdict { status: Status::Ok }
+    );
+}
+
+#[test]
+fn user_with_an_empty_line_is_not_authorized() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:\nbob\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::NotAuthorized);
+    assert_eq!(d.verify("bob", &env.otp(&mut key)), Status::NotAuthorized);
+    // An empty line is a line: the PAM module must prompt (nullok does not apply).
+    assert_eq!(
+        d.request(&Request::HasUser {
+            user: "alice".into()
+        }),
+        Response::Verdict { status: Status::Ok }
+    );
+}
+
+#[test]
+fn key_without_an_aead_is_no_such_key() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    fs::remove_dir_all(env.aead_dir.join("1")).unwrap();
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::NoSuchKey);
+}
+
+#[test]
+fn bad_crc_wrong_uid_and_garbage_are_bad_otp() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let good = env.otp(&mut key);
+    // One token character changed: the CRC fails.
+    let mut bad_crc = good.clone().into_bytes();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] = if bad_crc[last] == b'c' { b'b' } else { b'c' };
+    let bad_crc = String::from_utf8(bad_crc).unwrap();
+    env.remember_otp(&bad_crc);
+    assert_eq!(d.verify("alice", &bad_crc), Status::BadOtp);
+    // Right key, wrong private id.
+    let mut impostor = ykhsm_core::softkey::SoftYubiKey::new(
+        key.public_id().clone(),
+        ykhsm_core::YubiKeySecrets::new(*key.secrets().key(), [0xee; 6]),
+    );
+    let wrong_uid = impostor.next_otp().to_typed_string().to_string();
+    env.remember_otp(&wrong_uid);
+    assert_eq!(d.verify("alice", &wrong_uid), Status::BadOtp);
+    for garbage in [
+        "",
+        "x",
+        "ccccccdbjrgf",
+        "ccccccdbjrgf!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        &"c".repeat(5000),
+        "ééééééééééééééééééééééééééééééééé",
+    ] {
+        assert_eq!(
+            d.verify("alice", garbage),
+            Status::BadOtp,
+            "{:?}",
+            &garbage[..garbage.len().min(20)]
+        );
+    }
+    // None of that consumed anything: the good OTP still works.
+    assert_eq!(d.verify("alice", &good), Status::Ok);
+}
+
+#[test]
+fn aead_under_a_key_handle_missing_from_keys_json_is_backend_error() {
+    let env = Env::new();
+    env.config("key_handles = [\"1\", \"2\"]");
+    let mut key = env.key_under("ccccccdbjrgf", "2");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    env.wait_log("key handle 2 (0x2) is not known to the backend");
+}
+
+#[test]
+fn removed_or_group_writable_authfile_is_backend_error() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    fs::set_permissions(&env.authfile, fs::Permissions::from_mode(0o664)).unwrap();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    assert_eq!(
+        d.request(&Request::HasUser {
+            user: "alice".into()
+        }),
+        Response::Verdict {
+            status: Status::BackendError
+        }
+    );
+    fs::set_permissions(&env.authfile, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    fs::remove_file(&env.authfile).unwrap();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    env.wait_log("yubikeys");
+}
+
+#[test]
+fn authfile_changes_apply_without_a_restart() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    env.set_authfile("alice:\nbob:ccccccdbjrgf\n");
+    assert_eq!(d.verify("alice", &otp), Status::NotAuthorized);
+    assert_eq!(d.verify("bob", &otp), Status::Ok);
+}
+
+#[test]
+fn malformed_authfile_line_fails_closed_for_its_user_and_is_reported_once() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let mut bobs = env.key("cccccccccccd");
+    env.set_authfile("alice:ccccccdbjrgf\nbob:cccccccccccd\nbob:not a key\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    assert_eq!(d.verify("bob", &env.otp(&mut bobs)), Status::BackendError);
+    assert_eq!(d.verify("bob", &env.otp(&mut bobs)), Status::BackendError);
+    let reports = env
+        .logs()
+        .iter()
+        .filter(|l| l.contains("line 3") && l.starts_with("ykhsmd: error"))
+        .count();
+    assert_eq!(reports, 1, "{:#?}", env.logs());
+}
+
+#[test]
+fn database_locked_by_another_process_is_backend_error_and_consumes_nothing() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    let conn = rusqlite::Connection::open(env.database()).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(d.verify("alice", &otp), Status::BackendError);
+    conn.execute_batch("ROLLBACK").unwrap();
+    drop(conn);
+    assert_eq!(d.verify("alice", &otp), Status::Ok);
+}
+
+#[test]
+fn admin_requests_work_for_root() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    let Response::Decrypted { line, public_id } = d.request(&Request::Decrypt {
+        otp: Zeroizing::new(otp.clone()),
+    }) else {
+        panic!("decrypt")
+    };
+    assert_eq!(public_id, "ccccccdbjrgf");
+    assert!(line.starts_with("OK counter=0001 low="), "{line}");
+    // Decrypt does not consume; ConsumeOtp does.
+    let r = d.request(&Request::ConsumeOtp {
+        otp: Zeroizing::new(otp.clone()),
+    });
+    assert_eq!(
+        r,
+        Response::Consumed {
+            status: Status::Ok,
+            public_id: "ccccccdbjrgf".into(),
+            counter: 1,
+            session_use: 0
+        }
+    );
+    let r = d.request(&Request::ConsumeOtp {
+        otp: Zeroizing::new(otp),
+    });
+    assert!(
+        matches!(
+            r,
+            Response::Consumed {
+                status: Status::ReplayedOtp,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let Response::Counters { records } = d.request(&Request::CountersExport) else {
+        panic!()
+    };
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].counter, records[0].session_use), (1, 0));
+    let Response::StatusInfo { items } = d.request(&Request::Status) else {
+        panic!()
+    };
+    assert!(
+        items
+            .iter()
+            .any(|(k, v)| k == "key_handle 1" && v == "usable"),
+        "{items:?}"
+    );
+}
+
+#[test]
+fn counters_merge_never_lowers_and_is_idempotent() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    key.set_counters(5, 3);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    let Response::Counters { records } = d.request(&Request::CountersExport) else {
+        panic!()
+    };
+    let mut lower = records[0].clone();
+    lower.counter = 4;
+    let mut higher = records[0].clone();
+    higher.counter = 9;
+    assert_eq!(
+        d.request(&Request::CountersMerge {
+            records: vec![lower.clone()]
+        }),
+        Response::Merged {
+            raised: 0,
+            unchanged: 1
+        }
+    );
+    for expected_raised in [1, 0] {
+        assert_eq!(
+            d.request(&Request::CountersMerge {
+                records: vec![higher.clone(), lower.clone()]
+            }),
+            Response::Merged {
+                raised: expected_raised,
+                unchanged: 2 - expected_raised
+            }
+        );
+    }
+    // An OTP at or below the merged counters is now a replay; above is fine.
+    key.set_counters(9, 0);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::ReplayedOtp);
+    key.set_counters(10, 0);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
+
+#[test]
+fn key_reimported_with_a_new_secret_starts_afresh() {
+    let env = Env::new();
+    let mut old = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    old.set_counters(100, 0);
+    assert_eq!(d.verify("alice", &env.otp(&mut old)), Status::Ok);
+    // Reprogrammed YubiKey: new secret, counters from 1 again.
+    let mut new = env.key("ccccccdbjrgf");
+    assert_eq!(d.verify("alice", &env.otp(&mut new)), Status::Ok);
+    // The old key's OTPs no longer decrypt.
+    assert_eq!(d.verify("alice", &env.otp(&mut old)), Status::BadOtp);
+}
+
+#[test]
+fn audit_has_one_line_per_verification_with_the_fixed_fields() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &otp), Status::Ok);
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+    // An OTP typed at the user-name prompt is never logged.
+    assert_eq!(d.verify(&env.otp(&mut key), "x"), Status::NoKeysForUser);
+    let audit = || -> Vec<String> {
+        env.logs()
+            .into_iter()
+            .filter(|l| l.starts_with("ykhsmd: verify "))
+            .collect()
+    };
+    common::wait_for(
+        "three audit lines on stderr",
+        Duration::from_secs(10),
+        || audit().len() >= 3,
+    );
+    let stderr = audit();
+    assert_eq!(stderr.len(), 3, "{stderr:#?}");
+    assert!(stderr[0].starts_with("ykhsmd: verify user=alice pubid=ccccccdbjrgf status=OK counter=1 session_use=0 peer_uid=0 peer_pid="), "{}", stderr[0]);
+    assert!(stderr[1].contains("status=REPLAYED_OTP"));
+    assert!(
+        stderr[2].contains("user=<withheld:looks-like-an-otp>"),
+        "{}",
+        stderr[2]
+    );
+    // The same lines went to syslog, facility authpriv (10): <86> = authpriv.info.
+    let syslog = || -> Vec<String> {
+        env.logs()
+            .into_iter()
+            .filter(|l| l.starts_with("<86>") && l.contains(" verify "))
+            .collect()
+    };
+    common::wait_for(
+        "three audit lines in syslog",
+        Duration::from_secs(10),
+        || syslog().len() >= 3,
+    );
+    let syslog = syslog();
+    assert_eq!(syslog.len(), 3, "{syslog:#?}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let mut d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    assert_eq!(d.terminate(), Some(0));
+    assert!(!env.socket.exists());
+    // The database is consistent and the WAL was checkpointed.
+    let conn = rusqlite::Connection::open(env.database()).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn stale_socket_is_replaced_and_a_second_daemon_is_refused() {
+    let env = Env::new();
+    let mut d = env.start();
+    d.kill_hard();
+    assert!(env.socket.exists(), "SIGKILL leaves the socket file behind");
+    let d2 = env.start();
+    let (code, out) = env.run_daemon_cmd(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another ykhsmd is running"), "{out}");
+    drop(d2);
+}
+
+#[test]
+fn start_up_errors_name_the_file_and_exit_non_zero() {
+    let env = Env::new();
+    fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, out) = env.run_daemon_cmd(&[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("keys.json") && out.contains("0640"), "{out}");
+    fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o600)).unwrap();
+
+    fs::set_permissions(&env.authfile, fs::Permissions::from_mode(0o646)).unwrap();
+    let (code, out) = env.run_daemon_cmd(&[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("yubikeys"), "{out}");
+    fs::set_permissions(&env.authfile, fs::Permissions::from_mode(0o644)).unwrap();
+
+    env.config("colour = \"blue\"");
+    let (code, out) = env.run_daemon_cmd(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("ykhsmd.toml") && out.contains("colour"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_reports_each_part_and_exits_by_the_result() {
+    let env = Env::new();
+    let (code, out) = env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok    key handle 1"), "{out}");
+    fs::remove_file(&env.keys_file).unwrap();
+    let (code, out) = env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  backend") && out.contains("keys.json"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sighup_reloads_keys_json() {
+    let env = Env::new();
+    env.config("key_handles = [\"1\", \"2\"]");
+    let mut key = env.key_under("ccccccdbjrgf", "2");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    fs::write(
+        &env.keys_file,
+        format!(r#"{{"1": "{k}", "2": "{k}"}}"#, k = common::KH1_KEY),
+    )
+    .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    env.wait_log("reload: keys and authfile re-read");
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
