@@ -10,6 +10,12 @@ echo "== cargo fmt"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== dependency boundary: the PAM module pulls no SQLite, AES, serial or async runtime"
+heavy=$(cargo tree -p pam_ykhsm -e normal --prefix none --locked | grep -oE '^(rusqlite|libsqlite3-sys|aes|ccm|serialport|tokio) ' | sort -u || true)
+if [ -n "$heavy" ]; then
+    echo "pam_ykhsm depends on: $heavy" >&2
+    exit 1
+fi
 echo "== fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 echo "== cargo test"

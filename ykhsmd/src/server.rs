@@ -218,10 +218,10 @@ impl Drop for UserSlot {
     }
 }
 
-/// A connection's claim on a slot.
-enum Slot {
-    Root(#[allow(dead_code)] OwnedSemaphorePermit),
-    User(#[allow(dead_code)] UserSlot),
+/// A connection's claim on a slot, held until the connection ends.
+struct Slot {
+    _root: Option<OwnedSemaphorePermit>,
+    _user: Option<UserSlot>,
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
@@ -254,9 +254,14 @@ pub async fn run(
                 let Ok(cred) = stream.peer_cred() else { continue };
                 let peer = Peer { uid: cred.uid(), pid: cred.pid() };
                 let slot = if peer.uid == 0 {
-                    Arc::clone(&root_slots).try_acquire_owned().ok().map(Slot::Root)
+                    Arc::clone(&root_slots)
+                        .try_acquire_owned()
+                        .ok()
+                        .map(|p| Slot { _root: Some(p), _user: None })
                 } else {
-                    user_slots.take(peer.uid, cfg.max_connections_per_user).map(Slot::User)
+                    user_slots
+                        .take(peer.uid, cfg.max_connections_per_user)
+                        .map(|u| Slot { _root: None, _user: Some(u) })
                 };
                 let Some(slot) = slot else {
                     refused += 1;
