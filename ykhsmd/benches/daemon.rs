@@ -1,0 +1,920 @@
+//! The real `ykhsmd` under load, next to the floor of what a verify must
+//! cost: one Unix-socket round trip plus one durable SQLite commit.
+//!
+//! ```text
+//! cargo bench -p ykhsmd --bench daemon      # as root: the daemon wants root-owned files
+//! ```
+//!
+//! A temporary installation (keys.json, 1,024 software YubiKeys with AEADs,
+//! an authfile with one user per key, a syslog socket that discards) is set
+//! up, the release `ykhsmd` is started on it, and 1, 8 and 64 client threads
+//! send fresh OTPs, one connection per request as the PAM module does. Each
+//! client owns a disjoint set of keys, so every OTP must be answered `OK`.
+//!
+//! `YKHSM_BENCH_SECS` sets the seconds per concurrency level (default 4),
+//! `YKHSM_BENCH_LEVELS` the levels (default `1,8,64`).
+//! The targets are only reported, never enforced.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, SysconfVar, sysconf};
+use rusqlite::{Connection, params};
+use ykhsm_core::Nonce;
+use ykhsm_core::backend::{Backend, SoftBackend};
+use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
+use ykhsm_core::keys_file::KeysFile;
+use ykhsm_core::otp::{PublicId, YubiKeySecrets};
+use ykhsm_core::serial::public_id_ykman;
+use ykhsm_core::softkey::SoftYubiKey;
+use ykhsm_core::store::{AeadStore, WriteMode};
+use ykhsm_proto::{Request, Response, Status, call, frame};
+use zeroize::Zeroizing;
+
+/// Software YubiKeys, one authfile user each.
+const KEYS: usize = 1024;
+/// Concurrent clients per level (`YKHSM_BENCH_LEVELS=1,8,64` overrides).
+const LEVELS: [usize; 3] = [1, 8, 64];
+/// One request's deadline (connect + write + read).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Size of the echo floor's request and answer: about a verify frame
+/// (header, user name, 44-character OTP) and a verdict frame.
+const ECHO_REQUEST: usize = 80;
+const ECHO_ANSWER: usize = 8;
+
+// ---------------------------------------------------------------- helpers
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("read /dev/urandom");
+    b
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The value at `per_100k` / 100,000 of sorted `v` (nearest rank).
+fn percentile(sorted: &[u64], per_100k: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (sorted.len() * per_100k).div_ceil(100_000).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Clock ticks per second for /proc times (`getconf CLK_TCK`).
+fn clk_tck() -> u64 {
+    sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(100)
+}
+
+/// utime + stime of a whole process (all its threads), in clock ticks.
+fn process_ticks(pid: &str) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name is in parentheses and may hold spaces: count fields
+    // after the last ')'. Field 3 (state) is index 0, so utime (14) is 11.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// (busy, total) ticks of the whole machine, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let g = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = g(0) + g(1) + g(2) + g(5) + g(6) + g(7);
+    (busy, busy + g(3) + g(4))
+}
+
+/// CPU counters at one instant.
+#[derive(Clone, Copy)]
+struct Cpu {
+    daemon: u64,
+    bench: u64,
+    busy: u64,
+    total: u64,
+}
+
+impl Cpu {
+    fn now(daemon_pid: &str) -> Self {
+        let (busy, total) = machine_ticks();
+        Self {
+            daemon: process_ticks(daemon_pid),
+            bench: process_ticks("self"),
+            busy,
+            total,
+        }
+    }
+}
+
+// ----------------------------------------------------------- installation
+
+struct Install {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    /// Key `i` belongs to user `user(i)`.
+    keys: Arc<Vec<Mutex<SoftYubiKey>>>,
+}
+
+fn user(i: usize) -> String {
+    format!("u{i:04}")
+}
+
+fn install() -> Install {
+    let dir = tempfile::Builder::new()
+        .prefix("ykhsm-bench-")
+        .tempdir()
+        .expect("temporary directory");
+    let root = dir.path();
+
+    let keys_file = root.join("keys.json");
+    let keys_json = format!(r#"{{"1": "{}"}}"#, hex::encode(random_bytes(32)));
+    fs::write(&keys_file, &keys_json).expect("write keys.json");
+    fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).expect("chmod keys.json");
+    let backend =
+        SoftBackend::new(KeysFile::parse(&keys_file, keys_json.as_bytes()).expect("keys.json"));
+
+    let aead_dir = root.join("aeads");
+    fs::create_dir(&aead_dir).expect("aead dir");
+    let kh: KeyHandleName = "1".parse().expect("key handle name");
+    let store = AeadStore::new(&aead_dir, vec![kh.clone()]);
+    let mut keys = Vec::with_capacity(KEYS);
+    let mut authfile = String::new();
+    let entropy = random_bytes(KEYS * 22);
+    for (i, r) in entropy.chunks_exact(22).enumerate() {
+        let serial = 7_000_000 + u32::try_from(i).expect("key index");
+        let id = PublicId::parse(&public_id_ykman(serial)).expect("public id");
+        let key: [u8; 16] = r[..16].try_into().expect("16 bytes");
+        let uid: [u8; 6] = r[16..].try_into().expect("6 bytes");
+        let secrets = YubiKeySecrets::new(key, uid);
+        let nonce = Nonce::from_public_id(&id).expect("nonce");
+        let aead = backend
+            .wrap_secrets(KeyHandle(1), &nonce, &secrets)
+            .expect("wrap secrets");
+        store
+            .write_v1(&kh, &id, &nonce, &aead, WriteMode::CreateNew)
+            .expect("write AEAD");
+        let _ = writeln!(authfile, "{}:{id}", user(i));
+        keys.push(Mutex::new(SoftYubiKey::new(id, secrets)));
+    }
+    let auth_path = root.join("yubikeys");
+    fs::write(&auth_path, authfile).expect("write authfile");
+    fs::set_permissions(&auth_path, fs::Permissions::from_mode(0o644)).expect("chmod authfile");
+
+    let socket = root.join("run/ykhsmd.sock");
+    let config = root.join("ykhsmd.toml");
+    fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\nkeys_file = {:?}\nsyslog_socket = {:?}\n",
+            socket,
+            auth_path,
+            aead_dir,
+            root.join("state"),
+            keys_file,
+            root.join("syslog.sock"),
+        ),
+    )
+    .expect("write config");
+    Install {
+        dir,
+        config,
+        socket,
+        keys: Arc::new(keys),
+    }
+}
+
+/// Binds the syslog socket and discards what arrives (as a syslogd would
+/// take it off the daemon's hands).
+fn syslog_sink(path: &Path) {
+    let sock = UnixDatagram::bind(path).expect("bind syslog socket");
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while sock.recv(&mut buf).is_ok() {}
+    });
+}
+
+struct Daemon {
+    child: Child,
+    /// stderr lines other than the audit trail (warnings, errors).
+    notes: Arc<Mutex<Vec<String>>>,
+    /// `duration_us` of each verify audit line (the daemon's own measure:
+    /// from the decoded request to the committed verdict), in ns.
+    durations: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Daemon {
+    fn start(inst: &Install) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+            .arg("--config")
+            .arg(&inst.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ykhsmd");
+        let stderr = child.stderr.take().expect("stderr");
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let durations = Arc::new(Mutex::new(Vec::new()));
+        let n = Arc::clone(&notes);
+        let d = Arc::clone(&durations);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("error") || line.contains("warning") {
+                    n.lock().expect("notes").push(line);
+                } else if line.starts_with("ykhsmd: verify ")
+                    && let Some(us) = line
+                        .rsplit_once("duration_us=")
+                        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                {
+                    d.lock().expect("durations").push(us * 1000);
+                }
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Response::StatusInfo { .. }) =
+                call(&inst.socket, &Request::Status, Duration::from_secs(2))
+            {
+                break;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "ykhsmd exited at start-up ({st}): {:?}",
+                    notes.lock().expect("notes")
+                );
+            }
+            assert!(Instant::now() < end, "ykhsmd did not answer within 20 s");
+            thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child,
+            notes,
+            durations,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// SIGTERM, then wait up to 10 s.
+    fn stop(&mut self) -> String {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        let _ = kill(pid, Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.to_string();
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return "did not stop within 10 s of SIGTERM; killed".into();
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- floors
+
+/// Latencies (unsorted) over a wall-clock span.
+#[derive(Default, Clone)]
+struct Samples {
+    lat: Vec<u64>,
+    secs: f64,
+    /// CPU ticks this process used meanwhile (both ends, for the echo).
+    ticks: u64,
+}
+
+impl Samples {
+    fn add(&mut self, other: &Samples) {
+        self.lat.extend_from_slice(&other.lat);
+        self.secs += other.secs;
+        self.ticks += other.ticks;
+    }
+
+    fn summary(&self) -> Floor {
+        let mut lat = self.lat.clone();
+        lat.sort_unstable();
+        Floor {
+            n: lat.len(),
+            p50: percentile(&lat, 50_000),
+            p99: percentile(&lat, 99_000),
+            per_sec: lat.len() as f64 / self.secs.max(1e-9),
+            cpu_us: self.ticks as f64 / clk_tck() as f64 * 1e6 / lat.len().max(1) as f64,
+        }
+    }
+}
+
+struct Floor {
+    n: usize,
+    p50: u64,
+    p99: u64,
+    per_sec: f64,
+    /// CPU time per operation.
+    cpu_us: f64,
+}
+
+/// (a) One durable single-row commit: SQLite, WAL, synchronous=FULL, an
+/// UPSERT of one row per transaction, rows spread over `KEYS` keys (the
+/// daemon's schema). Measured in slices through the run, because the disk
+/// is shared and its fsync time drifts with what else is writing.
+struct SqliteFloor {
+    conn: Connection,
+    ids: Vec<String>,
+    i: u64,
+}
+
+impl SqliteFloor {
+    fn open(dir: &Path) -> Self {
+        let conn = Connection::open(dir.join("floor.sqlite")).expect("open floor db");
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .expect("WAL");
+        assert!(mode.eq_ignore_ascii_case("wal"), "journal_mode={mode}");
+        conn.pragma_update(None, "synchronous", "FULL")
+            .expect("synchronous");
+        conn.execute_batch(
+            "CREATE TABLE counters (
+                public_id TEXT NOT NULL, fingerprint BLOB NOT NULL,
+                counter INTEGER NOT NULL, session_use INTEGER NOT NULL,
+                ts_high INTEGER NOT NULL, ts_low INTEGER NOT NULL,
+                modified INTEGER NOT NULL,
+                PRIMARY KEY (public_id, fingerprint)) WITHOUT ROWID;",
+        )
+        .expect("schema");
+        let ids = (0..KEYS)
+            .map(|i| public_id_ykman(7_000_000 + u32::try_from(i).expect("index")))
+            .collect();
+        Self { conn, ids, i: 0 }
+    }
+
+    fn commit_one(&mut self) {
+        let i = self.i;
+        self.i += 1;
+        let id = &self.ids[usize::try_from(i).unwrap_or(0) % KEYS];
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .expect("begin");
+        tx.prepare_cached(
+            "INSERT INTO counters (public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)
+             VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)
+             ON CONFLICT (public_id, fingerprint) DO UPDATE SET
+               counter = excluded.counter, session_use = excluded.session_use,
+               modified = excluded.modified",
+        )
+        .expect("prepare")
+        .execute(params![
+            id,
+            &[7u8; 20][..],
+            i64::try_from(i / 256).unwrap_or(0),
+            i64::try_from(i % 256).unwrap_or(0),
+            i64::try_from(i).unwrap_or(0)
+        ])
+        .expect("upsert");
+        tx.commit().expect("commit");
+    }
+
+    fn slice(&mut self, dur: Duration) -> Samples {
+        let mut lat = Vec::new();
+        let ticks = process_ticks("self");
+        let start = Instant::now();
+        while start.elapsed() < dur {
+            let t = Instant::now();
+            self.commit_one();
+            lat.push(nanos(t.elapsed()));
+        }
+        Samples {
+            lat,
+            secs: start.elapsed().as_secs_f64(),
+            ticks: process_ticks("self") - ticks,
+        }
+    }
+}
+
+/// (b) One Unix-socket round trip on a new connection: a blocking echo
+/// server thread that reads a verify-sized request and answers a few bytes.
+fn socket_floor(dir: &Path, dur: Duration) -> Samples {
+    let path = dir.join("echo.sock");
+    let listener = UnixListener::bind(&path).expect("bind echo socket");
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut req = [0u8; ECHO_REQUEST];
+            if s.read_exact(&mut req).is_ok() {
+                let _ = s.write_all(&req[..ECHO_ANSWER]);
+            }
+        }
+    });
+    let req = [0x5au8; ECHO_REQUEST];
+    let mut lat = Vec::new();
+    let ticks = process_ticks("self");
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        let mut s = UnixStream::connect(&path).expect("connect echo");
+        s.write_all(&req).expect("write echo");
+        let mut ans = [0u8; ECHO_ANSWER];
+        s.read_exact(&mut ans).expect("read echo");
+        drop(s);
+        lat.push(nanos(t.elapsed()));
+    }
+    Samples {
+        lat,
+        secs: start.elapsed().as_secs_f64(),
+        ticks: process_ticks("self") - ticks,
+    }
+}
+
+// ------------------------------------------------------------------ load
+
+#[derive(Default)]
+struct ClientResult {
+    lat: Vec<u64>,
+    /// Answer (status word or client error) → count, for non-`OK` answers.
+    errors: BTreeMap<String, u64>,
+}
+
+/// One PAM-like client: a new connection per verify, over its own keys.
+fn client(
+    socket: &Path,
+    keys: &[Mutex<SoftYubiKey>],
+    mine: &[usize],
+    dur: Duration,
+    barrier: &Barrier,
+) -> ClientResult {
+    let users: Vec<String> = mine.iter().map(|&i| user(i)).collect();
+    let mut out = ClientResult {
+        lat: Vec::with_capacity(1 << 14),
+        ..ClientResult::default()
+    };
+    barrier.wait();
+    let until = Instant::now() + dur;
+    let mut j = 0;
+    while Instant::now() < until {
+        let otp = keys[mine[j]]
+            .lock()
+            .expect("key")
+            .next_otp()
+            .to_typed_string();
+        let req = Request::Verify {
+            user: users[j].clone(),
+            otp: Zeroizing::new(otp.to_string()),
+        };
+        let t = Instant::now();
+        let answer = call(socket, &req, CALL_TIMEOUT);
+        out.lat.push(nanos(t.elapsed()));
+        match answer {
+            Ok(Response::Verdict { status: Status::Ok }) => {}
+            Ok(Response::Verdict { status }) => {
+                *out.errors.entry(format!("status {status}")).or_default() += 1;
+            }
+            Ok(other) => {
+                *out.errors.entry(format!("answer {other:?}")).or_default() += 1;
+            }
+            Err(e) => *out.errors.entry(format!("client error: {e}")).or_default() += 1,
+        }
+        j = (j + 1) % mine.len();
+    }
+    out
+}
+
+struct Level {
+    clients: usize,
+    verifies: usize,
+    secs: f64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    /// The daemon's own `duration_us` (p50, p99).
+    srv: (u64, u64),
+    errors: BTreeMap<String, u64>,
+    daemon_ticks: u64,
+    bench_ticks: u64,
+    other_ticks: u64,
+    machine_ticks: u64,
+}
+
+fn run_level(inst: &Install, daemon: &Daemon, clients: usize, dur: Duration) -> Level {
+    let daemon_pid = daemon.pid();
+    let daemon_pid = daemon_pid.as_str();
+    daemon.durations.lock().expect("durations").clear();
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let mine: Vec<usize> = (c..KEYS).step_by(clients).collect();
+            let keys = Arc::clone(&inst.keys);
+            let socket = inst.socket.clone();
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || client(&socket, &keys, &mine, dur, &barrier))
+        })
+        .collect();
+    barrier.wait();
+    let before = Cpu::now(daemon_pid);
+    let start = Instant::now();
+    let results: Vec<ClientResult> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    let after = Cpu::now(daemon_pid);
+    // The audit lines were written before the answers; let the reader
+    // thread catch up with the pipe.
+    thread::sleep(Duration::from_millis(200));
+    let mut srv = std::mem::take(&mut *daemon.durations.lock().expect("durations"));
+    srv.sort_unstable();
+    let mut lat: Vec<u64> = Vec::new();
+    let mut errors = BTreeMap::new();
+    for r in results {
+        lat.extend(r.lat);
+        for (k, v) in r.errors {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    lat.sort_unstable();
+    let daemon_ticks = after.daemon - before.daemon;
+    let bench_ticks = after.bench - before.bench;
+    let busy = after.busy - before.busy;
+    Level {
+        clients,
+        verifies: lat.len(),
+        secs,
+        p50: percentile(&lat, 50_000),
+        p99: percentile(&lat, 99_000),
+        p999: percentile(&lat, 99_900),
+        max: lat.last().copied().unwrap_or(0),
+        srv: (percentile(&srv, 50_000), percentile(&srv, 99_000)),
+        errors,
+        daemon_ticks,
+        bench_ticks,
+        other_ticks: busy.saturating_sub(daemon_ticks + bench_ticks),
+        machine_ticks: after.total - before.total,
+    }
+}
+
+/// (b') As (b), but through the real client (`ykhsm_proto::call`: deadline,
+/// socket options, framing, decoding) against a blocking server thread
+/// that reads one frame and answers a pre-encoded `OK` verdict. Not part of
+/// the floor; it shows what the client library adds to (b).
+fn framed_socket_floor(dir: &Path, dur: Duration) -> Samples {
+    let path = dir.join("framed.sock");
+    let listener = UnixListener::bind(&path).expect("bind framed echo socket");
+    let answer = frame::frame(&Response::Verdict { status: Status::Ok }.encode())
+        .expect("frame")
+        .to_vec();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            if frame::read_frame(&mut s, frame::MAX_FRAME).is_ok() {
+                let _ = s.write_all(&answer);
+            }
+        }
+    });
+    let req = Request::Verify {
+        user: user(0),
+        otp: Zeroizing::new("vvccccdbjrgf".repeat(2) + &"c".repeat(20)),
+    };
+    let mut lat = Vec::new();
+    let ticks = process_ticks("self");
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        let r = call(&path, &req, CALL_TIMEOUT);
+        lat.push(nanos(t.elapsed()));
+        assert!(
+            matches!(r, Ok(Response::Verdict { status: Status::Ok })),
+            "framed echo: {r:?}"
+        );
+    }
+    Samples {
+        lat,
+        secs: start.elapsed().as_secs_f64(),
+        ticks: process_ticks("self") - ticks,
+    }
+}
+
+/// Diagnostic: one client asking `HasUser` (socket, runtime, one
+/// blocking-pool hop and an authfile stat; no AEAD, no database, no log
+/// line), to separate the daemon's per-request overhead from the commit.
+fn no_commit_probe(socket: &Path, dur: Duration) -> (Samples, u64) {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let req = Request::HasUser { user: user(0) };
+    let ticks = process_ticks("self");
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        let answer = call(socket, &req, CALL_TIMEOUT);
+        lat.push(nanos(t.elapsed()));
+        if !matches!(answer, Ok(Response::Verdict { status: Status::Ok })) {
+            errors += 1;
+        }
+    }
+    (
+        Samples {
+            lat,
+            secs: start.elapsed().as_secs_f64(),
+            ticks: process_ticks("self") - ticks,
+        },
+        errors,
+    )
+}
+
+// ------------------------------------------------------------------ main
+
+fn main() {
+    let secs: u64 = std::env::var("YKHSM_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(4);
+    let dur = Duration::from_secs(secs);
+    let level_list: Vec<usize> = std::env::var("YKHSM_BENCH_LEVELS")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .filter(|&c| (1..=KEYS).contains(&c))
+                .collect::<Vec<usize>>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| LEVELS.to_vec());
+    let tck = clk_tck();
+    let cpus = thread::available_parallelism().map_or(1, usize::from);
+    println!("ykhsmd daemon benchmark");
+    println!(
+        "  {KEYS} keys, levels {level_list:?} clients, {secs} s per level, {cpus} CPUs, CLK_TCK={tck} (sysconf)"
+    );
+    println!("  load average at start: {}", loadavg());
+
+    let t = Instant::now();
+    let inst = install();
+    syslog_sink(&inst.dir.path().join("syslog.sock"));
+    println!(
+        "  installation in {} ({:.1} s to write {KEYS} AEADs)",
+        inst.dir.path().display(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Floors: (b) once, (a) in slices before the daemon, before each level
+    // (daemon idle) and after the daemon has stopped.
+    let floor_dir = inst.dir.path().join("floor");
+    fs::create_dir(&floor_dir).expect("floor dir");
+    let sock = socket_floor(&floor_dir, Duration::from_secs(2)).summary();
+    let framed = framed_socket_floor(&floor_dir, Duration::from_secs(1)).summary();
+    let mut sq = SqliteFloor::open(&floor_dir);
+    let _ = sq.slice(Duration::from_millis(500)); // fills the table and the WAL
+    let mut slices: Vec<(String, Samples)> = Vec::new();
+    slices.push(("before start".into(), sq.slice(Duration::from_secs(2))));
+
+    let mut daemon = Daemon::start(&inst);
+    let pid = daemon.pid();
+    println!("  ykhsmd pid {pid} ({})", env!("CARGO_BIN_EXE_ykhsmd"));
+
+    // Warm-up (not reported, but its errors count).
+    let warm = run_level(&inst, &daemon, 8, Duration::from_secs(1));
+    let (probe, probe_errors) = no_commit_probe(&inst.socket, Duration::from_secs(1));
+    let probe = probe.summary();
+    let mut levels: Vec<Level> = Vec::new();
+    for &c in &level_list {
+        slices.push((
+            format!("before c={c}"),
+            sq.slice(Duration::from_millis(1500)),
+        ));
+        levels.push(run_level(&inst, &daemon, c, dur));
+    }
+    let load_end = loadavg();
+    let status = daemon.stop();
+    slices.push(("after stop".into(), sq.slice(Duration::from_secs(2))));
+    let mut pooled = Samples::default();
+    for (_, s) in &slices {
+        pooled.add(s);
+    }
+    let commit = pooled.summary();
+    let floor = sock.p50 + commit.p50;
+
+    println!();
+    println!("Floor (same file system as the daemon's state_dir; no daemon work while measured)");
+    println!("  (a) SQLite WAL+FULL, 1-row UPSERT per transaction, per slice:");
+    for (name, s) in &slices {
+        let f = s.summary();
+        println!(
+            "      {name:<14} n={:6}  p50={:8.1} us  p99={:8.1} us  {:7.0} commits/s  CPU {:5.1} us/commit",
+            f.n,
+            us(f.p50),
+            us(f.p99),
+            f.per_sec,
+            f.cpu_us
+        );
+    }
+    println!(
+        "      {:<14} n={:6}  p50={:8.1} us  p99={:8.1} us  {:7.0} commits/s  CPU {:5.1} us/commit",
+        "pooled",
+        commit.n,
+        us(commit.p50),
+        us(commit.p99),
+        commit.per_sec,
+        commit.cpu_us
+    );
+    println!(
+        "  (b) Unix socket, new connection + round trip: n={:6}  p50={:8.1} us  p99={:8.1} us  {:7.0} trips/s  CPU {:5.1} us/trip (both ends)",
+        sock.n,
+        us(sock.p50),
+        us(sock.p99),
+        sock.per_sec,
+        sock.cpu_us
+    );
+    println!(
+        "  (b') as (b) via ykhsm_proto::call + framing: n={:6}  p50={:8.1} us  p99={:8.1} us  (not in the floor)  CPU {:5.1} us/trip",
+        framed.n,
+        us(framed.p50),
+        us(framed.p99),
+        framed.cpu_us
+    );
+    println!(
+        "  floor = (b) p50 + (a) pooled p50 = {:.1} us; single-commit rate = {:.0} /s",
+        us(floor),
+        commit.per_sec
+    );
+    println!(
+        "  diagnostic: ykhsmd HasUser (no AEAD, no commit, no log), c=1: n={} p50={:.1} us p99={:.1} us",
+        probe.n,
+        us(probe.p50),
+        us(probe.p99)
+    );
+
+    println!();
+    println!("ykhsmd verify (new connection per request; latency is client side)");
+    println!(
+        "  {:>7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "clients",
+        "verifies",
+        "verifies/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "p50/floor",
+        "thr/commit",
+        "errors"
+    );
+    for l in &levels {
+        let errors: u64 = l.errors.values().sum();
+        println!(
+            "  {:>7} {:>8} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>10.2} {:>6}",
+            l.clients,
+            l.verifies,
+            l.verifies as f64 / l.secs,
+            us(l.p50),
+            us(l.p99),
+            us(l.p999),
+            us(l.max),
+            l.p50 as f64 / floor as f64,
+            l.verifies as f64 / l.secs / commit.per_sec,
+            errors
+        );
+    }
+    println!("  thr/commit: verifies/s divided by the single-commit rate of (a).");
+    println!();
+    println!("Where the time goes");
+    println!(
+        "  {:>7} {:>9} {:>9} {:>10} {:>7} {:>10} {:>9} {:>9} {:>7}",
+        "clients",
+        "srv p50",
+        "srv p99",
+        "dCPU us/v",
+        "dCPU %",
+        "bCPU us/v",
+        "machine:",
+        "others %",
+        "idle %"
+    );
+    let tck_f = tck as f64;
+    for l in &levels {
+        let n = l.verifies.max(1) as f64;
+        let m = l.machine_ticks.max(1) as f64;
+        let idle = l
+            .machine_ticks
+            .saturating_sub(l.daemon_ticks + l.bench_ticks + l.other_ticks);
+        println!(
+            "  {:>7} {:>9.1} {:>9.1} {:>10.1} {:>7.0} {:>10.1} {:>9} {:>9.1} {:>7.1}",
+            l.clients,
+            us(l.srv.0),
+            us(l.srv.1),
+            l.daemon_ticks as f64 / tck_f / n * 1e6,
+            l.daemon_ticks as f64 / tck_f / l.secs * 100.0,
+            l.bench_ticks as f64 / tck_f / n * 1e6,
+            "",
+            l.other_ticks as f64 / m * 100.0,
+            idle as f64 / m * 100.0
+        );
+    }
+    println!("  srv: the daemon's own duration_us from its audit lines (request decoded → verdict");
+    println!("       committed; excludes accept, read, log write and answer), in us;");
+    println!("  dCPU / bCPU: CPU time of the daemon (all threads, /proc/<pid>/stat) and of this");
+    println!("       bench process (clients, pipe readers) per verify; dCPU % is of one CPU;");
+    println!(
+        "  others % / idle %: the rest of the machine ({cpus} CPUs, /proc/stat) during the level."
+    );
+    println!("  load average at end: {load_end}");
+
+    let mut all_errors: BTreeMap<String, u64> = warm.errors.clone();
+    for l in &levels {
+        for (k, v) in &l.errors {
+            *all_errors.entry(k.clone()).or_default() += v;
+        }
+    }
+    if probe_errors > 0 {
+        all_errors.insert("HasUser probe not OK".into(), probe_errors);
+    }
+    let total_errors: u64 = all_errors.values().sum();
+    println!();
+    println!(
+        "Errors (warm-up of {} verifies and the probe included): {total_errors}",
+        warm.verifies
+    );
+    for (k, v) in &all_errors {
+        println!("  {v:6} x {k}");
+    }
+    let notes = daemon.notes.lock().expect("notes").clone();
+    for n in notes.iter().take(10) {
+        println!("  daemon said: {n}");
+    }
+
+    println!();
+    println!("Targets (reported, not enforced)");
+    if let Some(l) = levels.iter().find(|l| l.clients == 1) {
+        let r = l.p50 as f64 / floor as f64;
+        println!(
+            "  c=1 p50 <= 1.5 x floor:             {:8.1} us / {:.1} us = {r:.2}  {}",
+            us(l.p50),
+            us(floor),
+            if r <= 1.5 { "MET" } else { "NOT MET" }
+        );
+    }
+    if let Some(l) = levels.iter().find(|l| l.clients == 64) {
+        let thr = l.verifies as f64 / l.secs;
+        let r = thr / commit.per_sec;
+        println!(
+            "  c=64 throughput >= 3 x commit rate: {thr:8.0} /s / {:.0} /s = {r:.2}  {}",
+            commit.per_sec,
+            if r >= 3.0 { "MET" } else { "NOT MET" }
+        );
+    }
+    println!(
+        "  zero errors:                        {total_errors:8}  {}",
+        if total_errors == 0 { "MET" } else { "NOT MET" }
+    );
+    println!();
+    println!("ykhsmd stopped with SIGTERM: {status}");
+}
