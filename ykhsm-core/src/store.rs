@@ -11,9 +11,9 @@
 //! temporary file in the same directory, fsync, rename, fsync the directory,
 //! so a reader sees the old AEAD or the new one and never half of one.
 
-use std::fs::{DirBuilder, File};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -146,11 +146,23 @@ pub fn relative_path(key_handle: &KeyHandleName, id: &str) -> PathBuf {
 }
 
 /// Reads at most [`MAX_FILE_LEN`] + 1 bytes, so an oversized file is seen as
-/// such without reading all of it.
+/// such without reading all of it, in one `read`: a regular file returns all
+/// it has up to the count asked. `O_NONBLOCK` keeps a FIFO or device planted
+/// at the path from hanging the caller (it then reads as empty or fails).
 fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
-    let f = File::open(path)?;
-    let mut buf = Vec::with_capacity(64);
-    f.take(MAX_FILE_LEN as u64 + 1).read_to_end(&mut buf)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut buf = vec![0u8; MAX_FILE_LEN + 1];
+    let n = loop {
+        match f.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    buf.truncate(n);
     Ok(buf)
 }
 

@@ -17,6 +17,9 @@ use crate::codec::DecodeError;
 use crate::frame::{self, FrameError, MAX_FRAME};
 use crate::message::{Request, Response};
 
+/// Requests up to this size are written without setting a write timeout.
+const SMALL_REQUEST: usize = 4096;
+
 /// How long to wait before retrying a connect refused for a full backlog.
 const BACKLOG_RETRY: Duration = Duration::from_millis(5);
 
@@ -67,8 +70,8 @@ fn connect(path: &Path, deadline: Instant, total: Duration) -> Result<UnixStream
         source,
     };
     let addr = SockAddr::unix(path).map_err(err)?;
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
+    // Non-blocking (and close-on-exec) from creation: one syscall fewer.
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None).map_err(err)?;
     loop {
         match socket.connect(&addr) {
             Ok(()) => break,
@@ -96,15 +99,24 @@ pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Respons
             ClientError::Frame(FrameError::Io(e))
         }
     };
-    stream
-        .set_write_timeout(Some(remaining(deadline, timeout)?))
-        .map_err(timed)?;
+    // A small request fits the empty buffer of a new connection and cannot
+    // block; a large one (a counters merge) gets the deadline.
+    if framed.len() > SMALL_REQUEST {
+        stream
+            .set_write_timeout(Some(remaining(deadline, timeout)?))
+            .map_err(timed)?;
+    }
     io::Write::write_all(&mut stream, &framed).map_err(timed)?;
-    let mut reader = DeadlineReader {
-        stream: &stream,
-        deadline,
-        total: timeout,
-    };
+    // Buffered: an answer usually arrives whole, so header and body cost
+    // one read (and one timeout update) instead of two.
+    let mut reader = io::BufReader::with_capacity(
+        512,
+        DeadlineReader {
+            stream: &stream,
+            deadline,
+            total: timeout,
+        },
+    );
     let answer = frame::read_frame(&mut reader, MAX_FRAME).map_err(|e| match e {
         FrameError::Io(io) if is_timeout(&io) => ClientError::Timeout(timeout),
         other => ClientError::Frame(other),

@@ -114,9 +114,14 @@ pub fn run(config: Config) -> Result<()> {
     let users = authfile(&config, &log)?;
     aead_dir(&config.aead_dir)?;
     state_dir(&config.state_dir)?;
-    let (db, closer) = Db::open(&config.database())?;
+    // The socket's lock first: a second daemon is told so plainly.
     let bound = server::bind(&config.socket, 0)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let db = Db::open(&config.database())?;
+    // One thread runs every connection (a few microseconds of work each);
+    // the database thread commits while it goes on reading the next
+    // requests, which is what lets commits batch. Fewer threads, fewer
+    // hand-offs per login.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("ykhsmd")
         .build()
@@ -138,7 +143,13 @@ pub fn run(config: Config) -> Result<()> {
         config.authfile.display(),
         config.database().display()
     ));
-    let service = Arc::new(Service::new(config, Arc::clone(&log), backend, db, users));
+    let service = Arc::new(Service::new(
+        config,
+        Arc::clone(&log),
+        backend,
+        db.clone(),
+        users,
+    ));
     let result: Result<()> = runtime.block_on(async {
         let listener =
             tokio::net::UnixListener::from_std(bound.listener.try_clone().context("socket")?)
@@ -153,6 +164,10 @@ pub fn run(config: Config) -> Result<()> {
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
             }
         });
+        let committer = {
+            let db = db.clone();
+            tokio::spawn(async move { db.run_committer().await })
+        };
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
@@ -161,13 +176,14 @@ pub fn run(config: Config) -> Result<()> {
         };
         server::run(listener, Arc::clone(&service), shutdown).await;
         reloader.abort();
+        committer.abort();
         Ok(())
     });
     log.info("stopping: in-flight requests answered; closing the database");
     drop(service);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     drop(bound);
-    closer.wait();
+    db.close();
     log.info("stopped");
     result
 }
@@ -222,13 +238,20 @@ pub fn check(config: &Config) -> bool {
             Ok(format!("{} (will be created)", config.state_dir.display()))
         },
     );
-    if config.database().exists() {
+    if server::daemon_running(&config.socket) {
+        report(
+            "database",
+            Ok(format!(
+                "{} (held by the running ykhsmd; not opened)",
+                config.database().display()
+            )),
+        );
+    } else if config.database().exists() {
         report(
             "database",
             Db::open(&config.database())
-                .map(|(db, closer)| {
-                    drop(db);
-                    closer.wait();
+                .map(|db| {
+                    db.close();
                     config.database().display().to_string()
                 })
                 .map_err(anyhow::Error::from),

@@ -11,11 +11,32 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Mutex;
 
-use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
+use syslog::{Facility, LogFormat, Logger, LoggerBackend, Severity};
+
+/// RFC 3164 lines without a timestamp, `<PRI>ykhsmd[PID]: message`, facility
+/// authpriv: syslogd stamps the time on receipt, in local time. (The syslog
+/// crate's own formatter stamps UTC as if it were local time, and parses its
+/// time format again for every line.)
+#[derive(Debug, Clone, Copy)]
+struct Authpriv {
+    pid: u32,
+}
+
+impl<T: std::fmt::Display> LogFormat<T> for Authpriv {
+    fn format<W: std::io::Write>(
+        &self,
+        w: &mut W,
+        severity: Severity,
+        message: T,
+    ) -> syslog::Result<()> {
+        let pri = Facility::LOG_AUTHPRIV as u8 | severity as u8;
+        write!(w, "<{pri}>ykhsmd[{}]: {message}", self.pid).map_err(syslog::Error::Write)
+    }
+}
 
 /// Where log lines go.
 pub struct Log {
-    syslog: Mutex<Option<Logger<LoggerBackend, Formatter3164>>>,
+    syslog: Mutex<Option<Logger<LoggerBackend, Authpriv>>>,
     debug: bool,
 }
 
@@ -44,10 +65,7 @@ impl Log {
     /// Logs to stderr, and to syslog at `syslog_socket` when it can be
     /// reached (a missing syslog is said once on stderr, not fatal).
     pub fn new(syslog_socket: &Path, debug: bool) -> Self {
-        let formatter = Formatter3164 {
-            facility: Facility::LOG_AUTHPRIV,
-            hostname: None,
-            process: "ykhsmd".into(),
+        let formatter = Authpriv {
             pid: std::process::id(),
         };
         let syslog = match syslog::unix_custom(formatter, syslog_socket) {
@@ -84,10 +102,8 @@ impl Log {
             Level::Warning => "warning: ",
             Level::Info | Level::Debug => "",
         };
-        {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "ykhsmd: {tag}{msg}");
-        }
+        // One write per line: lines from concurrent requests never mix.
+        let _ = std::io::stderr().write_all(format!("ykhsmd: {tag}{msg}\n").as_bytes());
         let mut guard = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = guard.as_mut() {
             let _ = match level {

@@ -174,6 +174,20 @@ pub fn bind(path: &Path, owner: u32) -> Result<BoundSocket, BindError> {
     })
 }
 
+/// Whether a ykhsmd holds the lock of `socket` (it is running).
+pub fn daemon_running(socket: &Path) -> bool {
+    let mut name = socket.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = socket.with_file_name(name);
+    let Ok(f) = OpenOptions::new().read(true).open(lock_path) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(f, FlockArg::LockExclusiveNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
+}
+
 /// `O_NOFOLLOW | O_CLOEXEC` for the lock file.
 fn libc_flags() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
@@ -296,9 +310,10 @@ pub async fn run(
 }
 
 /// Reads one frame from an async stream, refusing bodies over `max` before
-/// allocating.
+/// allocating. Buffered: a request usually arrives whole, so header and body
+/// cost one read.
 async fn read_frame(
-    stream: &mut UnixStream,
+    stream: &mut tokio::io::BufReader<&mut UnixStream>,
     max: usize,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, FrameError> {
     let mut h = [0u8; HEADER_LEN];
@@ -331,7 +346,11 @@ async fn serve(mut stream: UnixStream, peer: Peer, service: &Arc<Service>) {
     } else {
         MAX_UNPRIVILEGED_FRAME
     };
-    let body = match timeout(limit, read_frame(&mut stream, max)).await {
+    let mut reader = tokio::io::BufReader::with_capacity(1024, &mut stream);
+    let read = timeout(limit, read_frame(&mut reader, max)).await;
+    // Whatever the buffer holds beyond one frame is not a request: dropped.
+    drop(reader);
+    let body = match read {
         Err(_) => {
             service.log().debug(&format!(
                 "peer_uid={} sent no request within {limit:?}; closed",
@@ -374,6 +393,9 @@ async fn serve(mut stream: UnixStream, peer: Peer, service: &Arc<Service>) {
         }
     };
     drop(body);
-    let response = service.handle(peer, request).await;
-    send(&mut stream, &response, limit).await;
+    let handled = service.handle(peer, request).await;
+    send(&mut stream, &handled.response, limit).await;
+    if let Some(line) = handled.audit {
+        service.write_audit(&line);
+    }
 }

@@ -215,19 +215,50 @@ fn malformed_authfile_line_fails_closed_for_its_user_and_is_reported_once() {
     assert_eq!(reports, 1, "{:#?}", env.logs());
 }
 
+/// Runs `chattr` on a file (the WAL must be on a file system that has the
+/// immutable flag: ext4 here).
+fn chattr(flag: &str, path: &std::path::Path) {
+    let st = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chattr {flag} {}", path.display());
+}
+
 #[test]
-fn database_locked_by_another_process_is_backend_error_and_consumes_nothing() {
+fn unwritable_database_is_backend_error_never_ok_and_consumes_nothing() {
     let env = Env::new();
     let mut key = env.key("ccccccdbjrgf");
     env.set_authfile("alice:ccccccdbjrgf\n");
     let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
     let otp = env.otp(&mut key);
-    let conn = rusqlite::Connection::open(env.database()).unwrap();
-    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    assert_eq!(d.verify("alice", &otp), Status::BackendError);
-    conn.execute_batch("ROLLBACK").unwrap();
-    drop(conn);
+    let wal = env.state_dir.join("counters.sqlite-wal");
+    chattr("+i", &wal);
+    let answers: Vec<Status> = (0..3).map(|_| d.verify("alice", &otp)).collect();
+    chattr("-i", &wal);
+    assert_eq!(answers, [Status::BackendError; 3]);
+    env.wait_log("counter database");
+    // Nothing was consumed: once the disk takes writes again, the OTP works once.
     assert_eq!(d.verify("alice", &otp), Status::Ok);
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+}
+
+#[test]
+fn counter_database_cannot_be_used_behind_the_daemons_back() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    let conn = rusqlite::Connection::open(env.database()).unwrap();
+    let err = conn
+        .query_row("SELECT count(*) FROM counters", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(conn);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
 }
 
 #[test]
@@ -449,6 +480,12 @@ fn check_reports_each_part_and_exits_by_the_result() {
     let (code, out) = env.run_daemon_cmd(&["--check"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok    key handle 1"), "{out}");
+    // Also while the daemon runs (it holds the database).
+    let d = env.start();
+    let (code, out) = env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("held by the running ykhsmd"), "{out}");
+    drop(d);
     fs::remove_file(&env.keys_file).unwrap();
     let (code, out) = env.run_daemon_cmd(&["--check"]);
     assert_eq!(code, 1, "{out}");
