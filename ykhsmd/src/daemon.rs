@@ -104,14 +104,21 @@ fn authfile(config: &Config, log: &Log) -> Result<Authfile> {
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<()> {
     let log = Arc::new(Log::new(&config.syslog_socket, config.debug));
-    harden(&log);
+    let result = serve(config, &log);
+    // Every line written, also on a start-up error.
+    log.stop();
+    result
+}
+
+fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
+    harden(log);
     let backend = load_backend(&config)?;
     for kh in &config.key_handles {
         if let Err(e) = backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
             log.warn(&format!("key handle {}: {e}", kh.spelled()));
         }
     }
-    let users = authfile(&config, &log)?;
+    let users = authfile(&config, log)?;
     aead_dir(&config.aead_dir)?;
     state_dir(&config.state_dir)?;
     // The socket's lock first: a second daemon is told so plainly.
@@ -145,7 +152,7 @@ pub fn run(config: Config) -> Result<()> {
     ));
     let service = Arc::new(Service::new(
         config,
-        Arc::clone(&log),
+        Arc::clone(log),
         backend,
         db.clone(),
         users,

@@ -361,11 +361,7 @@ fn merge_rank(r: &CounterRecord) -> (u16, u8, u64, u8, u16) {
 
 type Row = CounterRecord;
 
-fn read_row(
-    tx: &rusqlite::Transaction<'_>,
-    public_id: &str,
-    fp: &[u8; 20],
-) -> rusqlite::Result<Option<Row>> {
+fn read_row(tx: &Connection, public_id: &str, fp: &[u8; 20]) -> rusqlite::Result<Option<Row>> {
     // Cached: the statement is parsed once per connection, not per verify.
     tx.prepare_cached(
         "SELECT counter, session_use, ts_high, ts_low, modified FROM counters
@@ -385,7 +381,7 @@ fn read_row(
     .optional()
 }
 
-fn write_row(tx: &rusqlite::Transaction<'_>, r: &Row) -> rusqlite::Result<()> {
+fn write_row(tx: &Connection, r: &Row) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO counters (public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -405,11 +401,7 @@ fn write_row(tx: &rusqlite::Transaction<'_>, r: &Row) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn accept_in(
-    tx: &rusqlite::Transaction<'_>,
-    key: &CounterKey,
-    p: &Presented,
-) -> rusqlite::Result<Accept> {
+fn accept_in(tx: &Connection, key: &CounterKey, p: &Presented) -> rusqlite::Result<Accept> {
     let row = read_row(tx, &key.public_id, &key.fingerprint)?;
     let stored = row
         .as_ref()
@@ -435,10 +427,7 @@ fn accept_in(
     Ok(Accept::Fresh { previous: stored })
 }
 
-fn merge_in(
-    tx: &rusqlite::Transaction<'_>,
-    records: &[CounterRecord],
-) -> rusqlite::Result<MergeOutcome> {
+fn merge_in(tx: &Connection, records: &[CounterRecord]) -> rusqlite::Result<MergeOutcome> {
     let mut out = MergeOutcome::default();
     for rec in records {
         // A counter above 15 bits cannot come from a YubiKey: such a
@@ -486,6 +475,37 @@ enum Pending {
     Merge(oneshot::Sender<Result<MergeOutcome, DbError>>, MergeOutcome),
 }
 
+/// A transaction on cached `BEGIN`/`COMMIT` statements (rusqlite's own
+/// parses its SQL each time); rolled back on drop unless committed.
+struct Txn<'a> {
+    conn: &'a Connection,
+    open: bool,
+}
+
+impl<'a> Txn<'a> {
+    fn begin(conn: &'a Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Self { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut st| st.execute([]));
+        }
+    }
+}
+
 /// One batch: one transaction, one commit, then the answers.
 fn run_batch(conn: &mut Connection, path: &Path, batch: Vec<Op>) {
     let err = |e: &dyn std::fmt::Display| DbError {
@@ -495,7 +515,7 @@ fn run_batch(conn: &mut Connection, path: &Path, batch: Vec<Op>) {
     {
         let mut pending = Vec::with_capacity(batch.len());
         let mut failed: Vec<Op> = Vec::new();
-        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        let tx = match Txn::begin(conn) {
             Ok(tx) => tx,
             Err(e) => {
                 fail_all(batch, &err(&e));
@@ -513,14 +533,14 @@ fn run_batch(conn: &mut Connection, path: &Path, batch: Vec<Op>) {
                     key,
                     presented,
                     reply,
-                } => match accept_in(&tx, &key, &presented) {
+                } => match accept_in(tx.conn, &key, &presented) {
                     Ok(a) => pending.push(Pending::Accept(reply, a)),
                     Err(e) => {
                         tx_error = Some(err(&e));
                         let _ = reply.send(Err(err(&e)));
                     }
                 },
-                Op::Merge { records, reply } => match merge_in(&tx, &records) {
+                Op::Merge { records, reply } => match merge_in(tx.conn, &records) {
                     Ok(m) => pending.push(Pending::Merge(reply, m)),
                     Err(e) => {
                         tx_error = Some(err(&e));
@@ -528,7 +548,7 @@ fn run_batch(conn: &mut Connection, path: &Path, batch: Vec<Op>) {
                     }
                 },
                 Op::Export { reply } => {
-                    let _ = reply.send(export_all(&tx).map_err(|e| err(&e)));
+                    let _ = reply.send(export_all(tx.conn).map_err(|e| err(&e)));
                 }
             }
         }

@@ -9,7 +9,8 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, mpsc};
+use std::thread;
 
 use syslog::{Facility, LogFormat, Logger, LoggerBackend, Severity};
 
@@ -35,9 +36,21 @@ impl<T: std::fmt::Display> LogFormat<T> for Authpriv {
 }
 
 /// Where log lines go.
+///
+/// The daemon's log has a writer thread: the event loop hands it each line
+/// and goes on serving, and the thread writes whatever has gathered — all
+/// of it to stderr in one write, each line to syslog. Lines keep their
+/// order. [`Log::stop`] writes what is left before the daemon exits.
 pub struct Log {
-    syslog: Mutex<Option<Logger<LoggerBackend, Authpriv>>>,
+    sink: Mutex<Sink>,
     debug: bool,
+}
+
+enum Sink {
+    /// Written by the calling thread.
+    Direct(Option<Logger<LoggerBackend, Authpriv>>),
+    /// Handed to the writer thread.
+    Thread(mpsc::Sender<(Level, String)>, thread::JoinHandle<()>),
 }
 
 impl std::fmt::Debug for Log {
@@ -61,9 +74,55 @@ pub enum Level {
     Debug,
 }
 
+fn stderr_text(level: Level, msg: &str, out: &mut String) {
+    let tag = match level {
+        Level::Error => "error: ",
+        Level::Warning => "warning: ",
+        Level::Info | Level::Debug => "",
+    };
+    out.push_str("ykhsmd: ");
+    out.push_str(tag);
+    out.push_str(msg);
+    out.push('\n');
+}
+
+fn to_syslog(syslog: &mut Option<Logger<LoggerBackend, Authpriv>>, level: Level, msg: &str) {
+    if let Some(l) = syslog.as_mut() {
+        let _ = match level {
+            Level::Error => l.err(msg),
+            Level::Warning => l.warning(msg),
+            Level::Info => l.info(msg),
+            Level::Debug => l.debug(msg),
+        };
+    }
+}
+
+/// The writer thread: takes a line, then everything else waiting, writes
+/// the lot to stderr at once and each line to syslog.
+fn writer(
+    rx: &mpsc::Receiver<(Level, String)>,
+    mut syslog: Option<Logger<LoggerBackend, Authpriv>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut text = String::new();
+        for (level, msg) in &batch {
+            stderr_text(*level, msg, &mut text);
+        }
+        let _ = std::io::stderr().write_all(text.as_bytes());
+        for (level, msg) in &batch {
+            to_syslog(&mut syslog, *level, msg);
+        }
+    }
+}
+
 impl Log {
     /// Logs to stderr, and to syslog at `syslog_socket` when it can be
-    /// reached (a missing syslog is said once on stderr, not fatal).
+    /// reached (a missing syslog is said once on stderr, not fatal), from a
+    /// writer thread.
     pub fn new(syslog_socket: &Path, debug: bool) -> Self {
         let formatter = Authpriv {
             pid: std::process::id(),
@@ -78,17 +137,39 @@ impl Log {
                 None
             }
         };
+        let (tx, rx) = mpsc::channel();
+        let sink = match thread::Builder::new()
+            .name("ykhsmd-log".into())
+            .spawn(move || writer(&rx, syslog))
+        {
+            Ok(handle) => Sink::Thread(tx, handle),
+            // No thread: write from the caller, to stderr only.
+            Err(_) => Sink::Direct(None),
+        };
         Self {
-            syslog: Mutex::new(syslog),
+            sink: Mutex::new(sink),
             debug,
         }
     }
 
-    /// A log with stderr only (tests, `--check`).
+    /// A log with stderr only, written by the caller (`--check`).
     pub fn stderr_only(debug: bool) -> Self {
         Self {
-            syslog: Mutex::new(None),
+            sink: Mutex::new(Sink::Direct(None)),
             debug,
+        }
+    }
+
+    /// Writes what is queued and stops the writer thread; later lines are
+    /// written directly.
+    pub fn stop(&self) {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Sink::Thread(..) = &*sink {
+            let old = std::mem::replace(&mut *sink, Sink::Direct(None));
+            if let Sink::Thread(tx, handle) = old {
+                drop(tx);
+                let _ = handle.join();
+            }
         }
     }
 
@@ -97,21 +178,18 @@ impl Log {
         if level == Level::Debug && !self.debug {
             return;
         }
-        let tag = match level {
-            Level::Error => "error: ",
-            Level::Warning => "warning: ",
-            Level::Info | Level::Debug => "",
-        };
-        // One write per line: lines from concurrent requests never mix.
-        let _ = std::io::stderr().write_all(format!("ykhsmd: {tag}{msg}\n").as_bytes());
-        let mut guard = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = guard.as_mut() {
-            let _ = match level {
-                Level::Error => l.err(msg),
-                Level::Warning => l.warning(msg),
-                Level::Info => l.info(msg),
-                Level::Debug => l.debug(msg),
-            };
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *sink {
+            Sink::Thread(tx, _) => {
+                let _ = tx.send((level, msg.to_owned()));
+            }
+            Sink::Direct(syslog) => {
+                let mut text = String::new();
+                stderr_text(level, msg, &mut text);
+                // One write per line: lines never mix.
+                let _ = std::io::stderr().write_all(text.as_bytes());
+                to_syslog(syslog, level, msg);
+            }
         }
     }
 
