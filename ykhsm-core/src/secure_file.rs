@@ -2,7 +2,7 @@
 //! system (keys.json, the authfile): one function with named checks, each
 //! error naming the path (the shape of sudo-rs's `secure_open`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -132,6 +132,16 @@ pub fn check(path: &Path, file: &File, policy: FilePolicy) -> Result<(), SecureF
         path: path.to_path_buf(),
         source,
     })?;
+    check_metadata(path, &meta, policy)
+}
+
+/// The checks of [`read_checked`] on a file's metadata: regular file, owner,
+/// forbidden mode bits, size. (Give it `symlink_metadata` to refuse links.)
+pub fn check_metadata(
+    path: &Path,
+    meta: &Metadata,
+    policy: FilePolicy,
+) -> Result<(), SecureFileError> {
     if !meta.file_type().is_file() {
         return Err(SecureFileError::NotRegular {
             path: path.to_path_buf(),

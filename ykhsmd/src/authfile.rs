@@ -253,21 +253,15 @@ impl Authfile {
             path: self.path.clone(),
             source,
         })?;
-        // The same checks read_checked makes on the open file, for the
+        // The checks read_checked makes on the open file, here also for the
         // cached case where nothing is opened.
-        if !meta.file_type().is_file() {
-            return Err(SecureFileError::NotRegular {
-                path: self.path.clone(),
-            }
-            .into());
-        }
+        secure_file::check_metadata(&self.path, &meta, self.policy())?;
         let id = FileId::of(&meta);
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((cached, parsed)) = cache.as_ref()
                 && *cached == id
             {
-                check_meta(&self.path, &meta, self.policy())?;
                 return Ok(Current {
                     parsed: Arc::clone(parsed),
                     reread: false,
@@ -289,26 +283,6 @@ impl Authfile {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = None;
     }
-}
-
-fn check_meta(path: &Path, meta: &fs::Metadata, policy: FilePolicy) -> Result<(), SecureFileError> {
-    if meta.uid() != policy.owner {
-        return Err(SecureFileError::Owner {
-            path: path.to_path_buf(),
-            found: meta.uid(),
-            expected: policy.owner,
-        });
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & policy.forbidden_mode != 0 {
-        return Err(SecureFileError::Mode {
-            path: path.to_path_buf(),
-            mode,
-            forbidden: policy.forbidden_mode,
-            fix: mode & !policy.forbidden_mode,
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -338,6 +338,22 @@ async fn send(stream: &mut UnixStream, response: &Response, limit: Duration) {
     }
 }
 
+/// Logs a request that could not be read and tells the client why.
+async fn refuse(
+    stream: &mut UnixStream,
+    service: &Service,
+    peer: Peer,
+    what: &str,
+    e: &(dyn std::fmt::Display + Sync),
+) {
+    service
+        .log()
+        .warn(&format!("peer_uid={}: refused {what}: {e}", peer.uid));
+    let message = e.to_string();
+    let limit = service.config().client_timeout;
+    send(stream, &Response::ProtocolError { message }, limit).await;
+}
+
 /// One connection: one request, one answer.
 async fn serve(mut stream: UnixStream, peer: Peer, service: &Arc<Service>) {
     let limit = service.config().client_timeout;
@@ -359,38 +375,12 @@ async fn serve(mut stream: UnixStream, peer: Peer, service: &Arc<Service>) {
             return;
         }
         Ok(Err(FrameError::Closed | FrameError::Io(_))) => return,
-        Ok(Err(e)) => {
-            service
-                .log()
-                .warn(&format!("peer_uid={}: refused frame: {e}", peer.uid));
-            send(
-                &mut stream,
-                &Response::ProtocolError {
-                    message: e.to_string(),
-                },
-                limit,
-            )
-            .await;
-            return;
-        }
+        Ok(Err(e)) => return refuse(&mut stream, service, peer, "frame", &e).await,
         Ok(Ok(body)) => body,
     };
     let request = match Request::decode(&body) {
         Ok(r) => r,
-        Err(e) => {
-            service
-                .log()
-                .warn(&format!("peer_uid={}: refused request: {e}", peer.uid));
-            send(
-                &mut stream,
-                &Response::ProtocolError {
-                    message: e.to_string(),
-                },
-                limit,
-            )
-            .await;
-            return;
-        }
+        Err(e) => return refuse(&mut stream, service, peer, "request", &e).await,
     };
     drop(body);
     let handled = service.handle(peer, request).await;
