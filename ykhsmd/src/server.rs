@@ -309,18 +309,56 @@ pub async fn run(
     }
 }
 
-/// Reads one frame from an async stream, refusing bodies over `max` before
-/// allocating. Buffered: a request usually arrives whole, so header and body
-/// cost one read.
-async fn read_frame(
-    stream: &mut tokio::io::BufReader<&mut UnixStream>,
+/// What one direct read takes at once: any verify request fits.
+const FIRST_READ: usize = 1024;
+
+/// A whole frame at the start of `buf`: its body. `Ok(None)`: not all here.
+fn whole_frame(buf: &[u8], max: usize) -> Result<Option<&[u8]>, FrameError> {
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(h);
+    let len = frame::parse_header(header, max)?;
+    Ok(buf.get(HEADER_LEN..HEADER_LEN + len))
+}
+
+/// Reads one request. First directly on the socket: a client writes its
+/// request right after connecting, so it is usually there already, and the
+/// reactor (which learns of a new socket's readiness only at its next turn)
+/// is not waited for. Otherwise through the reactor, from the bytes already
+/// read; the caller bounds the whole by the read deadline. Bodies over
+/// `max` are refused before anything is allocated for them.
+async fn read_request(
+    stream: &mut UnixStream,
     max: usize,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, FrameError> {
-    let mut h = [0u8; HEADER_LEN];
-    stream.read_exact(&mut h).await.map_err(eof)?;
-    let len = frame::parse_header(h, max)?;
+    let mut first = zeroize::Zeroizing::new([0u8; FIRST_READ]);
+    let n = match nix::unistd::read(&*stream, &mut first[..]) {
+        Ok(0) => return Err(FrameError::Closed),
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(e) => return Err(FrameError::Io(io::Error::from(e))),
+    };
+    if let Some(body) = whole_frame(&first[..n], max)? {
+        return Ok(zeroize::Zeroizing::new(body.to_vec()));
+    }
+    let mut have = zeroize::Zeroizing::new(first[..n].to_vec());
+    while have.len() < HEADER_LEN {
+        let mut b = [0u8; HEADER_LEN];
+        let k = stream.read(&mut b[..HEADER_LEN - have.len()]).await?;
+        if k == 0 {
+            return Err(FrameError::Closed);
+        }
+        have.extend_from_slice(&b[..k]);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&have[..HEADER_LEN]);
+    let len = frame::parse_header(header, max)?;
     let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
-    stream.read_exact(&mut body).await.map_err(eof)?;
+    let already = (have.len() - HEADER_LEN).min(len);
+    body[..already].copy_from_slice(&have[HEADER_LEN..HEADER_LEN + already]);
+    stream.read_exact(&mut body[already..]).await.map_err(eof)?;
     Ok(body)
 }
 
@@ -332,9 +370,19 @@ fn eof(e: io::Error) -> FrameError {
     }
 }
 
+/// Sends a response: directly if the socket takes it whole (a small answer
+/// on a fresh connection always fits), else the rest through the reactor.
 async fn send(stream: &mut UnixStream, response: &Response, limit: Duration) {
-    if let Ok(framed) = frame::frame(&response.encode()) {
-        let _ = timeout(limit, stream.write_all(&framed)).await;
+    let Ok(framed) = frame::frame(&response.encode()) else {
+        return;
+    };
+    let done = match nix::unistd::write(&*stream, &framed) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(_) => return,
+    };
+    if done < framed.len() {
+        let _ = timeout(limit, stream.write_all(&framed[done..])).await;
     }
 }
 
@@ -362,11 +410,7 @@ async fn serve(mut stream: UnixStream, peer: Peer, service: &Arc<Service>) {
     } else {
         MAX_UNPRIVILEGED_FRAME
     };
-    let mut reader = tokio::io::BufReader::with_capacity(1024, &mut stream);
-    let read = timeout(limit, read_frame(&mut reader, max)).await;
-    // Whatever the buffer holds beyond one frame is not a request: dropped.
-    drop(reader);
-    let body = match read {
+    let body = match timeout(limit, read_request(&mut stream, max)).await {
         Err(_) => {
             service.log().debug(&format!(
                 "peer_uid={} sent no request within {limit:?}; closed",
