@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 use tokio::sync::{Notify, oneshot};
-use ykhsm_core::counters::{Counters, is_fresh};
+use ykhsm_core::counters::Counters;
 use ykhsm_proto::CounterRecord;
 
 /// How long a write waits for a lock held by another process.
@@ -69,15 +69,9 @@ pub struct Presented {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accept {
     /// Fresh: stored and committed.
-    Fresh {
-        /// The pair stored before (None: never seen).
-        previous: Option<Counters>,
-    },
+    Fresh,
     /// Not above the stored pair: nothing written.
-    Replayed {
-        /// The stored pair.
-        stored: Counters,
-    },
+    Replayed,
 }
 
 /// The outcome of a merge.
@@ -159,6 +153,17 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
         return Err(rusqlite::Error::InvalidQuery);
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    create_schema(&conn)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    } else if version != SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    Ok(conn)
+}
+
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS counters (
             public_id   TEXT    NOT NULL,
@@ -170,14 +175,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
             modified    INTEGER NOT NULL,
             PRIMARY KEY (public_id, fingerprint)
         ) WITHOUT ROWID;",
-    )?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version == 0 {
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    } else if version != SCHEMA_VERSION {
-        return Err(rusqlite::Error::InvalidQuery);
-    }
-    Ok(conn)
+    )
 }
 
 impl Db {
@@ -401,30 +399,34 @@ fn write_row(tx: &Connection, r: &Row) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn accept_in(tx: &Connection, key: &CounterKey, p: &Presented) -> rusqlite::Result<Accept> {
-    let row = read_row(tx, &key.public_id, &key.fingerprint)?;
-    let stored = row
-        .as_ref()
-        .and_then(|r| Counters::new(r.counter, r.session_use));
-    if !is_fresh(stored, p.counters) {
-        // A stored pair exists here (None is below everything).
-        return Ok(Accept::Replayed {
-            stored: stored.unwrap_or(p.counters),
-        });
-    }
-    write_row(
-        tx,
-        &Row {
-            public_id: key.public_id.clone(),
-            fingerprint: key.fingerprint,
-            counter: p.counters.counter(),
-            session_use: p.counters.session_use(),
-            ts_high: p.ts_high,
-            ts_low: p.ts_low,
-            modified: now(),
-        },
-    )?;
-    Ok(Accept::Fresh { previous: stored })
+/// The check-and-set of one verify, as one statement: insert the pair, or
+/// raise the stored one — only if the new pair is strictly above it,
+/// (counter, session use) compared as a row value, which is exactly
+/// `ykhsm_core::counters::is_fresh` (`sql_rule_is_is_fresh` checks this on
+/// random pairs). One row changed: fresh; none: a replay.
+const ACCEPT_SQL: &str =
+    "INSERT INTO counters (public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (public_id, fingerprint) DO UPDATE SET
+       counter = excluded.counter, session_use = excluded.session_use,
+       ts_high = excluded.ts_high, ts_low = excluded.ts_low, modified = excluded.modified
+     WHERE (excluded.counter, excluded.session_use) > (counters.counter, counters.session_use)";
+
+fn accept_in(conn: &Connection, key: &CounterKey, p: &Presented) -> rusqlite::Result<Accept> {
+    let changed = conn.prepare_cached(ACCEPT_SQL)?.execute(params![
+        key.public_id,
+        &key.fingerprint[..],
+        p.counters.counter(),
+        p.counters.session_use(),
+        p.ts_high,
+        p.ts_low,
+        i64::try_from(now()).unwrap_or(i64::MAX)
+    ])?;
+    Ok(if changed == 1 {
+        Accept::Fresh
+    } else {
+        Accept::Replayed
+    })
 }
 
 fn merge_in(tx: &Connection, records: &[CounterRecord]) -> rusqlite::Result<MergeOutcome> {
@@ -507,11 +509,23 @@ impl Drop for Txn<'_> {
 }
 
 /// One batch: one transaction, one commit, then the answers.
-fn run_batch(conn: &mut Connection, path: &Path, batch: Vec<Op>) {
+fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) {
     let err = |e: &dyn std::fmt::Display| DbError {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
+    // A lone verify is one statement in its own (implicit) transaction:
+    // committed, fsync included, when `execute` returns.
+    if let [Op::Accept { .. }] = batch.as_slice()
+        && let Some(Op::Accept {
+            key,
+            presented,
+            reply,
+        }) = batch.pop()
+    {
+        let _ = reply.send(accept_in(conn, &key, &presented).map_err(|e| err(&e)));
+        return;
+    }
     {
         let mut pending = Vec::with_capacity(batch.len());
         let mut failed: Vec<Op> = Vec::new();
@@ -616,6 +630,50 @@ fn fail_all(ops: Vec<Op>, e: &DbError) {
             Op::Export { reply } => {
                 let _ = reply.send(Err(e.clone_msg()));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ykhsm_core::counters::is_fresh;
+
+    fn key() -> CounterKey {
+        CounterKey {
+            public_id: "ccccccdbjrgf".into(),
+            fingerprint: [7; 20],
+        }
+    }
+
+    fn presented(c: Counters) -> Presented {
+        Presented {
+            counters: c,
+            ts_high: 0,
+            ts_low: 0,
+        }
+    }
+
+    proptest! {
+        /// The freshness rule lives in core (`is_fresh`); the SQL statement
+        /// states it again as a row-value comparison. They must agree on
+        /// every pair, including the first sight of a key.
+        #[test]
+        fn sql_rule_is_is_fresh(a in (0u16..=0x7fff, any::<u8>()), b in (0u16..=0x7fff, any::<u8>())) {
+            let conn = Connection::open_in_memory().unwrap();
+            create_schema(&conn).unwrap();
+            let a = Counters::new(a.0, a.1).unwrap();
+            let b = Counters::new(b.0, b.1).unwrap();
+            prop_assert_eq!(accept_in(&conn, &key(), &presented(a)).unwrap(), Accept::Fresh);
+            let expected = if is_fresh(Some(a), b) { Accept::Fresh } else { Accept::Replayed };
+            prop_assert_eq!(accept_in(&conn, &key(), &presented(b)).unwrap(), expected);
+            // Whatever happened, the stored pair is the higher of the two.
+            let stored: (u16, u8) = conn
+                .query_row("SELECT counter, session_use FROM counters", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            let high = a.max(b);
+            prop_assert_eq!(stored, (high.counter(), high.session_use()));
         }
     }
 }

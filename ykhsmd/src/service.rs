@@ -454,7 +454,7 @@ impl Service {
             ts_low: d.counters.ts_low,
         };
         let status = match self.db.accept(d.key, presented).await {
-            Ok(Accept::Fresh { .. }) => {
+            Ok(Accept::Fresh) => {
                 if pair.is_exhausted() {
                     self.log.warn(&format!(
                         "key {} has reached counter 0x7fff and session use 255: no later OTP can be accepted; reprogram it",
@@ -463,7 +463,7 @@ impl Service {
                 }
                 Status::Ok
             }
-            Ok(Accept::Replayed { .. }) => Status::ReplayedOtp,
+            Ok(Accept::Replayed) => Status::ReplayedOtp,
             Err(e) => {
                 self.log.error(&e.to_string());
                 Status::BackendError
