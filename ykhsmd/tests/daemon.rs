@@ -512,3 +512,15 @@ fn sighup_reloads_keys_json() {
     env.wait_log("reload: keys and authfile re-read");
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
 }
+
+#[test]
+fn sighup_with_a_refused_keys_file_keeps_the_keys_already_loaded() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o644)).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    env.wait_log("reload: keeping the keys already loaded");
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
