@@ -36,7 +36,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
 const SCHEMA_VERSION: i64 = 1;
 
 /// A database failure. The message names the file.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 #[error("counter database {}: {message}", path.display())]
 pub struct DbError {
     /// The file.
@@ -590,10 +590,10 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) {
                 for p in pending {
                     match p {
                         Pending::Accept(reply, _) => {
-                            let _ = reply.send(Err(e.clone_msg()));
+                            let _ = reply.send(Err(e.clone()));
                         }
                         Pending::Merge(reply, _) => {
-                            let _ = reply.send(Err(e.clone_msg()));
+                            let _ = reply.send(Err(e.clone()));
                         }
                     }
                 }
@@ -609,26 +609,17 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) {
     }
 }
 
-impl DbError {
-    fn clone_msg(&self) -> Self {
-        Self {
-            path: self.path.clone(),
-            message: self.message.clone(),
-        }
-    }
-}
-
 fn fail_all(ops: Vec<Op>, e: &DbError) {
     for op in ops {
         match op {
             Op::Accept { reply, .. } => {
-                let _ = reply.send(Err(e.clone_msg()));
+                let _ = reply.send(Err(e.clone()));
             }
             Op::Merge { reply, .. } => {
-                let _ = reply.send(Err(e.clone_msg()));
+                let _ = reply.send(Err(e.clone()));
             }
             Op::Export { reply } => {
-                let _ = reply.send(Err(e.clone_msg()));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

@@ -137,7 +137,7 @@ pub fn bind(path: &Path, owner: u32) -> Result<BoundSocket, BindError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc_flags())
+        .custom_flags(lock_open_flags())
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
@@ -189,7 +189,7 @@ pub fn daemon_running(socket: &Path) -> bool {
 }
 
 /// `O_NOFOLLOW | O_CLOEXEC` for the lock file.
-fn libc_flags() -> i32 {
+fn lock_open_flags() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
 }
 

@@ -14,10 +14,7 @@ use zeroize::Zeroizing;
 
 #[test]
 fn valid_otp_is_accepted_once() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     let otp = env.otp(&mut key);
     assert_eq!(d.verify("alice", &otp), Status::Ok);
     assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
@@ -27,10 +24,7 @@ fn valid_otp_is_accepted_once() {
 
 #[test]
 fn older_counter_is_a_replay() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     let first = env.otp(&mut key);
     let second = env.otp(&mut key);
     assert_eq!(d.verify("alice", &second), Status::Ok);
@@ -61,10 +55,7 @@ fn other_users_key_is_not_authorized() {
 
 #[test]
 fn user_without_a_line_has_no_keys() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     assert_eq!(d.verify("carol", &env.otp(&mut key)), Status::NoKeysForUser);
     assert_eq!(
         d.request(&Request::HasUser {
@@ -111,10 +102,7 @@ fn key_without_an_aead_is_no_such_key() {
 
 #[test]
 fn bad_crc_wrong_uid_and_garbage_are_bad_otp() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     let good = env.otp(&mut key);
     // One token character changed: the CRC fails.
     let mut bad_crc = good.clone().into_bytes();
@@ -163,10 +151,7 @@ fn aead_under_a_key_handle_missing_from_keys_json_is_backend_error() {
 
 #[test]
 fn removed_or_group_writable_authfile_is_backend_error() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
     fs::set_permissions(&env.authfile, fs::Permissions::from_mode(0o664)).unwrap();
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
@@ -187,10 +172,7 @@ fn removed_or_group_writable_authfile_is_backend_error() {
 
 #[test]
 fn authfile_changes_apply_without_a_restart() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     let otp = env.otp(&mut key);
     env.set_authfile("alice:\nbob:ccccccdbjrgf\n");
     assert_eq!(d.verify("alice", &otp), Status::NotAuthorized);
@@ -228,10 +210,7 @@ fn chattr(flag: &str, path: &std::path::Path) {
 
 #[test]
 fn unwritable_database_is_backend_error_never_ok_and_consumes_nothing() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
     let otp = env.otp(&mut key);
     let wal = env.state_dir.join("counters.sqlite-wal");
@@ -247,10 +226,7 @@ fn unwritable_database_is_backend_error_never_ok_and_consumes_nothing() {
 
 #[test]
 fn counter_database_cannot_be_used_behind_the_daemons_back() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
     let conn = rusqlite::Connection::open(env.database()).unwrap();
     let err = conn
@@ -318,10 +294,7 @@ fn admin_requests_work_for_root() {
 
 #[test]
 fn counters_merge_never_lowers_and_is_idempotent() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     key.set_counters(5, 3);
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
     let Response::Counters { records } = d.request(&Request::CountersExport) else {
@@ -375,10 +348,7 @@ fn key_reimported_with_a_new_secret_starts_afresh() {
 
 #[test]
 fn audit_has_one_line_per_verification_with_the_fixed_fields() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     let otp = env.otp(&mut key);
     assert_eq!(d.verify("alice", &otp), Status::Ok);
     assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
@@ -515,10 +485,7 @@ fn sighup_reloads_keys_json() {
 
 #[test]
 fn sighup_with_a_refused_keys_file_keeps_the_keys_already_loaded() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o644)).unwrap();
     d.signal(nix::sys::signal::Signal::SIGHUP);
     env.wait_log("reload: keeping the keys already loaded");

@@ -34,10 +34,7 @@ fn verify_request(otp: &str) -> Request {
 fn same_fresh_otp_from_32_threads_is_accepted_exactly_once() {
     const THREADS: usize = 32;
     const ROUNDS: usize = 50;
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     for round in 0..ROUNDS {
         let otp = env.otp(&mut key);
         let barrier = Barrier::new(THREADS);

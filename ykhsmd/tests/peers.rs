@@ -224,10 +224,7 @@ fn protocol_error(answer: &[u8]) -> bool {
 
 #[test]
 fn bad_frames_get_an_error_or_a_closed_connection_while_others_are_served() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
-    let d = env.start();
+    let (env, mut key, d) = common::alice();
     let otps: Vec<String> = (0..200).map(|_| env.otp(&mut key)).collect();
     let socket = env.socket.clone();
     let served = {

@@ -318,6 +318,17 @@ impl Drop for Env {
     }
 }
 
+/// The usual installation: one key, `ccccccdbjrgf`, on alice's line, and
+/// the daemon running on it. (Bound as `let (env, key, d) = …`, the daemon
+/// stops before the `Env` checks the logs.)
+pub fn alice() -> (Env, SoftYubiKey, Daemon) {
+    let env = Env::new();
+    let key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    (env, key, d)
+}
+
 /// A running `ykhsmd`. Stopped with SIGTERM (then SIGKILL) on drop.
 pub struct Daemon {
     pub child: Child,
