@@ -124,10 +124,9 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     // The socket's lock first: a second daemon is told so plainly.
     let bound = server::bind(&config.socket, 0)?;
     let db = Db::open(&config.database())?;
-    // One thread runs every connection (a few microseconds of work each);
-    // the database thread commits while it goes on reading the next
-    // requests, which is what lets commits batch. Fewer threads, fewer
-    // hand-offs per login.
+    // Root's logins are answered by the acceptor threads (server.rs);
+    // this one event-loop thread holds everything slower: connections whose
+    // request is not there yet, other uids, admin requests, signals.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("ykhsmd")
@@ -158,9 +157,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         users,
     ));
     let result: Result<()> = runtime.block_on(async {
-        let listener =
-            tokio::net::UnixListener::from_std(bound.listener.try_clone().context("socket")?)
-                .context("socket")?;
+        let listener = bound.listener.try_clone().context("socket")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -171,20 +168,17 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
             }
         });
-        let committer = {
-            let db = db.clone();
-            tokio::spawn(async move { db.run_committer().await })
-        };
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
         };
-        server::run(listener, Arc::clone(&service), shutdown).await;
+        let served = server::run(listener, Arc::clone(&service), shutdown)
+            .await
+            .context("cannot start the acceptor threads");
         reloader.abort();
-        committer.abort();
-        Ok(())
+        served
     });
     log.info("stopping: in-flight requests answered; closing the database");
     drop(service);

@@ -2,31 +2,30 @@
 //! accepted (counter, session use), in SQLite with WAL and
 //! `synchronous=FULL`, so a commit is on disk before it returns.
 //!
-//! The daemon serves every connection on one thread. Verifies queue their
-//! check-and-set here; a committer task on the same thread takes everything
-//! queued by the requests that were ready before it, and runs all
-//! of it in one transaction — each check sees the writes before it, so the
-//! same OTP twice in one batch is accepted once — with one fsync (group
-//! commit), and only then answers each request. No answer leaves before the
-//! commit it depends on; if the commit fails, every request in the batch
-//! gets an error and no `OK`.
+//! Verifies queue their check-and-set here. Whoever commits takes
+//! everything queued at that moment and runs it in one transaction — each
+//! check sees the writes before it, so the same OTP twice in one batch is
+//! accepted once — with one fsync (group commit), and only then hands each
+//! request its result. No answer leaves before the commit it depends on; if
+//! the commit fails, every request in the batch gets an error and no `OK`.
 //!
-//! A lone request is committed right there on the event-loop thread: no
+//! Who commits: a login arriving when nothing is being committed commits
+//! its own check-and-set on its own thread ([`Db::accept_here`]): no
 //! hand-off between threads on its way to the disk and back, which is most
-//! of a login's latency beyond the fsync itself. A batch of several goes to
-//! the commit thread, so the event loop keeps reading and checking the next
-//! requests during the fsync; they form the next batch. Only one batch is
-//! ever in flight, so batches commit in order.
+//! of a login's latency beyond the fsync itself. Whatever queues while a
+//! commit is running is committed next, as one batch, by the commit thread,
+//! so the threads that read requests keep reading during the fsync. Only one
+//! commit runs at a time, so batches commit in order.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use ykhsm_core::counters::Counters;
 use ykhsm_proto::CounterRecord;
 
@@ -83,18 +82,22 @@ pub struct MergeOutcome {
     pub unchanged: u32,
 }
 
+/// Where a result goes: called once, after the commit it depends on, on
+/// the thread that committed. Dropped uncalled only if that thread panicked.
+pub type Reply<T> = Box<dyn FnOnce(Result<T, DbError>) + Send>;
+
 enum Op {
     Accept {
         key: CounterKey,
         presented: Presented,
-        reply: oneshot::Sender<Result<Accept, DbError>>,
+        reply: Reply<Accept>,
     },
     Merge {
         records: Vec<CounterRecord>,
-        reply: oneshot::Sender<Result<MergeOutcome, DbError>>,
+        reply: Reply<MergeOutcome>,
     },
     Export {
-        reply: oneshot::Sender<Result<Vec<CounterRecord>, DbError>>,
+        reply: Reply<Vec<CounterRecord>>,
     },
 }
 
@@ -109,21 +112,41 @@ pub struct Db {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
-    queue: Mutex<Vec<Op>>,
-    /// Something was queued, or the commit thread finished a batch.
-    wake: Notify,
-    /// A batch is on the commit thread.
-    busy: AtomicBool,
-    /// To the commit thread; `None` once closed.
-    thread: Mutex<Option<CommitThread>>,
+    queue: Mutex<Queue>,
+    /// Work for the commit thread, or the database is closing.
+    work: Condvar,
+    /// The commit thread, joined on close.
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
-/// The commit thread: where batches go, and its handle to join.
-type CommitThread = (mpsc::Sender<Vec<Op>>, thread::JoinHandle<()>);
+#[derive(Debug, Default)]
+struct Queue {
+    ops: Vec<Op>,
+    /// A commit is running (on the commit thread or a caller's).
+    committing: bool,
+    /// [`Db::close`] has begun: nothing more is taken.
+    closed: bool,
+}
 
-/// Batches of at most this many requests are committed on the event-loop
-/// thread itself.
-const INLINE_BATCH: usize = 1;
+impl Inner {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The right to commit, held while a batch runs; released on drop (also
+/// when unwinding), handing whatever queued meanwhile to the commit thread.
+struct Committing<'a>(&'a Inner);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.queue();
+        q.committing = false;
+        if !q.ops.is_empty() || q.closed {
+            self.0.work.notify_one();
+        }
+    }
+}
 
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,27 +217,19 @@ impl Db {
         let inner = Arc::new(Inner {
             path: path.to_path_buf(),
             conn: Mutex::new(Some(conn)),
-            queue: Mutex::new(Vec::new()),
-            wake: Notify::new(),
-            busy: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
             thread: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::channel::<Vec<Op>>();
         let for_thread = Arc::clone(&inner);
         let handle = thread::Builder::new()
             .name("ykhsmd-commit".into())
-            .spawn(move || {
-                while let Ok(batch) = rx.recv() {
-                    commit_batch(&for_thread, batch);
-                    for_thread.busy.store(false, Ordering::Release);
-                    for_thread.wake.notify_one();
-                }
-            })
+            .spawn(move || commit_thread(&for_thread))
             .map_err(|e| DbError {
                 path: path.to_path_buf(),
                 message: format!("cannot start the commit thread: {e}"),
             })?;
-        *inner.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some((tx, handle));
+        *inner.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(Self { inner })
     }
 
@@ -230,67 +245,48 @@ impl Db {
         }
     }
 
-    fn enqueue(&self, op: Op) {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(op);
-        self.inner.wake.notify_one();
-    }
-
-    /// The committer: waits for queued work, lets every other ready request
-    /// queue its own, then commits the lot — here if it is a lone request,
-    /// on the commit thread otherwise. Runs until the task is dropped.
-    pub async fn run_committer(&self) {
-        loop {
-            // Tasks that were already ready run before this one is
-            // polled, so whatever they queue joins this batch.
-            self.inner.wake.notified().await;
-            if self.inner.busy.load(Ordering::Acquire) {
-                continue; // the commit thread wakes us when it is done
-            }
-            let batch = self.take_queue();
-            if batch.is_empty() {
-                continue;
-            }
-            if batch.len() <= INLINE_BATCH {
-                commit_batch(&self.inner, batch);
-                continue;
-            }
-            self.inner.busy.store(true, Ordering::Release);
-            let sent = {
-                let thread = self.inner.thread.lock().unwrap_or_else(|p| p.into_inner());
-                match thread.as_ref() {
-                    Some((tx, _)) => tx.send(batch).map_err(|e| e.0),
-                    None => Err(batch),
-                }
-            };
-            if let Err(batch) = sent {
-                self.inner.busy.store(false, Ordering::Release);
-                commit_batch(&self.inner, batch);
-            }
+    /// Queues `op`. With `here`, and no commit running, commits the queue
+    /// on this thread before returning; otherwise the commit thread will.
+    fn submit(&self, op: Op, here: bool) {
+        let mut q = self.inner.queue();
+        if q.closed {
+            drop(q);
+            return fail_all(vec![op], &self.error("the database is closed"));
         }
-    }
-
-    fn take_queue(&self) -> Vec<Op> {
-        std::mem::take(&mut *self.inner.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        q.ops.push(op);
+        if q.committing {
+            return; // taken by the running commit's successor
+        }
+        if !here {
+            self.inner.work.notify_one();
+            return;
+        }
+        q.committing = true;
+        let batch = std::mem::take(&mut q.ops);
+        drop(q);
+        let done = {
+            let _committing = Committing(&self.inner);
+            commit_batch(&self.inner, batch)
+        };
+        answer(done);
     }
 
     /// Commits what is still queued, checkpoints the WAL and closes the
     /// file. Later requests get an error.
     pub fn close(&self) {
+        self.inner.queue().closed = true;
+        self.inner.work.notify_all();
         let thread = self
             .inner
             .thread
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some((tx, handle)) = thread {
-            drop(tx);
+        if let Some(handle) = thread {
             let _ = handle.join();
         }
-        commit_batch(&self.inner, self.take_queue());
+        let rest = std::mem::take(&mut self.inner.queue().ops);
+        answer(commit_batch(&self.inner, rest));
         let conn = self
             .inner
             .conn
@@ -303,51 +299,132 @@ impl Db {
         }
     }
 
-    /// Accepts `presented` for `key` iff it is above the stored pair, and
-    /// returns only after the new pair is committed (fsynced).
+    /// Accepts `presented` for `key` iff it is above the stored pair;
+    /// `reply` gets the result only after the new pair is committed
+    /// (fsynced). If nothing is being committed, the commit runs on this
+    /// thread before this returns; otherwise it joins the next batch and
+    /// this returns at once.
+    pub fn accept_here(
+        &self,
+        key: CounterKey,
+        presented: Presented,
+        here: bool,
+        reply: Reply<Accept>,
+    ) {
+        self.submit(
+            Op::Accept {
+                key,
+                presented,
+                reply,
+            },
+            here,
+        );
+    }
+
+    /// [`Db::accept_here`] for async callers: always committed by the commit
+    /// thread, so the event loop never waits on the disk.
     pub async fn accept(&self, key: CounterKey, presented: Presented) -> Result<Accept, DbError> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Op::Accept {
-            key,
-            presented,
-            reply,
-        });
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Op::Accept {
+                key,
+                presented,
+                reply: to_oneshot(tx),
+            },
+            false,
+        );
         rx.await
             .map_err(|_| self.error("the committer has stopped"))?
     }
 
     /// Merges records: per key the higher record wins, nothing is lowered.
     pub async fn merge(&self, records: Vec<CounterRecord>) -> Result<MergeOutcome, DbError> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Op::Merge { records, reply });
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Op::Merge {
+                records,
+                reply: to_oneshot(tx),
+            },
+            false,
+        );
         rx.await
             .map_err(|_| self.error("the committer has stopped"))?
     }
 
     /// Every record, sorted by public id then fingerprint.
     pub async fn export(&self) -> Result<Vec<CounterRecord>, DbError> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Op::Export { reply });
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Op::Export {
+                reply: to_oneshot(tx),
+            },
+            false,
+        );
         rx.await
             .map_err(|_| self.error("the committer has stopped"))?
     }
 }
 
-/// Runs one batch on the connection, or fails it if the database is closed.
-fn commit_batch(inner: &Inner, batch: Vec<Op>) {
+fn to_oneshot<T: Send + 'static>(tx: oneshot::Sender<Result<T, DbError>>) -> Reply<T> {
+    Box::new(move |r| {
+        let _ = tx.send(r);
+    })
+}
+
+/// The commit thread: commits whatever queues while no one else is
+/// committing, until the database is closed and the queue is empty.
+fn commit_thread(inner: &Inner) {
+    loop {
+        let batch = {
+            let mut q = inner.queue();
+            loop {
+                if !q.committing && !q.ops.is_empty() {
+                    q.committing = true;
+                    break std::mem::take(&mut q.ops);
+                }
+                if q.closed && !q.committing && q.ops.is_empty() {
+                    return;
+                }
+                q = inner.work.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        // A panic loses this batch (its replies are dropped: the async
+        // callers see an error, direct clients a closed connection), not
+        // the thread every later batch needs.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let done = {
+                let _committing = Committing(inner);
+                commit_batch(inner, batch)
+            };
+            answer(done);
+        }));
+    }
+}
+
+/// Runs one batch on the connection, or fails it if the database is
+/// closed. The results, for [`answer`] once the right to commit is
+/// released: the next batch can commit while this one's answers go out.
+fn commit_batch(inner: &Inner, batch: Vec<Op>) -> Vec<Done> {
     if batch.is_empty() {
-        return;
+        return Vec::new();
     }
     let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
     match conn.as_mut() {
         Some(c) => run_batch(c, &inner.path, batch),
-        None => fail_all(
+        None => failed(
             batch,
             &DbError {
                 path: inner.path.clone(),
                 message: "the database is closed".into(),
             },
         ),
+    }
+}
+
+/// Hands out the results of a commit.
+fn answer(done: Vec<Done>) {
+    for d in done {
+        d.call();
     }
 }
 
@@ -472,9 +549,33 @@ fn export_all(conn: &Connection) -> rusqlite::Result<Vec<CounterRecord>> {
     rows.collect()
 }
 
-enum Pending {
-    Accept(oneshot::Sender<Result<Accept, DbError>>, Accept),
-    Merge(oneshot::Sender<Result<MergeOutcome, DbError>>, MergeOutcome),
+/// A result with the reply it goes to.
+enum Done {
+    Accept(Reply<Accept>, Result<Accept, DbError>),
+    Merge(Reply<MergeOutcome>, Result<MergeOutcome, DbError>),
+    Export(
+        Reply<Vec<CounterRecord>>,
+        Result<Vec<CounterRecord>, DbError>,
+    ),
+}
+
+impl Done {
+    fn call(self) {
+        match self {
+            Done::Accept(reply, r) => reply(r),
+            Done::Merge(reply, r) => reply(r),
+            Done::Export(reply, r) => reply(r),
+        }
+    }
+
+    /// The same reply, with `e` instead of a result that was not committed.
+    fn fail(self, e: &DbError) -> Self {
+        match self {
+            Done::Accept(reply, _) => Done::Accept(reply, Err(e.clone())),
+            Done::Merge(reply, _) => Done::Merge(reply, Err(e.clone())),
+            Done::Export(reply, r) => Done::Export(reply, r),
+        }
+    }
 }
 
 /// A transaction on cached `BEGIN`/`COMMIT` statements (rusqlite's own
@@ -508,8 +609,8 @@ impl Drop for Txn<'_> {
     }
 }
 
-/// One batch: one transaction, one commit, then the answers.
-fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) {
+/// One batch: one transaction, one commit; the results to hand out.
+fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done> {
     let err = |e: &dyn std::fmt::Display| DbError {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -523,105 +624,76 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) {
             reply,
         }) = batch.pop()
     {
-        let _ = reply.send(accept_in(conn, &key, &presented).map_err(|e| err(&e)));
-        return;
+        let r = accept_in(conn, &key, &presented).map_err(|e| err(&e));
+        return vec![Done::Accept(reply, r)];
     }
-    {
-        let mut pending = Vec::with_capacity(batch.len());
-        let mut failed: Vec<Op> = Vec::new();
-        let tx = match Txn::begin(conn) {
-            Ok(tx) => tx,
-            Err(e) => {
-                fail_all(batch, &err(&e));
-                return;
+    let tx = match Txn::begin(conn) {
+        Ok(tx) => tx,
+        Err(e) => return failed(batch, &err(&e)),
+    };
+    let mut done = Vec::with_capacity(batch.len());
+    let mut ops = batch.into_iter();
+    let mut tx_error = None;
+    for op in ops.by_ref() {
+        let d = match op {
+            Op::Accept {
+                key,
+                presented,
+                reply,
+            } => Done::Accept(
+                reply,
+                accept_in(tx.conn, &key, &presented).map_err(|e| err(&e)),
+            ),
+            Op::Merge { records, reply } => {
+                Done::Merge(reply, merge_in(tx.conn, &records).map_err(|e| err(&e)))
             }
+            Op::Export { reply } => Done::Export(reply, export_all(tx.conn).map_err(|e| err(&e))),
         };
-        let mut tx_error = None;
-        for op in batch {
-            if tx_error.is_some() {
-                failed.push(op);
-                continue;
-            }
-            match op {
-                Op::Accept {
-                    key,
-                    presented,
-                    reply,
-                } => match accept_in(tx.conn, &key, &presented) {
-                    Ok(a) => pending.push(Pending::Accept(reply, a)),
-                    Err(e) => {
-                        tx_error = Some(err(&e));
-                        let _ = reply.send(Err(err(&e)));
-                    }
-                },
-                Op::Merge { records, reply } => match merge_in(tx.conn, &records) {
-                    Ok(m) => pending.push(Pending::Merge(reply, m)),
-                    Err(e) => {
-                        tx_error = Some(err(&e));
-                        let _ = reply.send(Err(err(&e)));
-                    }
-                },
-                Op::Export { reply } => {
-                    let _ = reply.send(export_all(tx.conn).map_err(|e| err(&e)));
-                }
-            }
-        }
-        let committed = match tx_error {
-            Some(e) => {
-                drop(tx); // rolls back
-                Err(e)
-            }
-            None => tx.commit().map_err(|e| err(&e)),
+        let broke = match &d {
+            Done::Accept(_, Err(e)) | Done::Merge(_, Err(e)) => Some(e.clone()),
+            _ => None,
         };
-        match committed {
-            Ok(()) => {
-                for p in pending {
-                    match p {
-                        Pending::Accept(reply, a) => {
-                            let _ = reply.send(Ok(a));
-                        }
-                        Pending::Merge(reply, m) => {
-                            let _ = reply.send(Ok(m));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                for p in pending {
-                    match p {
-                        Pending::Accept(reply, _) => {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                        Pending::Merge(reply, _) => {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
+        done.push(d);
+        if broke.is_some() {
+            tx_error = broke;
+            break;
         }
-        fail_all(
-            failed,
-            &DbError {
-                path: path.to_path_buf(),
-                message: "an earlier statement in the same transaction failed".into(),
-            },
-        );
     }
+    let committed = match tx_error {
+        Some(e) => {
+            drop(tx); // rolls back
+            Err(e)
+        }
+        None => tx.commit().map_err(|e| err(&e)),
+    };
+    let mut out: Vec<Done> = match committed {
+        Ok(()) => done,
+        Err(e) => done.into_iter().map(|d| d.fail(&e)).collect(),
+    };
+    out.extend(failed(
+        ops.collect(),
+        &DbError {
+            path: path.to_path_buf(),
+            message: "an earlier statement in the same transaction failed".into(),
+        },
+    ));
+    out
+}
+
+/// Every op answered with `e`.
+fn failed(ops: Vec<Op>, e: &DbError) -> Vec<Done> {
+    ops.into_iter()
+        .map(|op| match op {
+            Op::Accept { reply, .. } => Done::Accept(reply, Err(e.clone())),
+            Op::Merge { reply, .. } => Done::Merge(reply, Err(e.clone())),
+            Op::Export { reply } => Done::Export(reply, Err(e.clone())),
+        })
+        .collect()
 }
 
 fn fail_all(ops: Vec<Op>, e: &DbError) {
-    for op in ops {
-        match op {
-            Op::Accept { reply, .. } => {
-                let _ = reply.send(Err(e.clone()));
-            }
-            Op::Merge { reply, .. } => {
-                let _ = reply.send(Err(e.clone()));
-            }
-            Op::Export { reply } => {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+    for d in failed(ops, e) {
+        d.call();
     }
 }
 

@@ -7,11 +7,14 @@
 //! crafted name cannot forge a log line.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IoSlice, Write as _};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Mutex, mpsc};
 use std::thread;
+use std::time::Duration;
 
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, UnixAddr, sendmmsg};
 use syslog::{Facility, LogFormat, Logger, LoggerBackend, Severity};
 
 /// RFC 3164 lines without a timestamp, `<PRI>ykhsmd[PID]: message`, facility
@@ -86,16 +89,70 @@ fn stderr_text(level: Level, msg: &str, out: &mut String) {
     out.push('\n');
 }
 
-fn to_syslog(syslog: &mut Option<Logger<LoggerBackend, Authpriv>>, level: Level, msg: &str) {
-    if let Some(l) = syslog.as_mut() {
-        let _ = match level {
-            Level::Error => l.err(msg),
-            Level::Warning => l.warning(msg),
-            Level::Info => l.info(msg),
-            Level::Debug => l.debug(msg),
-        };
+fn to_syslog(l: &mut Logger<LoggerBackend, Authpriv>, level: Level, msg: &str) {
+    let _ = match level {
+        Level::Error => l.err(msg),
+        Level::Warning => l.warning(msg),
+        Level::Info => l.info(msg),
+        Level::Debug => l.debug(msg),
+    };
+}
+
+fn severity(level: Level) -> Severity {
+    match level {
+        Level::Error => Severity::LOG_ERR,
+        Level::Warning => Severity::LOG_WARNING,
+        Level::Info => Severity::LOG_INFO,
+        Level::Debug => Severity::LOG_DEBUG,
     }
 }
+
+/// Datagrams per `sendmmsg`.
+const SYSLOG_BATCH: usize = 64;
+
+/// Sends a batch of lines to syslog: over a datagram socket (`/dev/log`)
+/// in one `sendmmsg` per 64 lines, one datagram each, so a burst of
+/// logins costs the writer one system call and syslogd one wake-up;
+/// otherwise line by line.
+fn syslog_batch(l: &mut Logger<LoggerBackend, Authpriv>, batch: &[(Level, String)]) {
+    let LoggerBackend::Unix(sock) = &l.backend else {
+        for (level, msg) in batch {
+            to_syslog(l, *level, msg);
+        }
+        return;
+    };
+    let lines: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|(level, msg)| {
+            let mut line = Vec::with_capacity(msg.len() + 24);
+            let _ = l
+                .formatter
+                .format(&mut line, severity(*level), msg.as_str());
+            line
+        })
+        .collect();
+    for chunk in lines.chunks(SYSLOG_BATCH) {
+        let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|m| [IoSlice::new(m)]).collect();
+        let mut headers = MultiHeaders::<UnixAddr>::preallocate(chunk.len(), None);
+        let sent = sendmmsg(
+            sock.as_raw_fd(),
+            &mut headers,
+            &iovs,
+            vec![None; chunk.len()],
+            [] as [ControlMessage<'_>; 0],
+            MsgFlags::empty(),
+        )
+        .map_or(0, Iterator::count);
+        // What one call did not take (a full receive queue): one by one,
+        // waiting as the syslog crate would.
+        for m in chunk.iter().skip(sent) {
+            let _ = sock.send(m);
+        }
+    }
+}
+
+/// How long the writer lets lines gather before writing them.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// The writer thread: takes a line, then everything else waiting, writes
 /// the lot to stderr at once and each line to syslog.
@@ -104,6 +161,12 @@ fn writer(
     mut syslog: Option<Logger<LoggerBackend, Authpriv>>,
 ) {
     while let Ok(first) = rx.recv() {
+        // Let the lines of the next moments gather: one write (and one
+        // wake-up of syslogd and of whoever reads stderr) for all of them,
+        // instead of three wake-ups per login competing with the logins
+        // themselves for the CPU. Senders never wait for this thread, and
+        // wake it at most once per LINGER.
+        thread::sleep(LINGER);
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -113,8 +176,8 @@ fn writer(
             stderr_text(*level, msg, &mut text);
         }
         let _ = std::io::stderr().write_all(text.as_bytes());
-        for (level, msg) in &batch {
-            to_syslog(&mut syslog, *level, msg);
+        if let Some(l) = syslog.as_mut() {
+            syslog_batch(l, &batch);
         }
     }
 }
@@ -188,7 +251,9 @@ impl Log {
                 stderr_text(level, msg, &mut text);
                 // One write per line: lines never mix.
                 let _ = std::io::stderr().write_all(text.as_bytes());
-                to_syslog(syslog, level, msg);
+                if let Some(l) = syslog.as_mut() {
+                    to_syslog(l, level, msg);
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ use ykhsm_proto::{Request, Response, Status};
 
 use crate::authfile::{Authfile, Lookup};
 use crate::config::{BackendConfig, Config};
-use crate::db::{Accept, CounterKey, Db, Presented};
+use crate::db::{Accept, CounterKey, Db, DbError, Presented};
 use crate::log::{self, Log, escape};
 
 /// Who is asking, from `SO_PEERCRED`.
@@ -99,6 +99,19 @@ struct Decoded {
     public_id: PublicId,
     key: CounterKey,
     counters: OtpCounters,
+}
+
+impl Decoded {
+    /// What the database needs, and what the outcome reports.
+    fn into_parts(self) -> (CounterKey, Presented, PublicId, Counters) {
+        let pair = self.counters.counters();
+        let presented = Presented {
+            counters: pair,
+            ts_high: self.counters.ts_high,
+            ts_low: self.counters.ts_low,
+        };
+        (self.key, presented, self.public_id, pair)
+    }
 }
 
 /// The daemon's state and logic.
@@ -210,13 +223,7 @@ impl Service {
             Request::Verify { user, otp } => {
                 let start = Instant::now();
                 let outcome = self.verify(&peer, &user, &otp).await;
-                let audit = self.audit("verify", &user, &outcome, &peer, start.elapsed());
-                return Handled {
-                    response: Response::Verdict {
-                        status: outcome.status,
-                    },
-                    audit: Some(audit),
-                };
+                return self.verdict(&user, &outcome, &peer, start);
             }
             Request::HasUser { user } => {
                 let status = if peer.uid == 0 {
@@ -335,6 +342,50 @@ impl Service {
         }
     }
 
+    /// Checks 0–7 of interface.md for a login, on this thread and without
+    /// the event loop: the checks here, then the commit here too unless one
+    /// is running (then this login joins the next batch and this returns at
+    /// once). `done` gets the answer and its audit line on the thread that
+    /// committed. For root's requests: a non-root peer's user name needs a
+    /// passwd lookup, which may block (use [`Service::handle`]).
+    pub fn verify_here(
+        self: &Arc<Self>,
+        peer: Peer,
+        user: &str,
+        otp: &str,
+        here: bool,
+        done: impl FnOnce(Handled) + Send + 'static,
+    ) {
+        let start = Instant::now();
+        match self.check(&peer, user, otp) {
+            Err(outcome) => done(self.verdict(user, &outcome, &peer, start)),
+            Ok(d) => {
+                let (key, presented, public_id, pair) = d.into_parts();
+                let this = Arc::clone(self);
+                let user = user.to_owned();
+                self.db.accept_here(
+                    key,
+                    presented,
+                    here,
+                    Box::new(move |r| {
+                        let outcome = this.settle(public_id, pair, r);
+                        done(this.verdict(&user, &outcome, &peer, start));
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The answer to a verify and its audit line.
+    fn verdict(&self, user: &str, outcome: &Outcome, peer: &Peer, start: Instant) -> Handled {
+        Handled {
+            response: Response::Verdict {
+                status: outcome.status,
+            },
+            audit: Some(self.audit("verify", user, outcome, peer, start.elapsed())),
+        }
+    }
+
     /// Checks 0–7 of interface.md for a login.
     async fn verify(self: &Arc<Self>, peer: &Peer, user: &str, otp: &str) -> Outcome {
         // Root's checks are a few microseconds of CPU and local file reads:
@@ -447,18 +498,18 @@ impl Service {
 
     /// Checks 6 and 7: fresh, and durably committed.
     async fn commit(&self, d: Decoded) -> Outcome {
-        let pair = d.counters.counters();
-        let presented = Presented {
-            counters: pair,
-            ts_high: d.counters.ts_high,
-            ts_low: d.counters.ts_low,
-        };
-        let status = match self.db.accept(d.key, presented).await {
+        let (key, presented, public_id, pair) = d.into_parts();
+        let r = self.db.accept(key, presented).await;
+        self.settle(public_id, pair, r)
+    }
+
+    /// The outcome of a check-and-set.
+    fn settle(&self, public_id: PublicId, pair: Counters, r: Result<Accept, DbError>) -> Outcome {
+        let status = match r {
             Ok(Accept::Fresh) => {
                 if pair.is_exhausted() {
                     self.log.warn(&format!(
-                        "key {} has reached counter 0x7fff and session use 255: no later OTP can be accepted; reprogram it",
-                        d.public_id
+                        "key {public_id} has reached counter 0x7fff and session use 255: no later OTP can be accepted; reprogram it"
                     ));
                 }
                 Status::Ok
@@ -471,12 +522,13 @@ impl Service {
         };
         Outcome {
             status,
-            public_id: Some(d.public_id),
+            public_id: Some(public_id),
             counters: Some(pair),
         }
     }
 
-    fn has_user(&self, peer: &Peer, user: &str) -> Status {
+    /// Whether `user` has a line in the authfile (and `peer` may ask).
+    pub fn has_user(&self, peer: &Peer, user: &str) -> Status {
         if !self.may_ask(peer, user) {
             return Status::Denied;
         }

@@ -189,6 +189,15 @@ fn malformed_authfile_line_fails_closed_for_its_user_and_is_reported_once() {
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
     assert_eq!(d.verify("bob", &env.otp(&mut bobs)), Status::BackendError);
     assert_eq!(d.verify("bob", &env.otp(&mut bobs)), Status::BackendError);
+    // Every line of both of bob's attempts is written once their audit
+    // lines are (the log keeps order).
+    common::wait_for("bob's two audit lines", Duration::from_secs(10), || {
+        env.logs()
+            .iter()
+            .filter(|l| l.starts_with("ykhsmd: verify user=bob "))
+            .count()
+            >= 2
+    });
     let reports = env
         .logs()
         .iter()
