@@ -11,10 +11,13 @@
 //! temporary file in the same directory, fsync, rename, fsync the directory,
 //! so a reader sees the old AEAD or the new one and never half of one.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -128,7 +131,54 @@ pub enum WriteMode {
 pub struct AeadStore {
     dir: PathBuf,
     key_handles: Vec<KeyHandleName>,
+    cache: Option<Arc<Mutex<ReadCache>>>,
 }
+
+/// One version of a file: a rename over it, a rewrite, a truncation, a
+/// chmod or chown, a touch — anything that changes its contents changes
+/// its ctime, and most change more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+}
+
+impl Version {
+    fn of(m: &Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mode: m.mode(),
+            uid: m.uid(),
+        }
+    }
+}
+
+/// The bytes of AEAD files already read, each with the version it was read
+/// at; see [`AeadStore::with_read_cache`].
+#[derive(Debug)]
+struct ReadCache {
+    files: HashMap<PathBuf, (Version, Vec<u8>)>,
+    /// How long ago a file must have last changed to be kept.
+    settled: Duration,
+}
+
+/// Files kept at most; past this the cache starts again empty.
+const CACHE_MAX: usize = 1 << 17;
+
+/// A file whose ctime is at least this old is kept: the kernel stamps
+/// times at clock-tick granularity, so a file changed twice within one
+/// tick could keep its version; one that has not changed for two seconds
+/// gets a later ctime from any change to come.
+const SETTLED: Duration = Duration::from_secs(2);
 
 /// The path of an id's file below the root: the key handle's directory, the
 /// id cut into 2-character directories, then the id.
@@ -176,7 +226,60 @@ impl AeadStore {
         Self {
             dir: dir.into(),
             key_handles,
+            cache: None,
         }
+    }
+
+    /// Keeps the bytes of the files [`AeadStore::lookup`] reads, and reads a
+    /// file again only when its version (device, inode, size, mtime,
+    /// ctime, mode, owner) has changed since: one `statx` per lookup
+    /// instead of open, read and close. A file that changed in the last
+    /// two seconds is read every time. For a long-running reader (the
+    /// daemon), where the same keys come back all day.
+    #[must_use]
+    pub fn with_read_cache(self) -> Self {
+        self.with_cache_settled(SETTLED)
+    }
+
+    fn with_cache_settled(mut self, settled: Duration) -> Self {
+        self.cache = Some(Arc::new(Mutex::new(ReadCache {
+            files: HashMap::new(),
+            settled,
+        })));
+        self
+    }
+
+    /// A file's bytes, from the cache when it holds this version of it.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let Some(cache) = &self.cache else {
+            return read_limited(path);
+        };
+        let meta = fs::metadata(path)?;
+        let version = Version::of(&meta);
+        let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, bytes)) = lock().files.get(path)
+            && *v == version
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes = read_limited(path)?;
+        let mut c = lock();
+        let changed = Duration::new(
+            u64::try_from(meta.ctime()).unwrap_or(0),
+            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+        );
+        let settled = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .is_ok_and(|now| now.saturating_sub(changed) >= c.settled);
+        if meta.is_file() && settled && bytes.len() <= MAX_FILE_LEN {
+            if c.files.len() >= CACHE_MAX {
+                c.files.clear();
+            }
+            c.files.insert(path.to_path_buf(), (version, bytes.clone()));
+        } else {
+            c.files.remove(path);
+        }
+        Ok(bytes)
     }
 
     /// The root directory.
@@ -215,7 +318,7 @@ impl AeadStore {
         }
         for kh in &self.key_handles {
             for path in self.candidates(kh, public_id) {
-                match read_limited(&path) {
+                match self.read(&path) {
                     Ok(bytes) => return load(path, kh, public_id, &bytes).map(Some),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(source) => return Err(StoreError::Read { path, source }),
@@ -346,4 +449,73 @@ fn load(
         aead,
         format,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aead(fill: u8) -> YubiKeyAead {
+        YubiKeyAead([fill; crate::aead::YUBIKEY_AEAD_LEN])
+    }
+
+    fn setup(store: &AeadStore) -> (KeyHandleName, PublicId) {
+        let kh: KeyHandleName = "1".parse().unwrap();
+        let id = PublicId::parse("ccccccdbjrgf").unwrap();
+        store
+            .write_v1(&kh, &id, &Nonce([1; 6]), &aead(1), WriteMode::CreateNew)
+            .unwrap();
+        (kh, id)
+    }
+
+    fn found(store: &AeadStore, id: &PublicId) -> YubiKeyAead {
+        store.lookup(id).unwrap().unwrap().aead
+    }
+
+    /// Every change that replaces or rewrites the file is seen by a store
+    /// that keeps what it read (here keeping even just-written files).
+    #[test]
+    fn read_cache_sees_replacement_rewrite_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let khs = vec!["1".parse().unwrap()];
+        let store = AeadStore::new(dir.path(), khs).with_cache_settled(Duration::ZERO);
+        let (kh, id) = setup(&store);
+        assert_eq!(found(&store, &id).0, aead(1).0);
+        assert_eq!(found(&store, &id).0, aead(1).0, "from the cache");
+        // Replaced by rename (a new inode), as ykadmin and rsync do.
+        store
+            .write_v1(&kh, &id, &Nonce([1; 6]), &aead(2), WriteMode::Replace)
+            .unwrap();
+        assert_eq!(found(&store, &id).0, aead(2).0);
+        // Rewritten in place, shorter (a v0 file: the bare AEAD).
+        let path = store.path_for(&kh, &id);
+        fs::write(&path, aead(3).0).unwrap();
+        assert_eq!(found(&store, &id).0, aead(3).0);
+        // Removed.
+        fs::remove_file(&path).unwrap();
+        assert!(store.lookup(&id).unwrap().is_none());
+    }
+
+    /// A file that changed in the last two seconds is read every time: an
+    /// in-place rewrite of the same size within one clock tick keeps size,
+    /// inode and (coarse) times, and must still be seen.
+    #[test]
+    fn read_cache_rereads_a_file_changed_moments_ago() {
+        let dir = tempfile::tempdir().unwrap();
+        let khs = vec!["1".parse().unwrap()];
+        let store = AeadStore::new(dir.path(), khs).with_read_cache();
+        let (kh, id) = setup(&store);
+        assert_eq!(found(&store, &id).0, aead(1).0);
+        let path = store.path_for(&kh, &id);
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 1;
+        bytes[at] ^= 0xff;
+        let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(&bytes).unwrap();
+        drop(f);
+        let mut expected = aead(1).0;
+        let last = expected.len() - 1;
+        expected[last] ^= 0xff;
+        assert_eq!(found(&store, &id).0, expected);
+    }
 }

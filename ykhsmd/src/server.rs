@@ -447,9 +447,10 @@ fn serve_here(
     let Some(mut n) = recv_now(&stream, &mut first[..]) else {
         return;
     };
-    if matches!(whole_frame(&first[..n], MAX_FRAME), Ok(None)) {
+    if alone && matches!(whole_frame(&first[..n], MAX_FRAME), Ok(None)) {
         // Connected a moment ago and still writing: worth a short wait
-        // here rather than a trip through the event loop.
+        // here rather than a trip through the event loop — unless others
+        // are waiting to be accepted.
         let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
         if poll(&mut fds, PollTimeout::from(FIRST_WAIT_MS)).is_ok_and(|k| k > 0) {
             let Some(more) = recv_now(&stream, &mut first[n..]) else {

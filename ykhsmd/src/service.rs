@@ -143,7 +143,8 @@ impl Service {
         db: Db,
         authfile: Authfile,
     ) -> Self {
-        let store = AeadStore::new(config.aead_dir.clone(), config.key_handles.clone());
+        let store =
+            AeadStore::new(config.aead_dir.clone(), config.key_handles.clone()).with_read_cache();
         Self {
             config,
             log,
