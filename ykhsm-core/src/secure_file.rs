@@ -6,9 +6,61 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+/// One version of a file, as its metadata tells it: a rename over it, a
+/// rewrite, a truncation, a chmod or chown, a touch — any change to its
+/// contents changes its ctime, and most change more.
+///
+/// The kernel stamps times at clock-tick granularity, so a file changed
+/// twice within one tick, in place, to the same size, can show the same
+/// version both times. A file whose version is [`FileVersion::settled`]
+/// (unchanged for [`SETTLED`]) gets a later ctime from any change to come,
+/// so only a settled version may stand for the contents once read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+}
+
+/// How long a file must have been unchanged for its version to stand for
+/// its contents.
+pub const SETTLED: Duration = Duration::from_secs(2);
+
+impl FileVersion {
+    /// The version `meta` describes.
+    pub fn of(meta: &Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            mode: meta.mode(),
+            uid: meta.uid(),
+        }
+    }
+
+    /// Whether the file last changed at least `age` ago (a ctime in the
+    /// future is not settled).
+    pub fn settled(&self, age: Duration) -> bool {
+        let changed = Duration::new(
+            u64::try_from(self.ctime.0).unwrap_or(0),
+            u32::try_from(self.ctime.1).unwrap_or(0),
+        );
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .is_ok_and(|now| now.checked_sub(changed).is_some_and(|d| d >= age))
+    }
+}
 
 /// What a file must satisfy to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

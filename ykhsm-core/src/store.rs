@@ -12,12 +12,12 @@
 //! so a reader sees the old AEAD or the new one and never half of one.
 
 use std::collections::HashMap;
-use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -25,6 +25,7 @@ use crate::aead::{AeadError, Nonce, YubiKeyAead};
 use crate::aead_file::{AeadFile, AeadFileError, AeadFileFormat, MAX_FILE_LEN};
 use crate::keyhandle::{KeyHandle, KeyHandleName};
 use crate::otp::PublicId;
+use crate::secure_file::{FileVersion, SETTLED};
 
 /// The length pyhsm's importer pads short public ids to (with `c`) when it
 /// names their files (`--public-id-chars`, default 12).
@@ -134,51 +135,17 @@ pub struct AeadStore {
     cache: Option<Arc<Mutex<ReadCache>>>,
 }
 
-/// One version of a file: a rename over it, a rewrite, a truncation, a
-/// chmod or chown, a touch — anything that changes its contents changes
-/// its ctime, and most change more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Version {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    mode: u32,
-    uid: u32,
-}
-
-impl Version {
-    fn of(m: &Metadata) -> Self {
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            mode: m.mode(),
-            uid: m.uid(),
-        }
-    }
-}
-
 /// The bytes of AEAD files already read, each with the version it was read
 /// at; see [`AeadStore::with_read_cache`].
 #[derive(Debug)]
 struct ReadCache {
-    files: HashMap<PathBuf, (Version, Vec<u8>)>,
+    files: HashMap<PathBuf, (FileVersion, Vec<u8>)>,
     /// How long ago a file must have last changed to be kept.
     settled: Duration,
 }
 
 /// Files kept at most; past this the cache starts again empty.
 const CACHE_MAX: usize = 1 << 17;
-
-/// A file whose ctime is at least this old is kept: the kernel stamps
-/// times at clock-tick granularity, so a file changed twice within one
-/// tick could keep its version; one that has not changed for two seconds
-/// gets a later ctime from any change to come.
-const SETTLED: Duration = Duration::from_secs(2);
 
 /// The path of an id's file below the root: the key handle's directory, the
 /// id cut into 2-character directories, then the id.
@@ -255,7 +222,7 @@ impl AeadStore {
             return read_limited(path);
         };
         let meta = fs::metadata(path)?;
-        let version = Version::of(&meta);
+        let version = FileVersion::of(&meta);
         let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v, bytes)) = lock().files.get(path)
             && *v == version
@@ -264,13 +231,7 @@ impl AeadStore {
         }
         let bytes = read_limited(path)?;
         let mut c = lock();
-        let changed = Duration::new(
-            u64::try_from(meta.ctime()).unwrap_or(0),
-            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-        );
-        let settled = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .is_ok_and(|now| now.saturating_sub(changed) >= c.settled);
+        let settled = version.settled(c.settled);
         if meta.is_file() && settled && bytes.len() <= MAX_FILE_LEN {
             if c.files.len() >= CACHE_MAX {
                 c.files.clear();

@@ -11,13 +11,12 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 use ykhsm_core::otp::PublicId;
-use ykhsm_core::secure_file::{self, FilePolicy, SecureFileError};
+use ykhsm_core::secure_file::{self, FilePolicy, FileVersion, SETTLED, SecureFileError};
 
 /// The largest authfile read.
 pub const MAX_AUTHFILE_LEN: u64 = 16 << 20;
@@ -186,34 +185,20 @@ impl Parsed {
     }
 }
 
-/// What identifies a version of the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileId {
-    fn of(m: &fs::Metadata) -> Self {
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-}
-
 /// The authfile, re-read when it changes, checked on every use.
 #[derive(Debug)]
 pub struct Authfile {
     path: PathBuf,
     owner: u32,
-    cache: Mutex<Option<(FileId, Arc<Parsed>)>>,
+    cache: Mutex<Option<Cached>>,
+}
+
+/// The last read: the version it was read at, its bytes, their parse.
+#[derive(Debug)]
+struct Cached {
+    version: FileVersion,
+    bytes: Vec<u8>,
+    parsed: Arc<Parsed>,
 }
 
 /// The result of [`Authfile::current`].
@@ -256,22 +241,37 @@ impl Authfile {
         // The checks read_checked makes on the open file, here also for the
         // cached case where nothing is opened.
         secure_file::check_metadata(&self.path, &meta, self.policy())?;
-        let id = FileId::of(&meta);
+        let version = FileVersion::of(&meta);
+        let lock = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // The same settled version: the same contents. A file changed in
+        // the last moments is read again each time (see FileVersion).
+        if let Some(c) = lock().as_ref()
+            && c.version == version
+            && version.settled(SETTLED)
         {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((cached, parsed)) = cache.as_ref()
-                && *cached == id
-            {
-                return Ok(Current {
-                    parsed: Arc::clone(parsed),
-                    reread: false,
-                });
-            }
+            return Ok(Current {
+                parsed: Arc::clone(&c.parsed),
+                reread: false,
+            });
         }
         let bytes = secure_file::read_checked(&self.path, self.policy())?;
+        let mut cache = lock();
+        if let Some(c) = cache.as_mut()
+            && *c.bytes == **bytes
+        {
+            // Read again, unchanged: nothing new to report.
+            c.version = version;
+            return Ok(Current {
+                parsed: Arc::clone(&c.parsed),
+                reread: false,
+            });
+        }
         let parsed = Arc::new(Parsed::parse(&bytes));
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        *cache = Some((id, Arc::clone(&parsed)));
+        *cache = Some(Cached {
+            version,
+            bytes: bytes.to_vec(),
+            parsed: Arc::clone(&parsed),
+        });
         Ok(Current {
             parsed,
             reread: true,
@@ -291,6 +291,35 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<PublicId> {
         v.iter().map(|s| PublicId::parse(s).unwrap()).collect()
+    }
+
+    /// A revocation written in place, to the same size, moments after the
+    /// last read (so size, inode and coarse times may all be unchanged) is
+    /// seen by the next use; the same bytes read again report nothing new.
+    #[test]
+    fn in_place_rewrite_of_the_same_size_is_seen_at_once() {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("yubikeys");
+        fs::write(&path, "alice:ccccccdbjrgf\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let authfile = Authfile::new(path.clone(), uid);
+        let first = authfile.current().unwrap();
+        assert!(first.reread);
+        assert!(
+            matches!(first.parsed.lookup("alice"), Lookup::Keys(k) if k == ids(&["ccccccdbjrgf"]))
+        );
+        let again = authfile.current().unwrap();
+        assert!(!again.reread, "unchanged bytes are nothing new");
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(b"bobby:ccccccdbjrgf\n").unwrap();
+        drop(f);
+        let now = authfile.current().unwrap();
+        assert!(now.reread);
+        assert!(matches!(now.parsed.lookup("alice"), Lookup::NoLine));
+        assert!(matches!(now.parsed.lookup("bobby"), Lookup::Keys(_)));
     }
 
     #[test]

@@ -31,6 +31,10 @@ use ykhsm_proto::CounterRecord;
 
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The page size of a new database file.
+const PAGE_SIZE: i64 = 1024;
+/// WAL pages between automatic checkpoints.
+const WAL_CHECKPOINT_PAGES: i64 = 4096;
 /// The schema this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
 
@@ -171,11 +175,19 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // write them behind its back (ykadmin asks the daemon), and holding the
     // lock saves a dozen lock calls per commit.
     conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    // A new file gets 1 KiB pages (an existing one keeps its own): a row
+    // is about 70 bytes, and each page a commit touches is written whole to
+    // the WAL before the fsync — a batch of logins on a dozen pages writes
+    // 12 KiB instead of 48. Measured: a batch commit's p50 from about
+    // 400 µs down to about 170 µs (docs/performance.md).
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidQuery);
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Checkpoint at the same WAL size as with SQLite's default pages (4 MiB).
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     create_schema(&conn)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == 0 {
