@@ -7,6 +7,9 @@ set -euo pipefail
 packages=(
     ca-certificates   # cargo fetching crates over https
     gcc               # cc builds of the bundled C parts of some crates
+    libpam0g-dev      # libpam.so, which pam_ykhsm.so links against
+    libpam-wrapper    # PAM stacks from a temporary directory (tests/pam.rs)
+    pamtester         # a real PAM application for the module's tests
 )
 
 missing=()

@@ -17,3 +17,6 @@ pub mod status;
 pub use client::{ClientError, call};
 pub use message::{CounterRecord, Request, Response};
 pub use status::Status;
+/// The wrapper the requests keep OTPs in (wiped on drop), for callers that
+/// build them.
+pub use zeroize::Zeroizing;

@@ -1,0 +1,130 @@
+//! From the daemon's answer to a PAM code, and the OTP out of what the user
+//! typed. No I/O here.
+
+use pam::constants::PamResultCode;
+use ykhsm_proto::Status;
+
+/// The PAM code for a status word (interface.md, "Status words"). One
+/// exhaustive match: only `OK` is `PAM_SUCCESS`, and a new status word
+/// cannot be added without deciding its code here.
+pub fn pam_code(status: Status, nullok: bool) -> PamResultCode {
+    match status {
+        Status::Ok => PamResultCode::PAM_SUCCESS,
+        Status::NoKeysForUser if nullok => PamResultCode::PAM_IGNORE,
+        Status::NoKeysForUser => PamResultCode::PAM_USER_UNKNOWN,
+        Status::BadOtp
+        | Status::ReplayedOtp
+        | Status::NoSuchKey
+        | Status::NotAuthorized
+        | Status::Denied => PamResultCode::PAM_AUTH_ERR,
+        Status::BackendError => PamResultCode::PAM_AUTHINFO_UNAVAIL,
+    }
+}
+
+/// Splits typed input as pam_yubico does (pam-yubico-compat.md §3): with
+/// more than `otp_len` bytes, the OTP is the last `otp_len` and the rest is
+/// a password for the next module; otherwise all of it is the OTP.
+/// Returns (OTP, password).
+pub fn split(input: &[u8], otp_len: usize) -> (&[u8], Option<&[u8]>) {
+    if input.len() > otp_len {
+        let (password, otp) = input.split_at(input.len() - otp_len);
+        (otp, Some(password))
+    } else {
+        (input, None)
+    }
+}
+
+/// The characters of a public id, either case.
+fn is_modhex(c: u8) -> bool {
+    b"cbdefghijklnrtuvCBDEFGHIJKLNRTUV".contains(&c)
+}
+
+/// What of an OTP may be logged: its public id (all but the last 32
+/// characters), and only if it looks like one — 2 to 16 modhex characters,
+/// even length. Anything else (a password typed at the OTP prompt, half an
+/// OTP) logs nothing.
+pub fn loggable_public_id(otp: &[u8]) -> Option<&str> {
+    let id = otp.get(..otp.len().checked_sub(32)?)?;
+    let fits = (2..=16).contains(&id.len()) && id.len().is_multiple_of(2);
+    if fits && id.iter().all(|&c| is_modhex(c)) {
+        std::str::from_utf8(id).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ykhsm_proto::status::ALL;
+
+    #[test]
+    fn only_ok_is_success_with_or_without_nullok() {
+        for nullok in [false, true] {
+            for s in ALL {
+                let code = pam_code(s, nullok);
+                assert_eq!(
+                    code == PamResultCode::PAM_SUCCESS,
+                    s == Status::Ok,
+                    "{s} nullok={nullok} -> {code:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_those_of_interface_md() {
+        use PamResultCode::*;
+        let table = [
+            (Status::Denied, PAM_AUTH_ERR),
+            (Status::NoKeysForUser, PAM_USER_UNKNOWN),
+            (Status::BadOtp, PAM_AUTH_ERR),
+            (Status::NotAuthorized, PAM_AUTH_ERR),
+            (Status::NoSuchKey, PAM_AUTH_ERR),
+            (Status::ReplayedOtp, PAM_AUTH_ERR),
+            (Status::BackendError, PAM_AUTHINFO_UNAVAIL),
+            (Status::Ok, PAM_SUCCESS),
+        ];
+        for (s, code) in table {
+            assert_eq!(pam_code(s, false), code, "{s}");
+        }
+        assert_eq!(pam_code(Status::NoKeysForUser, true), PAM_IGNORE);
+    }
+
+    #[test]
+    fn split_takes_the_otp_off_the_end() {
+        let otp = b"ccccccdbjrgfcccccccccccccccccccccccccccccccc";
+        assert_eq!(split(otp, 44), (&otp[..], None));
+        let mut both = b"hunter2".to_vec();
+        both.extend_from_slice(otp);
+        assert_eq!(split(&both, 44), (&otp[..], Some(&b"hunter2"[..])));
+        assert_eq!(split(b"short", 44), (&b"short"[..], None));
+        assert_eq!(split(b"", 44), (&b""[..], None));
+    }
+
+    #[test]
+    fn only_a_modhex_public_id_is_loggable() {
+        let t = "c".repeat(32);
+        assert_eq!(
+            loggable_public_id(format!("ccccccdbjrgf{t}").as_bytes()),
+            Some("ccccccdbjrgf")
+        );
+        assert_eq!(loggable_public_id(t.as_bytes()), None, "no id");
+        assert_eq!(loggable_public_id(b"short"), None);
+        assert_eq!(
+            loggable_public_id(format!("hunter2!{t}").as_bytes()),
+            None,
+            "a password"
+        );
+        assert_eq!(
+            loggable_public_id(format!("ccccccccccccccccccccdbjrgf{t}").as_bytes()),
+            None,
+            "too long"
+        );
+        assert_eq!(
+            loggable_public_id(format!("ccc{t}").as_bytes()),
+            None,
+            "odd"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! pam_ykhsm.so through real PAM: `pamtester` under `pam_wrapper` (the PAM
+//! stacks live in a temporary service directory; /etc/pam.d is never
+//! touched), against the real daemon. Each test names the PAM result it
+//! expects from pamtester's own words (`pam_strerror`).
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
+const TEST_MODULES: &str = "/usr/lib/x86_64-linux-gnu/pam_wrapper";
+
+/// pam_strerror's words for the codes these tests expect.
+const SUCCESS: &str = "successfully authenticated";
+const AUTH_ERR: &str = "Authentication failure";
+const AUTHINFO_UNAVAIL: &str = "Authentication service cannot retrieve authentication info";
+const USER_UNKNOWN: &str = "User not known to the underlying authentication module";
+const PROMPT: &str = "YubiKey for `";
+
+/// The module, as cargo built it for this test binary.
+fn module() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    for dir in [deps, deps.parent().unwrap()] {
+        let p = dir.join("libpam_ykhsm.so");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("libpam_ykhsm.so not found next to {}", exe.display());
+}
+
+/// A PAM service directory with named stacks.
+struct Services {
+    dir: PathBuf,
+}
+
+impl Services {
+    fn new(env: &Env) -> Self {
+        let dir = env.dir.path().join("pam.d");
+        fs::create_dir_all(&dir).unwrap();
+        // Silences pam_wrapper's "no default config other".
+        fs::write(dir.join("other"), "auth required pam_deny.so\n").unwrap();
+        Self { dir }
+    }
+
+    /// A service whose auth stack is `lines`; `MODULE` stands for
+    /// pam_ykhsm.so with the test daemon's socket.
+    fn add(&self, env: &Env, name: &str, lines: &[&str]) {
+        let module = format!("{} socket={}", module().display(), env.socket.display());
+        let text: String = lines
+            .iter()
+            .map(|l| format!("{}\n", l.replace("MODULE", &module)))
+            .collect();
+        fs::write(self.dir.join(name), text).unwrap();
+    }
+}
+
+/// What one pamtester run said.
+#[derive(Debug)]
+struct Outcome {
+    ok: bool,
+    output: String,
+    took: Duration,
+}
+
+impl Outcome {
+    fn says(&self, words: &str) -> bool {
+        self.output.contains(words)
+    }
+
+    fn prompted(&self) -> bool {
+        self.says(PROMPT)
+    }
+}
+
+/// Runs `pamtester SERVICE USER authenticate` with `input` on stdin (the
+/// answers to the prompts) and `extra_env` (for pam_set_items).
+fn pamtester(
+    services: &Services,
+    service: &str,
+    user: &str,
+    input: &str,
+    extra_env: &[(&str, &str)],
+) -> Outcome {
+    let start = Instant::now();
+    let mut cmd = Command::new("pamtester");
+    cmd.args(["-v", service, user, "authenticate"])
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", &services.dir)
+        .env("LD_PRELOAD", PAM_WRAPPER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("pamtester (apt-get install pamtester libpam-wrapper)");
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Outcome {
+        ok: out.status.success(),
+        output,
+        took: start.elapsed(),
+    }
+}
+
+fn setup(
+    stack: &[&str],
+) -> (
+    Env,
+    ykhsm_core::softkey::SoftYubiKey,
+    common::Daemon,
+    Services,
+) {
+    let (env, key, d) = common::alice();
+    let s = Services::new(&env);
+    s.add(&env, "yk", stack);
+    (env, key, d, s)
+}
+
+fn line(otp: &str) -> String {
+    format!("{otp}\n")
+}
+
+#[test]
+fn fresh_otp_logs_in_and_its_replay_is_refused() {
+    let (env, mut key, _d, s) = setup(&["auth required MODULE"]);
+    let otp = env.otp(&mut key);
+    let first = pamtester(&s, "yk", "alice", &line(&otp), &[]);
+    assert!(
+        first.ok && first.says(SUCCESS) && first.prompted(),
+        "{first:?}"
+    );
+    let again = pamtester(&s, "yk", "alice", &line(&otp), &[]);
+    assert!(!again.ok && again.says(AUTH_ERR), "{again:?}");
+}
+
+#[test]
+fn another_users_key_unknown_key_and_garbage_are_refused() {
+    let (env, mut key, _d, s) = setup(&["auth required MODULE"]);
+    env.set_authfile("alice:ccccccdbjrgf\nbob:cccccccccccd\n");
+    // bob's line does not hold alice's key: NOT_AUTHORIZED.
+    let r = pamtester(&s, "yk", "bob", &line(&env.otp(&mut key)), &[]);
+    assert!(!r.ok && r.says(AUTH_ERR), "{r:?}");
+    // A key on the line with no AEAD: NO_SUCH_KEY.
+    env.set_authfile("alice:ccccccdbjrgf:cccccccccccb\n");
+    let stranger = format!("cccccccccccb{}", "c".repeat(32));
+    let r = pamtester(&s, "yk", "alice", &line(&stranger), &[]);
+    assert!(!r.ok && r.says(AUTH_ERR), "{r:?}");
+    // Not an OTP at all: BAD_OTP.
+    for garbage in ["hello", "", &"x".repeat(5000)] {
+        let r = pamtester(&s, "yk", "alice", &line(garbage), &[]);
+        assert!(!r.ok && r.says(AUTH_ERR), "{garbage:.20}: {r:?}");
+    }
+    // OpenSSH's stand-in answer for an invalid user is refused like any
+    // other bad OTP.
+    let r = pamtester(&s, "yk", "alice", "\u{8}\n\r\u{7f}INCORRECT\n", &[]);
+    assert!(!r.ok, "{r:?}");
+}
+
+#[test]
+fn user_without_a_line_is_unknown_and_never_prompted() {
+    let (_env, _key, _d, s) = setup(&["auth required MODULE"]);
+    let r = pamtester(&s, "yk", "carol", "", &[]);
+    assert!(!r.ok && r.says(USER_UNKNOWN) && !r.prompted(), "{r:?}");
+}
+
+#[test]
+fn nullok_skips_a_user_without_a_line_but_never_grants_a_login_alone() {
+    let (env, mut key, _d, s) = setup(&[]);
+    s.add(
+        &env,
+        "then-permit",
+        &["auth required MODULE nullok", "auth required pam_permit.so"],
+    );
+    s.add(
+        &env,
+        "then-deny",
+        &["auth required MODULE nullok", "auth required pam_deny.so"],
+    );
+    s.add(
+        &env,
+        "alone",
+        &["auth sufficient MODULE nullok", "auth required pam_deny.so"],
+    );
+    let r = pamtester(&s, "then-permit", "carol", "", &[]);
+    assert!(r.ok && !r.prompted(), "the stack decides: {r:?}");
+    let r = pamtester(&s, "then-deny", "carol", "", &[]);
+    assert!(!r.ok && !r.prompted(), "{r:?}");
+    let r = pamtester(&s, "alone", "carol", "", &[]);
+    assert!(!r.ok && !r.prompted(), "{r:?}");
+    // A user with a line still needs a good OTP under nullok.
+    let r = pamtester(&s, "then-permit", "alice", &line("garbage"), &[]);
+    assert!(!r.ok && r.prompted(), "{r:?}");
+    let r = pamtester(&s, "then-permit", "alice", &line(&env.otp(&mut key)), &[]);
+    assert!(r.ok, "{r:?}");
+    // An empty line means "no valid key", not "no second factor".
+    env.set_authfile("alice:ccccccdbjrgf\ncarol:\n");
+    let r = pamtester(&s, "then-permit", "carol", &line(&env.otp(&mut key)), &[]);
+    assert!(!r.ok && r.prompted(), "{r:?}");
+}
+
+#[test]
+fn daemon_stopped_is_authinfo_unavail_and_never_success() {
+    let (env, mut key, mut d, s) = setup(&["auth required MODULE"]);
+    s.add(
+        &env,
+        "sufficient",
+        &["auth sufficient MODULE", "auth required pam_deny.so"],
+    );
+    d.terminate();
+    let otp = env.otp(&mut key);
+    let r = pamtester(&s, "yk", "alice", &line(&otp), &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL), "{r:?}");
+    let r = pamtester(&s, "sufficient", "alice", &line(&otp), &[]);
+    assert!(!r.ok, "{r:?}");
+}
+
+#[test]
+fn daemon_that_never_answers_costs_at_most_the_timeout() {
+    let env = Env::new();
+    let s = Services::new(&env);
+    // A socket that accepts (the backlog) and never answers.
+    let hung = env.dir.path().join("hung.sock");
+    let _listener = UnixListener::bind(&hung).unwrap();
+    let module = module();
+    fs::write(
+        s.dir.join("hung"),
+        format!(
+            "auth required {} socket={} timeout=1\n",
+            module.display(),
+            hung.display()
+        ),
+    )
+    .unwrap();
+    let r = pamtester(&s, "hung", "alice", "x\n", &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL), "{r:?}");
+    assert!(
+        r.took < Duration::from_secs(2) + Duration::from_millis(900),
+        "{:?}",
+        r.took
+    );
+    assert!(r.took >= Duration::from_secs(1), "{:?}", r.took);
+}
+
+/// A stack line that succeeds only if PAM_AUTHTOK is `expected` when it
+/// runs: pam_exec hands the token to a script on stdin.
+fn authtok_must_be(env: &Env, expected: &str) -> String {
+    let script = env.dir.path().join(format!("authtok-is-{expected}.sh"));
+    fs::write(
+        &script,
+        format!("#!/bin/sh\ntok=$(head -c 200 | tr -d '\\000')\n[ \"$tok\" = '{expected}' ]\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "auth required pam_exec.so quiet expose_authtok {}",
+        script.display()
+    )
+}
+
+#[test]
+fn first_pass_takes_the_otp_off_the_stacked_password_and_passes_the_rest_on() {
+    let (env, mut key, _d, s) = setup(&[]);
+    let check = authtok_must_be(&env, "hunter2");
+    let set_items = format!("auth required {TEST_MODULES}/pam_set_items.so");
+    // use_first_pass: password+OTP already on the stack.
+    s.add(
+        &env,
+        "yk-use",
+        &[&set_items, "auth required MODULE use_first_pass", &check],
+    );
+    let both = format!("hunter2{}", env.otp(&mut key));
+    let r = pamtester(&s, "yk-use", "alice", "", &[("PAM_AUTHTOK", &both)]);
+    assert!(r.ok && !r.prompted(), "{r:?}");
+    // The same OTP again: the password part is fine, the OTP is a replay.
+    let r = pamtester(&s, "yk-use", "alice", "", &[("PAM_AUTHTOK", &both)]);
+    assert!(!r.ok, "{r:?}");
+    // use_first_pass with nothing on the stack: refused, no prompt.
+    let r = pamtester(&s, "yk-use", "alice", "", &[]);
+    assert!(!r.ok && !r.prompted(), "{r:?}");
+    // try_first_pass with a password on the stack: no prompt.
+    s.add(
+        &env,
+        "yk-try-set",
+        &[&set_items, "auth required MODULE try_first_pass", &check],
+    );
+    let both = format!("hunter2{}", env.otp(&mut key));
+    let r = pamtester(&s, "yk-try-set", "alice", "", &[("PAM_AUTHTOK", &both)]);
+    assert!(r.ok && !r.prompted(), "{r:?}");
+    // try_first_pass with nothing on the stack: one prompt, for both; the
+    // password part is what the next module gets.
+    s.add(
+        &env,
+        "yk-try",
+        &["auth required MODULE try_first_pass", &check],
+    );
+    let both = format!("hunter2{}", env.otp(&mut key));
+    let r = pamtester(&s, "yk-try", "alice", &line(&both), &[]);
+    assert!(r.ok && r.prompted(), "{r:?}");
+    let wrong = format!("hunter3{}", env.otp(&mut key));
+    let r = pamtester(&s, "yk-try", "alice", &line(&wrong), &[]);
+    assert!(!r.ok, "{r:?}");
+}
+
+#[test]
+fn token_id_length_decides_where_the_password_ends() {
+    let (env, _key, _d, s) = setup(&[]);
+    let mut short = env.key("ccccccdb");
+    env.set_authfile("alice:ccccccdb\n");
+    let check = authtok_must_be(&env, "pw");
+    s.add(
+        &env,
+        "yk8",
+        &[
+            "auth required MODULE try_first_pass token_id_length=8",
+            &check,
+        ],
+    );
+    let both = format!("pw{}", env.otp(&mut short));
+    let r = pamtester(&s, "yk8", "alice", &line(&both), &[]);
+    assert!(r.ok, "{r:?}");
+}
+
+#[test]
+fn bad_arguments_fail_closed_and_unknown_ones_are_ignored() {
+    let (env, mut key, _d, s) = setup(&[]);
+    s.add(&env, "bad", &["auth required MODULE timeout=abc"]);
+    let r = pamtester(&s, "bad", "alice", &line(&env.otp(&mut key)), &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL) && !r.prompted(), "{r:?}");
+    s.add(
+        &env,
+        "bad-sufficient",
+        &[
+            "auth sufficient MODULE token_id_length=99",
+            "auth required pam_deny.so",
+        ],
+    );
+    let r = pamtester(
+        &s,
+        "bad-sufficient",
+        "alice",
+        &line(&env.otp(&mut key)),
+        &[],
+    );
+    assert!(!r.ok, "{r:?}");
+    s.add(
+        &env,
+        "odd",
+        &["auth required MODULE id=16 key=c2VjcmV0 alwaysok frobnicate debug verbose_otp timeout=5 token_id_length=12"],
+    );
+    let r = pamtester(&s, "odd", "alice", &line(&env.otp(&mut key)), &[]);
+    assert!(r.ok && r.prompted(), "{r:?}");
+    // alwaysok is pam_yubico's; it is never honoured.
+    let r = pamtester(&s, "odd", "alice", &line("garbage"), &[]);
+    assert!(!r.ok && r.says(AUTH_ERR), "{r:?}");
+}
