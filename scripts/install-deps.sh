@@ -10,6 +10,8 @@ packages=(
     libpam0g-dev      # libpam.so, which pam_ykhsm.so links against
     libpam-wrapper    # PAM stacks from a temporary directory (tests/pam.rs)
     pamtester         # a real PAM application for the module's tests
+    openssh-server    # the end-to-end login test (tests/sshd.rs)
+    openssh-client
 )
 
 missing=()
