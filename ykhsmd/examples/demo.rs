@@ -1,0 +1,231 @@
+//! The README's demo: ykhsmd on the embedded default (soft keys.json,
+//! SQLite) in a temporary directory, a software YubiKey enrolled for a
+//! user, and logins through real PAM (pamtester under pam_wrapper, so
+//! /etc/pam.d is not touched). Run by scripts/demo.sh, which builds
+//! everything first; as root (the daemon refuses files not owned by root).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use ykhsm_core::Nonce;
+use ykhsm_core::backend::{Backend, SoftBackend};
+use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
+use ykhsm_core::keys_file::KeysFile;
+use ykhsm_core::otp::{PublicId, YubiKeySecrets};
+use ykhsm_core::softkey::SoftYubiKey;
+use ykhsm_core::store::{AeadStore, WriteMode};
+use ykhsm_proto::{Request, Response, call};
+
+const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("/dev/urandom");
+    b
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n{n}. {text}");
+}
+
+/// Logs `user` in through PAM with `answer` typed at the prompt; PAM's words.
+fn pam_login(services: &Path, user: &str, answer: &str) -> (bool, String) {
+    let mut child = Command::new("pamtester")
+        .args(["ykhsm-demo", user, "authenticate"])
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", services)
+        .env("LD_PRELOAD", PAM_WRAPPER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pamtester");
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words = said
+        .lines()
+        // The prompt has no newline: pamtester's verdict may follow it.
+        .filter_map(|l| l.split_once("pamtester: ").map(|(_, rest)| rest))
+        .filter(|l| !l.starts_with("invoking") && !l.starts_with("performing"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (out.status.success(), words)
+}
+
+fn show(expect_ok: bool, (ok, words): (bool, String)) -> bool {
+    let verdict = if ok { "LOGGED IN" } else { "REFUSED" };
+    println!("   PAM: {words}  =>  {verdict}");
+    ok == expect_ok
+}
+
+/// The daemon, stopped with SIGTERM when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(ykhsmd), Some(module)) = (args.next(), args.next()) else {
+        eprintln!("usage: demo PATH/TO/ykhsmd PATH/TO/libpam_ykhsm.so (see scripts/demo.sh)");
+        std::process::exit(2);
+    };
+    // PAM loads a module outside its own directory only by absolute path.
+    let Ok(module) = PathBuf::from(&module).canonicalize() else {
+        eprintln!("demo: no PAM module at {}", PathBuf::from(module).display());
+        std::process::exit(2);
+    };
+    let ykhsmd = PathBuf::from(ykhsmd);
+    let dir = tempfile::Builder::new()
+        .prefix("ykhsm-demo-")
+        .tempdir()
+        .expect("temporary directory");
+    let root = dir.path();
+    println!(
+        "ykhsm demo — everything lives in {} and is removed at the end",
+        root.display()
+    );
+
+    step(
+        1,
+        "An installation with the embedded default backend (soft keys.json) and SQLite counters",
+    );
+    let kh_key = hex::encode(random::<32>());
+    let keys_json = format!("{{\"1\": \"{kh_key}\"}}");
+    let keys_file = root.join("keys.json");
+    fs::write(&keys_file, &keys_json).unwrap();
+    fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).unwrap();
+    let aead_dir = root.join("aeads");
+    fs::create_dir(&aead_dir).unwrap();
+    let socket = root.join("run/ykhsmd.sock");
+    let authfile = root.join("yubikeys");
+    let config = root.join("ykhsmd.toml");
+    fs::write(
+        &config,
+        format!(
+            "socket = {socket:?}\nauthfile = {authfile:?}\naead_dir = {aead_dir:?}\nstate_dir = {:?}\nkeys_file = {keys_file:?}\n",
+            root.join("state")
+        ),
+    )
+    .unwrap();
+    println!(
+        "   {}: key handle 1, a random AES-256 key (mode 0600)",
+        keys_file.display()
+    );
+
+    step(2, "A software YubiKey, enrolled for alice");
+    let backend =
+        SoftBackend::new(KeysFile::parse(Path::new("keys.json"), keys_json.as_bytes()).unwrap());
+    let id = PublicId::parse("ccccccdbjrgf").unwrap();
+    let secrets = YubiKeySecrets::new(random(), random());
+    let nonce = Nonce::from_public_id(&id).unwrap();
+    let aead = backend
+        .wrap_secrets(KeyHandle(1), &nonce, &secrets)
+        .unwrap();
+    let kh: KeyHandleName = "1".parse().unwrap();
+    let path = AeadStore::new(&aead_dir, vec![kh.clone()])
+        .write_v1(&kh, &id, &nonce, &aead, WriteMode::CreateNew)
+        .unwrap();
+    let mut yubikey = SoftYubiKey::new(id, secrets);
+    fs::write(&authfile, "alice:ccccccdbjrgf\nbob:cccccccccccd\n").unwrap();
+    fs::set_permissions(&authfile, fs::Permissions::from_mode(0o644)).unwrap();
+    println!(
+        "   its secrets sealed into {} (pyhsm's AEAD format)",
+        path.display()
+    );
+    println!(
+        "   {}: alice:ccccccdbjrgf (and bob, with another key)",
+        authfile.display()
+    );
+
+    step(3, "ykhsmd started");
+    let log = fs::File::create(root.join("ykhsmd.log")).unwrap();
+    let child = Command::new(&ykhsmd)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("ykhsmd");
+    let mut daemon = Some(Daemon(child));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        call(&socket, &Request::Status, Duration::from_secs(1)),
+        Ok(Response::StatusInfo { .. })
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "ykhsmd did not start; see {}",
+            root.join("ykhsmd.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("   listening on {}", socket.display());
+
+    let services = root.join("pam.d");
+    fs::create_dir(&services).unwrap();
+    fs::write(services.join("other"), "auth required pam_deny.so\n").unwrap();
+    fs::write(
+        services.join("ykhsm-demo"),
+        format!(
+            "auth required {} socket={}\n",
+            module.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    println!("   PAM service ykhsm-demo: auth required pam_ykhsm.so (through pam_wrapper)");
+
+    let mut good = true;
+    let otp = yubikey.next_otp().to_typed_string().to_string();
+    step(4, "alice touches her YubiKey: a fresh OTP");
+    good &= show(true, pam_login(&services, "alice", &otp));
+    step(5, "Someone replays that same OTP");
+    good &= show(false, pam_login(&services, "alice", &otp));
+    step(6, "bob tries with alice's YubiKey");
+    let otp2 = yubikey.next_otp().to_typed_string().to_string();
+    good &= show(false, pam_login(&services, "bob", &otp2));
+    step(7, "The daemon is stopped; alice tries again");
+    drop(daemon.take());
+    let otp3 = yubikey.next_otp().to_typed_string().to_string();
+    good &= show(false, pam_login(&services, "alice", &otp3));
+
+    println!("\nWhat ykhsmd logged (one audit line per verification; never an OTP):");
+    for line in fs::read_to_string(root.join("ykhsmd.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if line.contains(" verify ") {
+            println!("   {line}");
+        }
+    }
+    drop(dir);
+    println!("\nCleaned up: the daemon is stopped and the temporary directory removed.");
+    if !good {
+        eprintln!("demo: something did not go as described above");
+        std::process::exit(1);
+    }
+}
