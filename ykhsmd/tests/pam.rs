@@ -372,3 +372,205 @@ fn bad_arguments_fail_closed_and_unknown_ones_are_ignored() {
     let r = pamtester(&s, "odd", "alice", &line("garbage"), &[]);
     assert!(!r.ok && r.says(AUTH_ERR), "{r:?}");
 }
+
+#[test]
+fn backend_error_is_authinfo_unavail_before_and_after_the_prompt() {
+    let env = Env::new();
+    env.config("key_handles = [\"1\", \"2\"]\n");
+    let mut key = env.key("ccccccdbjrgf");
+    // Sealed for key handle 2, which keys.json does not have.
+    let mut orphan = env.key_under("cccccccccccb", "2");
+    env.set_authfile("alice:ccccccdbjrgf:cccccccccccb\n");
+    let _d = env.start();
+    let s = Services::new(&env);
+    s.add(&env, "yk", &["auth required MODULE"]);
+    let r = pamtester(&s, "yk", "alice", &line(&env.otp(&mut orphan)), &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL) && r.prompted(), "{r:?}");
+    // The authfile made group-writable: the daemon cannot trust it, and
+    // the user is not even asked.
+    fs::set_permissions(
+        &env.authfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o664),
+    )
+    .unwrap();
+    let r = pamtester(&s, "yk", "alice", &line(&env.otp(&mut key)), &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL) && !r.prompted(), "{r:?}");
+}
+
+/// pamtester as `nobody`: the daemon answers only for the asking uid's own
+/// user name (a screen locker), so asking for alice is DENIED.
+#[test]
+fn an_unprivileged_application_asking_for_someone_else_is_denied() {
+    let (env, mut key, _d, s) = setup(&["auth required MODULE"]);
+    fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let as_nobody = |user: &str, input: &str| {
+        let mut child = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "pamtester",
+                "-v",
+                "yk",
+                user,
+                "authenticate",
+            ])
+            .env("PAM_WRAPPER", "1")
+            .env("PAM_WRAPPER_SERVICE_DIR", &s.dir)
+            .env("LD_PRELOAD", PAM_WRAPPER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        Outcome {
+            ok: out.status.success(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            took: Duration::ZERO,
+        }
+    };
+    let r = as_nobody("alice", &line(&env.otp(&mut key)));
+    assert!(!r.ok && r.says(AUTH_ERR) && !r.prompted(), "{r:?}");
+    // Its own name is allowed (and nobody has no line).
+    let r = as_nobody("nobody", "");
+    assert!(!r.ok && r.says(USER_UNKNOWN), "{r:?}");
+}
+
+/// Receives what the module sends to syslog during one test: /dev/log is
+/// ours for the test (in a private mount namespace when a syslogd owns it).
+struct SyslogCapture {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    socket: PathBuf,
+    own_dev_log: bool,
+}
+
+impl SyslogCapture {
+    fn start(dir: &std::path::Path) -> Self {
+        let own_dev_log = !std::path::Path::new("/dev/log").exists();
+        let socket = if own_dev_log {
+            PathBuf::from("/dev/log")
+        } else {
+            dir.join("devlog.sock")
+        };
+        let sock = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        Self {
+            lines,
+            socket,
+            own_dev_log,
+        }
+    }
+
+    /// pamtester, with its syslog going to this capture.
+    fn pamtester(&self, services: &Services, user: &str, input: &str) -> Outcome {
+        if self.own_dev_log {
+            return pamtester(services, "yk", user, input, &[]);
+        }
+        let start = Instant::now();
+        let script = format!(
+            "mount --bind {} /dev/log && exec pamtester -v yk {user} authenticate",
+            self.socket.display()
+        );
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("PAM_WRAPPER", "1")
+            .env("PAM_WRAPPER_SERVICE_DIR", &services.dir)
+            .env("LD_PRELOAD", PAM_WRAPPER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        Outcome {
+            ok: out.status.success(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            took: start.elapsed(),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SyslogCapture {
+    fn drop(&mut self) {
+        if self.own_dev_log {
+            let _ = fs::remove_file("/dev/log");
+        }
+    }
+}
+
+#[test]
+fn the_module_logs_the_public_id_and_status_word_never_the_otp_or_password() {
+    let (env, mut key, _d, s) = setup(&["auth required MODULE try_first_pass debug"]);
+    let capture = SyslogCapture::start(env.dir.path());
+    let otp = env.otp(&mut key);
+    let r = capture.pamtester(&s, "alice", &line(&format!("hunter2secret{otp}")));
+    assert!(r.ok, "{r:?}");
+    let r = capture.pamtester(&s, "alice", &line(&otp));
+    assert!(!r.ok, "{r:?}");
+    let r = capture.pamtester(&s, "alice", &line("hunter2secret"));
+    assert!(!r.ok, "{r:?}");
+    common::wait_for("the module's log lines", Duration::from_secs(10), || {
+        capture
+            .lines()
+            .iter()
+            .filter(|l| l.contains("pam_ykhsm:"))
+            .count()
+            >= 3
+    });
+    let lines = capture.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("pubid=ccccccdbjrgf: OK")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pubid=ccccccdbjrgf: REPLAYED_OTP")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("pubid=-: BAD_OTP")),
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(
+            !l.contains(&otp[12..]) && !l.contains("hunter2"),
+            "a secret in a log line: {l}"
+        );
+        // Facility authpriv: <PRI> with PRI >> 3 == 10.
+        let pri: u32 = l
+            .strip_prefix('<')
+            .and_then(|r| r.split_once('>'))
+            .and_then(|(p, _)| p.parse().ok())
+            .unwrap_or_else(|| panic!("no <PRI>: {l}"));
+        assert_eq!(pri >> 3, 10, "{l}");
+    }
+}
