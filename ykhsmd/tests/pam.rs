@@ -574,3 +574,22 @@ fn the_module_logs_the_public_id_and_status_word_never_the_otp_or_password() {
         assert_eq!(pri >> 3, 10, "{l}");
     }
 }
+
+/// For invalid users (and root without `PermitRootLogin yes`) OpenSSH hands
+/// PAM a stand-in answer made of "\b\n\r\x7fINCORRECT" repeated to the
+/// typed length (auth-pam.c `fake_password`). pamtester cannot carry a
+/// newline inside one answer, so this sends what the module would send —
+/// the last 44 characters of such an answer, and a short one — to the
+/// daemon directly: refused like any other bad OTP.
+#[test]
+fn openssh_stand_in_answer_is_a_bad_otp() {
+    let (env, _key, d, _s) = setup(&[]);
+    let pattern = "\u{8}\n\r\u{7f}INCORRECT";
+    let long: String = pattern.chars().cycle().take(44 + 10).collect();
+    let (otp, _password) = pam_ykhsm::verdict::split(long.as_bytes(), 44);
+    let otp = std::str::from_utf8(otp).unwrap();
+    assert_eq!(d.verify("alice", otp), ykhsm_proto::Status::BadOtp);
+    assert_eq!(d.verify("alice", pattern), ykhsm_proto::Status::BadOtp);
+    drop(d);
+    drop(env);
+}
