@@ -1,12 +1,467 @@
-//! ykadmin, the operator's tool. Its subcommands land with the ykadmin issue;
-//! until then this binary only says so.
+//! ykadmin, the operator's tool (interface.md, "Commands").
+//!
+//! Exit codes (also in `ykadmin --help`):
+//! - 0: done, and the answer was yes (`verify`: `OK`; `decrypt`: an `OK`
+//!   line; `aeads check`: every file good; imports: nothing failed);
+//! - 1: done, and the answer was no (a status word other than `OK`, a
+//!   failed line, a bad file, a conflict);
+//! - 2: the command line is wrong;
+//! - 3: ykadmin could not do its job: configuration unreadable, daemon not
+//!   reachable, a file that cannot be read or written.
 
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ykadmin::authfile_edit;
+use ykadmin::counters_text;
+use ykhsm_core::otp::Otp;
+use ykhsm_core::serial;
+use ykhsm_proto::{Request, Response, Status, Zeroizing, call};
+use ykhsmd::config::Config;
+
+/// How long ykadmin waits for the daemon.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ykadmin",
+    version,
+    about = "The operator's tool of ykhsm: enroll, revoke, verify, decrypt, replicate counters",
+    after_help = "Exit codes: 0 done and yes; 1 done and no (a status other than OK, a bad line, \
+                  a conflict); 2 bad command line; 3 could not do the job (configuration, daemon \
+                  unreachable, file error)."
+)]
+struct Cli {
+    /// The daemon's configuration (for the socket, the authfile and the AEAD store).
+    #[arg(long, default_value = "/etc/ykhsm/ykhsmd.toml", global = true)]
+    config: PathBuf,
+    /// Machine-readable output (JSON) where a program would read it.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Add a key to USER's line of the authfile. KEY is a public id (2–16
+    /// modhex characters) or a whole OTP touched from the key: an OTP is
+    /// verified by the daemon first and its counter recorded, so it cannot
+    /// be used again.
+    Enroll { user: String, key: String },
+    /// Remove a key (or all of USER's keys) from the authfile. USER's line
+    /// stays, empty — USER then needs a key and is refused, also under
+    /// `nullok` — unless --purge removes it.
+    Revoke {
+        user: String,
+        pubid: Option<String>,
+        /// Remove USER's line(s) altogether (under `nullok` USER then logs
+        /// in without a second factor).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Users, their keys, each key's last counter and when it was last used.
+    List { user: Option<String> },
+    /// The check a login makes (consumes the OTP); prints the status word.
+    Verify { user: String, otp: String },
+    /// What yubikey-ksm would answer for OTP, byte for byte; consumes nothing.
+    Decrypt { otp: String },
+    /// Daemon, backend and store health.
+    Status,
+    /// The public id of a key programmed from its serial number.
+    PubidFromSerial {
+        serial: u32,
+        /// The form `ykman otp yubiotp --serial-public-id` programs (vv…)
+        /// instead of the personalisation GUI's (cccccc…).
+        #[arg(long)]
+        ykman: bool,
+    },
+    /// Counter replication between bastions.
+    #[command(subcommand)]
+    Counters(CountersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CountersCommand {
+    /// Every key's last accepted counters, in ykhsm's text format
+    /// (`# ykhsm-counters 1`), to FILE or standard output.
+    Export { file: Option<PathBuf> },
+    /// Merges an export into the running daemon: per key the higher
+    /// counters win, nothing is lowered; safe while it verifies.
+    Merge { file: Option<PathBuf> },
+}
+
+/// A failure, with the exit code it means.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Could not do the job (exit 3).
+fn trouble(message: impl Into<String>) -> Failure {
+    fail(3, message)
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "ykadmin {}: no subcommands are built yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("ykadmin: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| trouble(e.to_string()))
+}
+
+fn ask(config: &Config, request: &Request) -> Result<Response, Failure> {
+    match call(&config.socket, request, TIMEOUT) {
+        Ok(Response::Failed { status, message }) => {
+            let code = if status == Status::BackendError { 3 } else { 1 };
+            Err(fail(code, format!("{status}: {message}")))
+        }
+        Ok(Response::ProtocolError { message }) => {
+            Err(trouble(format!("the daemon did not understand: {message}")))
+        }
+        Ok(r) => Ok(r),
+        Err(e) => Err(trouble(format!(
+            "ykhsmd at {}: {e} (is it running? `ykhsmd --config {} --check`)",
+            config.socket.display(),
+            config.path.display()
+        ))),
+    }
+}
+
+fn unexpected(r: &Response) -> Failure {
+    trouble(format!("unexpected answer from the daemon: {r:?}"))
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn run(cli: &Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::PubidFromSerial { serial: n, ykman } => {
+            let id = if *ykman {
+                serial::public_id_ykman(*n)
+            } else {
+                serial::public_id_personalization_gui(*n)
+            };
+            if cli.json {
+                println!("{{\"serial\":{n},\"public_id\":{}}}", json_string(&id));
+            } else {
+                println!("{id}");
+            }
+            Ok(0)
+        }
+        Command::Status => {
+            let config = load_config(&cli.config)?;
+            match ask(&config, &Request::Status)? {
+                Response::StatusInfo { items } => {
+                    if cli.json {
+                        let fields: Vec<String> = items
+                            .iter()
+                            .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+                            .collect();
+                        println!("{{{}}}", fields.join(","));
+                    } else {
+                        let width = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                        for (k, v) in &items {
+                            println!("{k:width$}  {v}");
+                        }
+                    }
+                    Ok(0)
+                }
+                other => Err(unexpected(&other)),
+            }
+        }
+        Command::Verify { user, otp } => {
+            let config = load_config(&cli.config)?;
+            let request = Request::Verify {
+                user: user.clone(),
+                otp: Zeroizing::new(otp.clone()),
+            };
+            let status = match call(&config.socket, &request, TIMEOUT) {
+                Ok(Response::Verdict { status } | Response::Failed { status, .. }) => status,
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) => {
+                    return Err(trouble(format!(
+                        "ykhsmd at {}: {e}",
+                        config.socket.display()
+                    )));
+                }
+            };
+            if cli.json {
+                println!("{{\"user\":{},\"status\":\"{status}\"}}", json_string(user));
+            } else {
+                println!("{status}");
+            }
+            Ok(u8::from(status != Status::Ok))
+        }
+        Command::Decrypt { otp } => {
+            let config = load_config(&cli.config)?;
+            let request = Request::Decrypt {
+                otp: Zeroizing::new(otp.clone()),
+            };
+            match ask(&config, &request)? {
+                Response::Decrypted { line, public_id } => {
+                    if cli.json {
+                        println!(
+                            "{{\"public_id\":{},\"answer\":{}}}",
+                            json_string(&public_id),
+                            json_string(&line)
+                        );
+                    } else {
+                        // yubikey-ksm's answer, byte for byte.
+                        let mut out = io::stdout().lock();
+                        let _ = out.write_all(line.as_bytes());
+                        if !line.ends_with('\n') {
+                            let _ = out.write_all(b"\n");
+                        }
+                    }
+                    Ok(u8::from(!line.starts_with("OK")))
+                }
+                other => Err(unexpected(&other)),
+            }
+        }
+        Command::Counters(CountersCommand::Export { file }) => {
+            let config = load_config(&cli.config)?;
+            let records = match ask(&config, &Request::CountersExport)? {
+                Response::Counters { records } => records,
+                other => return Err(unexpected(&other)),
+            };
+            let mut text = Vec::new();
+            counters_text::write_export(&records, &mut text).map_err(|e| trouble(e.to_string()))?;
+            write_out(file.as_deref(), &text)?;
+            eprintln!("ykadmin: exported {} keys", records.len());
+            Ok(0)
+        }
+        Command::Counters(CountersCommand::Merge { file }) => {
+            let config = load_config(&cli.config)?;
+            let text = read_in(file.as_deref())?;
+            let records = counters_text::parse_export(&text).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                fail(
+                    1,
+                    format!("{}: {}", shown(file.as_deref()), lines.join("; ")),
+                )
+            })?;
+            let n = records.len();
+            match ask(&config, &Request::CountersMerge { records })? {
+                Response::Merged { raised, unchanged } => {
+                    if cli.json {
+                        println!(
+                            "{{\"records\":{n},\"raised\":{raised},\"unchanged\":{unchanged}}}"
+                        );
+                    } else {
+                        println!("merged {n} records: raised {raised}, unchanged {unchanged}");
+                    }
+                    Ok(0)
+                }
+                other => Err(unexpected(&other)),
+            }
+        }
+        Command::Enroll { user, key } => enroll(cli, user, key),
+        Command::Revoke { user, pubid, purge } => {
+            let config = load_config(&cli.config)?;
+            let edit = authfile_edit::rewrite(&config.authfile, |text| {
+                authfile_edit::revoke(text, user, pubid.as_deref(), *purge)
+            })
+            .map_err(|e| fail(1, e.to_string()))?;
+            let removed = if edit.removed.is_empty() {
+                "nothing".to_owned()
+            } else {
+                edit.removed.join(", ")
+            };
+            if *purge {
+                println!("revoked {removed} of {user}; {user}'s line removed");
+            } else {
+                println!(
+                    "revoked {removed} of {user} in {} ({user} keeps a line: refused until a key is enrolled)",
+                    config.authfile.display()
+                );
+            }
+            Ok(0)
+        }
+        Command::List { user } => list(cli, user.as_deref()),
+    }
+}
+
+fn enroll(cli: &Cli, user: &str, key: &str) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let public_id = if key.len() > 16 {
+        // A whole OTP: the daemon checks it and records its counter.
+        let parsed =
+            Otp::parse(key).map_err(|e| fail(1, format!("not a public id, nor an OTP: {e}")))?;
+        let request = Request::ConsumeOtp {
+            otp: Zeroizing::new(key.to_owned()),
+        };
+        match ask(&config, &request)? {
+            Response::Consumed {
+                status: Status::Ok,
+                public_id,
+                counter,
+                session_use,
+            } => {
+                println!(
+                    "OTP of {public_id} verified (counter {counter}, session use {session_use})"
+                );
+                public_id
+            }
+            Response::Consumed { status, .. } => {
+                return Err(fail(
+                    1,
+                    format!("the OTP of {} was refused: {status}", parsed.public_id()),
+                ));
+            }
+            other => return Err(unexpected(&other)),
+        }
+    } else {
+        key.to_owned()
+    };
+    if public_id.len() != 12 {
+        eprintln!(
+            "ykadmin: warning: {public_id} is {} characters; pam_yubico's token_id_length is 12 unless set",
+            public_id.len()
+        );
+    }
+    let edit = authfile_edit::rewrite(&config.authfile, |text| {
+        authfile_edit::enroll(text, user, &public_id)
+    })
+    .map_err(|e| fail(1, e.to_string()))?;
+    if edit.changed {
+        println!(
+            "enrolled {public_id} for {user} in {}",
+            config.authfile.display()
+        );
+    } else {
+        println!("{public_id} was already enrolled for {user}");
+    }
+    Ok(0)
+}
+
+fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let text = match fs::read(&config.authfile) {
+        Ok(t) => t,
+        Err(e) => return Err(trouble(format!("{}: {e}", config.authfile.display()))),
+    };
+    let users = authfile_edit::list(&text);
+    // Counters, if the daemon is there (listing works without it).
+    let records = match call(&config.socket, &Request::CountersExport, TIMEOUT) {
+        Ok(Response::Counters { records }) => Some(records),
+        _ => None,
+    };
+    let last = |id: &str| {
+        records.as_ref().and_then(|r| {
+            r.iter()
+                .filter(|c| c.public_id == id)
+                .max_by_key(|c| (c.modified, c.counter, c.session_use))
+        })
+    };
+    let mut json = Vec::new();
+    for (user, ids) in users.iter().filter(|(u, _)| only.is_none_or(|o| o == u)) {
+        if ids.is_empty() {
+            if !cli.json {
+                println!("{user}  (no key: refused)");
+            }
+            json.push(format!("{{\"user\":{},\"keys\":[]}}", json_string(user)));
+            continue;
+        }
+        let mut keys = Vec::new();
+        for id in ids {
+            match last(id) {
+                Some(c) => {
+                    if !cli.json {
+                        println!(
+                            "{user}  {id}  counter={} session_use={} last_used={}",
+                            c.counter, c.session_use, c.modified
+                        );
+                    }
+                    keys.push(format!(
+                        "{{\"public_id\":{},\"counter\":{},\"session_use\":{},\"last_used\":{}}}",
+                        json_string(id),
+                        c.counter,
+                        c.session_use,
+                        c.modified
+                    ));
+                }
+                None => {
+                    if !cli.json {
+                        println!(
+                            "{user}  {id}  never used{}",
+                            if records.is_none() {
+                                " (daemon not reachable)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    keys.push(format!("{{\"public_id\":{}}}", json_string(id)));
+                }
+            }
+        }
+        json.push(format!(
+            "{{\"user\":{},\"keys\":[{}]}}",
+            json_string(user),
+            keys.join(",")
+        ));
+    }
+    if cli.json {
+        println!("[{}]", json.join(","));
+    }
+    Ok(0)
+}
+
+fn shown(file: Option<&Path>) -> String {
+    file.map_or_else(|| "standard input".to_owned(), |p| p.display().to_string())
+}
+
+fn read_in(file: Option<&Path>) -> Result<String, Failure> {
+    match file {
+        None => {
+            let mut s = String::new();
+            io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| trouble(format!("standard input: {e}")))?;
+            Ok(s)
+        }
+        Some(p) if p == Path::new("-") => read_in(None),
+        Some(p) => fs::read_to_string(p).map_err(|e| trouble(format!("{}: {e}", p.display()))),
+    }
+}
+
+fn write_out(file: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
+    match file {
+        None => io::stdout()
+            .write_all(bytes)
+            .map_err(|e| trouble(format!("standard output: {e}"))),
+        Some(p) if p == Path::new("-") => write_out(None, bytes),
+        Some(p) => fs::write(p, bytes).map_err(|e| trouble(format!("{}: {e}", p.display()))),
+    }
 }

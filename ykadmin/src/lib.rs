@@ -1,0 +1,4 @@
+//! ykadmin's library: the pieces the subcommands are made of.
+
+pub mod authfile_edit;
+pub mod counters_text;

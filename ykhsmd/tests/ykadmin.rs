@@ -1,0 +1,217 @@
+//! `ykadmin` against the real daemon: each subcommand that is built, with
+//! its output and exit code.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::Env;
+use ykhsm_proto::Status;
+
+/// The ykadmin binary cargo built next to this test (scripts/test.sh builds
+/// the whole workspace; ykadmin's own tests make cargo build it).
+fn ykadmin_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("ykadmin");
+    assert!(
+        p.exists(),
+        "{} missing: cargo build -p ykadmin",
+        p.display()
+    );
+    p
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ykadmin(env: &Env, args: &[&str]) -> Out {
+    let out = Command::new(ykadmin_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn pubid_from_serial_in_both_forms() {
+    let env = Env::new();
+    let o = ykadmin(&env, &["pubid-from-serial", "2198612"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "ccccccdbjrgf\n"));
+    let o = ykadmin(&env, &["pubid-from-serial", "--ykman", "2198612"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "vvccccdbjrgf\n"));
+}
+
+#[test]
+fn verify_prints_the_status_word_and_exits_zero_only_for_ok() {
+    let (env, mut key, _d) = common::alice();
+    let otp = env.otp(&mut key);
+    let o = ykadmin(&env, &["verify", "alice", &otp]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "OK\n"), "{}", o.stderr);
+    let o = ykadmin(&env, &["verify", "alice", &otp]);
+    assert_eq!((o.code, o.stdout.as_str()), (1, "REPLAYED_OTP\n"));
+    let o = ykadmin(&env, &["--json", "verify", "bob", &env.otp(&mut key)]);
+    assert_eq!(o.code, 1);
+    assert_eq!(
+        o.stdout.trim(),
+        r#"{"user":"bob","status":"NO_KEYS_FOR_USER"}"#
+    );
+}
+
+#[test]
+fn decrypt_answers_as_yubikey_ksm_and_consumes_nothing() {
+    let (env, mut key, d) = common::alice();
+    let otp = env.otp(&mut key);
+    let o = ykadmin(&env, &["decrypt", &otp]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("OK counter=0001 low="), "{}", o.stdout);
+    assert!(o.stdout.ends_with(" use=00\n"), "{}", o.stdout);
+    assert_eq!(d.verify("alice", &otp), Status::Ok, "decrypt consumed it");
+    let o = ykadmin(&env, &["decrypt", "not-an-otp"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stdout.starts_with("ERR "), "{}", o.stdout);
+}
+
+#[test]
+fn status_reports_the_daemon_and_fails_plainly_without_it() {
+    let (env, _key, mut d) = common::alice();
+    let o = ykadmin(&env, &["status"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("database"), "{}", o.stdout);
+    let o = ykadmin(&env, &["--json", "status"]);
+    assert!(
+        o.stdout.starts_with('{') && o.stdout.contains("\"database\""),
+        "{}",
+        o.stdout
+    );
+    d.terminate();
+    let o = ykadmin(&env, &["status"]);
+    assert_eq!(o.code, 3);
+    assert!(o.stderr.contains("is it running?"), "{}", o.stderr);
+}
+
+#[test]
+fn enroll_and_revoke_keep_every_other_byte_of_the_authfile() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let before = "# managed by hand\n\nroot:cccccccccccb\n  odd spacing stays\nalice:\ncarol:cccccccccccd:\r\n";
+    env.set_authfile(before);
+    let d = env.start();
+    // By public id.
+    let o = ykadmin(&env, &["enroll", "alice", "ccccccdbjrgf"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let after = fs::read_to_string(&env.authfile).unwrap();
+    assert_eq!(after, before.replace("alice:\n", "alice:ccccccdbjrgf\n"));
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    // Revoke: the line stays, empty, so alice is refused (also under nullok).
+    let o = ykadmin(&env, &["revoke", "alice", "ccccccdbjrgf"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(fs::read_to_string(&env.authfile).unwrap(), before);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::NotAuthorized);
+    // By OTP: verified first, its counter recorded.
+    let otp = env.otp(&mut key);
+    let o = ykadmin(&env, &["enroll", "dave", &otp]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        fs::read_to_string(&env.authfile)
+            .unwrap()
+            .ends_with("dave:ccccccdbjrgf\n")
+    );
+    assert_eq!(d.verify("dave", &otp), Status::ReplayedOtp);
+    assert_eq!(d.verify("dave", &env.otp(&mut key)), Status::Ok);
+    // An OTP that does not verify enrolls nothing.
+    let o = ykadmin(&env, &["enroll", "erin", &otp]);
+    assert_eq!(o.code, 1);
+    assert!(!fs::read_to_string(&env.authfile).unwrap().contains("erin"));
+    // --purge removes the line.
+    let o = ykadmin(&env, &["revoke", "--purge", "dave"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(fs::read_to_string(&env.authfile).unwrap(), before);
+    // list shows users and what the daemon knows of their keys.
+    let o = ykadmin(&env, &["list"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("alice  (no key: refused)"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("root  cccccccccccb  never used"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn two_daemons_converge_by_export_and_merge_both_ways() {
+    let (one, mut key, d1) = common::alice();
+    let two = Env::new();
+    // The same AEAD (and so the same secret and fingerprint) on both hosts,
+    // as rsync would copy it.
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", one.aead_dir.display()))
+        .arg(&two.aead_dir)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    two.set_authfile("alice:ccccccdbjrgf\n");
+    let d2 = two.start();
+    let used_on_one = one.otp(&mut key);
+    assert_eq!(d1.verify("alice", &used_on_one), Status::Ok);
+    let later_on_two = one.otp(&mut key);
+    // Not yet replicated: host two accepts the older OTP...
+    let export1 = one.dir.path().join("one.counters");
+    let o = ykadmin(&one, &["counters", "export", export1.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        fs::read_to_string(&export1)
+            .unwrap()
+            .starts_with("# ykhsm-counters 1\n")
+    );
+    let o = ykadmin(&two, &["counters", "merge", export1.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("raised 1"), "{}", o.stdout);
+    // ...but after the merge the OTP accepted on one is a replay on two.
+    assert_eq!(d2.verify("alice", &used_on_one), Status::ReplayedOtp);
+    assert_eq!(d2.verify("alice", &later_on_two), Status::Ok);
+    // And back, through a pipe.
+    let o = ykadmin(&two, &["counters", "export"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let mut merge = Command::new(ykadmin_bin())
+        .arg("--config")
+        .arg(&one.config_path)
+        .args(["counters", "merge", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    merge
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(o.stdout.as_bytes())
+        .unwrap();
+    assert!(merge.wait_with_output().unwrap().status.success());
+    assert_eq!(d1.verify("alice", &later_on_two), Status::ReplayedOtp);
+    // Merging again changes nothing, in either direction.
+    let o = ykadmin(&two, &["counters", "merge", export1.to_str().unwrap()]);
+    assert!(o.stdout.contains("raised 0"), "{}", o.stdout);
+    // A damaged export is refused with its line number, and merges nothing.
+    let bad = one.dir.path().join("bad.counters");
+    fs::write(&bad, "# ykhsm-counters 1\nccccccdbjrgf nothex 1 2 3 4 5\n").unwrap();
+    let o = ykadmin(&two, &["counters", "merge", bad.to_str().unwrap()]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("line 2"), "{}", o.stderr);
+}
