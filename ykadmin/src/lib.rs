@@ -2,3 +2,5 @@
 
 pub mod authfile_edit;
 pub mod counters_text;
+pub mod digest;
+pub mod import;

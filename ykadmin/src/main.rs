@@ -10,7 +10,7 @@
 //!   reachable, a file that cannot be read or written.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +18,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ykadmin::authfile_edit;
 use ykadmin::counters_text;
+use ykadmin::digest;
+use ykadmin::import;
+use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
+use ykhsm_core::otp::PublicId;
 use ykhsm_core::serial;
+use ykhsm_core::store::AeadStore;
 use ykhsm_proto::{Request, Response, Status, Zeroizing, call};
 use ykhsmd::config::Config;
 
@@ -48,6 +53,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Imports YubiKey secrets from `ykksm-export` output (with or without
+    /// the `# ykksm 1` header): for each key and key handle the daemon's
+    /// backend wraps them into an AEAD, written in pyhsm's layout. Keys
+    /// already there with the same secret are skipped; a different secret is
+    /// a conflict unless --force. Bad lines are named; the good ones are
+    /// still imported. The input holds AES keys: treat it like them.
+    ImportYkksm {
+        /// A key handle to import under (repeatable); default: every
+        /// configured one.
+        #[arg(long = "key-handle")]
+        key_handles: Vec<String>,
+        /// Replace an AEAD that holds a different secret.
+        #[arg(long)]
+        force: bool,
+        /// The export (default: standard input).
+        file: Option<PathBuf>,
+    },
     /// Add a key to USER's line of the authfile. KEY is a public id (2–16
     /// modhex characters) or a whole OTP touched from the key: an OTP is
     /// verified by the daemon first and its counter recorded, so it cannot
@@ -83,6 +105,20 @@ enum Command {
     /// Counter replication between bastions.
     #[command(subcommand)]
     Counters(CountersCommand),
+    /// The AEAD store.
+    #[command(subcommand)]
+    Aeads(AeadsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AeadsCommand {
+    /// SHA-1 over the store's files (sorted relative paths and bytes), one
+    /// line: equal on two hosts means the same store.
+    Digest {
+        /// One line per public id instead.
+        #[arg(long)]
+        per_key: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +129,10 @@ enum CountersCommand {
     /// Merges an export into the running daemon: per key the higher
     /// counters win, nothing is lowered; safe while it verifies.
     Merge { file: Option<PathBuf> },
+    /// Reads `ykval-export` output so every key starts at the counters
+    /// YK-VAL last accepted (an OTP YK-VAL accepted is then a replay here).
+    /// Import the keys first: counters attach to a key's AEAD.
+    ImportYkval { file: Option<PathBuf> },
 }
 
 /// A failure, with the exit code it means.
@@ -286,6 +326,26 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 other => Err(unexpected(&other)),
             }
         }
+        Command::Counters(CountersCommand::ImportYkval { file }) => {
+            import_ykval(cli, file.as_deref())
+        }
+        Command::Aeads(AeadsCommand::Digest { per_key }) => {
+            let config = load_config(&cli.config)?;
+            let files = digest::files(&config.aead_dir).map_err(|e| trouble(e.to_string()))?;
+            if *per_key {
+                for (id, d) in digest::per_key(&files) {
+                    println!("{id} {d}");
+                }
+            } else {
+                println!("{}  {} files", digest::digest(&files), files.len());
+            }
+            Ok(0)
+        }
+        Command::ImportYkksm {
+            key_handles,
+            force,
+            file,
+        } => import_ykksm(cli, key_handles, *force, file.as_deref()),
         Command::Enroll { user, key } => enroll(cli, user, key),
         Command::Revoke { user, pubid, purge } => {
             let config = load_config(&cli.config)?;
@@ -436,6 +496,104 @@ fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
         println!("[{}]", json.join(","));
     }
     Ok(0)
+}
+
+fn import_ykksm(
+    cli: &Cli,
+    names: &[String],
+    force: bool,
+    file: Option<&Path>,
+) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let key_handles = if names.is_empty() {
+        config.key_handles.clone()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                n.parse::<KeyHandleName>()
+                    .map_err(|e| fail(2, format!("--key-handle {n}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let input = Zeroizing::new(read_bytes(file)?);
+    let progress = io::stderr().is_terminal();
+    let report = import::import_ykksm(&config, &input, &key_handles, force, progress)
+        .map_err(|e| trouble(e.to_string()))?;
+    for note in &report.replacements {
+        eprintln!("ykadmin: replaced: {note}");
+    }
+    for note in &report.failures {
+        eprintln!("ykadmin: {}: {note}", shown(file));
+    }
+    println!("{}", report.summary());
+    Ok(u8::from(!report.is_success()))
+}
+
+fn read_bytes(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
+    match file {
+        None => {
+            let mut b = Vec::new();
+            io::stdin()
+                .read_to_end(&mut b)
+                .map_err(|e| trouble(format!("standard input: {e}")))?;
+            Ok(b)
+        }
+        Some(p) if p == Path::new("-") => read_bytes(None),
+        Some(p) => fs::read(p).map_err(|e| trouble(format!("{}: {e}", p.display()))),
+    }
+}
+
+fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let text = read_in(file)?;
+    let import = counters_text::parse_ykval(&text);
+    let store = AeadStore::new(&config.aead_dir, config.key_handles.clone());
+    let mut records = Vec::new();
+    let mut problems: Vec<String> = import.errors.iter().map(ToString::to_string).collect();
+    let mut without_aead = Vec::new();
+    for key in &import.keys {
+        let found = PublicId::parse(&key.public_id)
+            .map_err(|e| e.to_string())
+            .and_then(|id| store.lookup(&id).map_err(|e| e.to_string()));
+        match found {
+            Ok(Some(aead)) => records.push(key.to_record(aead.fingerprint())),
+            Ok(None) => without_aead.push(key.public_id.clone()),
+            Err(e) => problems.push(format!("line {}: {}: {e}", key.line, key.public_id)),
+        }
+    }
+    let n = records.len();
+    let (raised, unchanged) = if records.is_empty() {
+        (0, 0)
+    } else {
+        match ask(&config, &Request::CountersMerge { records })? {
+            Response::Merged { raised, unchanged } => (raised, unchanged),
+            other => return Err(unexpected(&other)),
+        }
+    };
+    println!(
+        "counters of {n} keys merged: raised {raised}, unchanged {unchanged}; {} never used (skipped)",
+        import.skipped_never_used.len()
+    );
+    if !without_aead.is_empty() {
+        println!(
+            "{} keys have no AEAD here, so their counters were not imported (import the keys, then run this again): {}",
+            without_aead.len(),
+            without_aead.join(" ")
+        );
+    }
+    let inactive = import.inactive_public_ids();
+    if !inactive.is_empty() {
+        println!(
+            "YK-VAL had {} keys marked inactive; revoke them if they should stay disabled: {}",
+            inactive.len(),
+            inactive.join(" ")
+        );
+    }
+    for p in &problems {
+        eprintln!("ykadmin: {}: {p}", shown(file));
+    }
+    Ok(u8::from(!problems.is_empty() || !without_aead.is_empty()))
 }
 
 fn shown(file: Option<&Path>) -> String {

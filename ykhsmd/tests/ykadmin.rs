@@ -23,6 +23,17 @@ fn ykadmin_bin() -> PathBuf {
     p
 }
 
+/// Copies one host's AEAD store to another, as rsync would.
+fn copy_aeads(from: &Env, to: &Env) {
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.aead_dir.display()))
+        .arg(&to.aead_dir)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+}
+
 struct Out {
     code: i32,
     stdout: String,
@@ -158,13 +169,7 @@ fn two_daemons_converge_by_export_and_merge_both_ways() {
     let two = Env::new();
     // The same AEAD (and so the same secret and fingerprint) on both hosts,
     // as rsync would copy it.
-    let copy = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", one.aead_dir.display()))
-        .arg(&two.aead_dir)
-        .status()
-        .unwrap();
-    assert!(copy.success());
+    copy_aeads(&one, &two);
     two.set_authfile("alice:ccccccdbjrgf\n");
     let d2 = two.start();
     let used_on_one = one.otp(&mut key);
@@ -214,4 +219,110 @@ fn two_daemons_converge_by_export_and_merge_both_ways() {
     let o = ykadmin(&two, &["counters", "merge", bad.to_str().unwrap()]);
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("line 2"), "{}", o.stderr);
+}
+
+#[test]
+fn ykval_export_import_makes_the_last_otp_yk_val_accepted_a_replay() {
+    let (env, key, d) = common::alice();
+    // YK-VAL last accepted counter 5 (caps-lock bit set: 0x8005), use 3.
+    let last = key.otp_with(5, 3).to_typed_string().to_string();
+    env.remember_otp(&last);
+    let export = env.dir.path().join("ykval.csv");
+    fs::write(
+        &export,
+        "1,1359470658,1359470700,ccccccdbjrgf,32773,3,32729,4,aoincuhfuahs,alice\n\
+         1,1359470658,1359470658,cccccccccccb,-1,-1,-1,-1,,never used\n\
+         0,1359470658,1359470658,cccccccccccd,7,1,1,1,,stolen\n",
+    )
+    .unwrap();
+    let o = ykadmin(
+        &env,
+        &["counters", "import-ykval", export.to_str().unwrap()],
+    );
+    // cccccccccccd has no AEAD here: named, and the exit says so.
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("counters of 1 keys merged: raised 1"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("1 never used"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("no AEAD here") && o.stdout.contains("cccccccccccd"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("marked inactive") && o.stdout.contains("cccccccccccd"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(d.verify("alice", &last), Status::ReplayedOtp);
+    let older = key.otp_with(5, 2).to_typed_string().to_string();
+    env.remember_otp(&older);
+    assert_eq!(d.verify("alice", &older), Status::ReplayedOtp);
+    let next = key.otp_with(5, 4).to_typed_string().to_string();
+    env.remember_otp(&next);
+    assert_eq!(d.verify("alice", &next), Status::Ok);
+    // Importing the same export again lowers nothing.
+    let o = ykadmin(
+        &env,
+        &["counters", "import-ykval", export.to_str().unwrap()],
+    );
+    assert!(o.stdout.contains("raised 0, unchanged 1"), "{}", o.stdout);
+}
+
+#[test]
+fn aeads_digest_is_equal_for_equal_stores_and_per_key_names_each_key() {
+    let (one, _key, _d) = common::alice();
+    let two = Env::new();
+    copy_aeads(&one, &two);
+    let a = ykadmin(&one, &["aeads", "digest"]);
+    let b = ykadmin(&two, &["aeads", "digest"]);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    assert_eq!(a.stdout, b.stdout);
+    assert!(a.stdout.ends_with("  1 files\n"), "{}", a.stdout);
+    let _other = two.key("cccccccccccb");
+    let b = ykadmin(&two, &["aeads", "digest"]);
+    assert_ne!(a.stdout, b.stdout);
+    let per = ykadmin(&two, &["aeads", "digest", "--per-key"]);
+    let ids: Vec<&str> = per
+        .stdout
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(ids, ["cccccccccccb", "ccccccdbjrgf"]);
+}
+
+#[test]
+fn import_ykksm_from_the_command_line_imports_skips_and_names_bad_lines() {
+    let env = Env::new();
+    let d = env.start();
+    let key: [u8; 16] = common::random();
+    let uid: [u8; 6] = common::random();
+    env.secret(&hex::encode(key));
+    env.secret(&hex::encode(uid));
+    let export = env.dir.path().join("keys.txt");
+    fs::write(
+        &export,
+        format!(
+            "# ykksm 1\n2198612,ccccccdbjrgf,{},{},000000000000,2009-12-14T16:40:57,\nthis is no key line\n",
+            hex::encode(uid),
+            hex::encode(key)
+        ),
+    )
+    .unwrap();
+    let o = ykadmin(&env, &["import-ykksm", export.to_str().unwrap()]);
+    assert_eq!(o.code, 1, "a bad line: exit 1\n{}{}", o.stdout, o.stderr);
+    assert_eq!(o.stdout, "imported 1, skipped 0, failed 1\n");
+    assert!(o.stderr.contains("line 3"), "{}", o.stderr);
+    let o = ykadmin(&env, &["import-ykksm", export.to_str().unwrap()]);
+    assert_eq!(o.stdout, "imported 0, skipped 1, failed 1\n");
+    // The imported key logs in.
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let mut yk = ykhsm_core::softkey::SoftYubiKey::new(
+        ykhsm_core::otp::PublicId::parse("ccccccdbjrgf").unwrap(),
+        ykhsm_core::otp::YubiKeySecrets::new(key, uid),
+    );
+    assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
 }
