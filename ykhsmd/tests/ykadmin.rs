@@ -326,3 +326,116 @@ fn import_ykksm_from_the_command_line_imports_skips_and_names_bad_lines() {
     );
     assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
 }
+
+/// An AEAD for `public_id` holding exactly these secrets (the vectors').
+fn key_with(env: &Env, public_id: &str, key_hex: &str, uid_hex: &str) {
+    use ykhsm_core::backend::{Backend, SoftBackend};
+    use ykhsm_core::keys_file::KeysFile;
+    let keys_json = format!(r#"{{"1": "{}"}}"#, common::KH1_KEY);
+    let backend = SoftBackend::new(
+        KeysFile::parse(std::path::Path::new("keys.json"), keys_json.as_bytes()).unwrap(),
+    );
+    let secrets = ykhsm_core::otp::YubiKeySecrets::new(
+        hex::decode(key_hex).unwrap().try_into().unwrap(),
+        hex::decode(uid_hex).unwrap().try_into().unwrap(),
+    );
+    env.secret(key_hex);
+    env.secret(uid_hex);
+    let id = ykhsm_core::otp::PublicId::parse(public_id).unwrap();
+    // An id longer than 6 bytes cannot be the nonce: a random one, which
+    // the v1 file records (as `yhsm-import-keys --random-nonce`).
+    let nonce = ykhsm_core::Nonce::from_public_id(&id)
+        .unwrap_or_else(|_| ykhsm_core::Nonce(common::random()));
+    let aead = backend
+        .wrap_secrets(ykhsm_core::keyhandle::KeyHandle(1), &nonce, &secrets)
+        .unwrap();
+    let kh: ykhsm_core::keyhandle::KeyHandleName = "1".parse().unwrap();
+    ykhsm_core::store::AeadStore::new(&env.aead_dir, vec![kh.clone()])
+        .write_v1(
+            &kh,
+            &id,
+            &nonce,
+            &aead,
+            ykhsm_core::store::WriteMode::Replace,
+        )
+        .unwrap();
+}
+
+/// `ykadmin decrypt` prints YK-KSM's answer byte for byte, for every
+/// `ksm_decrypt_answer` vector (OK and ERR alike).
+#[test]
+fn decrypt_matches_every_ksm_decrypt_answer_vector() {
+    let text = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ykhsm-core/tests/data/vectors.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let s = |x: &serde_json::Value| x.as_str().unwrap().to_owned();
+    let k = &v["ksm_decrypt_answer"];
+    // Each OK vector's key in a store of its own (two vectors' public ids
+    // would collide in pyhsm's layout: a short id's file is a longer one's
+    // directory).
+    let mut checked = 0;
+    for e in k["ok"].as_array().unwrap() {
+        let otp = s(&e["otp"]);
+        let id = &otp[..otp.len() - 32];
+        if id.is_empty() {
+            continue; // no file name for an empty public id
+        }
+        let env = Env::new();
+        key_with(&env, id, &s(&e["key_hex"]), &s(&e["uid_hex"]));
+        let _d = env.start();
+        env.remember_otp(&otp);
+        let o = ykadmin(&env, &["decrypt", &otp]);
+        let answer = format!("{}\n", s(&e["answer"]));
+        assert_eq!(
+            (o.code, o.stdout.as_str()),
+            (0, answer.as_str()),
+            "{otp}: {}",
+            o.stderr
+        );
+        checked += 1;
+    }
+    // The error cases: the selftest database's key, and the import doc's.
+    let selftest = v["otp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["public_id"] == "idkfefrdhtru")
+        .unwrap();
+    let errs = Env::new();
+    key_with(
+        &errs,
+        "idkfefrdhtru",
+        &s(&selftest["key_hex"]),
+        &s(&selftest["uid_hex"]),
+    );
+    let empty = Env::new();
+    for e in k["errors"].as_array().unwrap() {
+        if let Some(key) = e.get("key_hex") {
+            let why = s(&e["why"]);
+            let uid = why.rsplit("!= ").next().unwrap();
+            key_with(&errs, "cccccccccccd", &s(key), uid);
+        }
+    }
+    let _de = errs.start();
+    let _dm = empty.start();
+    for e in k["errors"].as_array().unwrap() {
+        let env = if s(&e["source"]).contains("Installation") {
+            &empty
+        } else {
+            &errs
+        };
+        let otp = s(&e["otp"]);
+        let o = ykadmin(env, &["decrypt", &otp]);
+        assert_eq!(
+            (o.code, o.stdout.as_str()),
+            (1, format!("{}\n", s(&e["answer"])).as_str()),
+            "{otp}: {}",
+            o.stderr
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked}");
+}
