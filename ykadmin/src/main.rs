@@ -112,6 +112,10 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AeadsCommand {
+    /// Walks the store: per key handle, how many AEADs, and each file that
+    /// is unreadable, malformed or does not authenticate (the daemon's
+    /// backend opens each one), by name. Exit 0 only if all are good.
+    Check,
     /// SHA-1 over the store's files (sorted relative paths and bytes), one
     /// line: equal on two hosts means the same store.
     Digest {
@@ -329,6 +333,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Counters(CountersCommand::ImportYkval { file }) => {
             import_ykval(cli, file.as_deref())
         }
+        Command::Aeads(AeadsCommand::Check) => aeads_check(cli),
         Command::Aeads(AeadsCommand::Digest { per_key }) => {
             let config = load_config(&cli.config)?;
             let files = digest::files(&config.aead_dir).map_err(|e| trouble(e.to_string()))?;
@@ -542,6 +547,70 @@ fn read_bytes(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
         Some(p) if p == Path::new("-") => read_bytes(None),
         Some(p) => fs::read(p).map_err(|e| trouble(format!("{}: {e}", p.display()))),
     }
+}
+
+fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let mut bad_total = 0usize;
+    for kh in &config.key_handles {
+        let dir = config.aead_dir.join(kh.spelled());
+        if !dir.is_dir() {
+            println!(
+                "key handle {}: no directory {}",
+                kh.spelled(),
+                dir.display()
+            );
+            continue;
+        }
+        let files = digest::files(&dir).map_err(|e| trouble(e.to_string()))?;
+        let store = AeadStore::new(&config.aead_dir, vec![kh.clone()]);
+        let mut bad = Vec::new();
+        for rel in files.keys() {
+            let rel = String::from_utf8_lossy(rel).into_owned();
+            let path = dir.join(&rel);
+            let name = rel.rsplit('/').next().unwrap_or(&rel);
+            let found = match PublicId::parse(name) {
+                Err(e) => Err(format!("the file name is not a public id: {e}")),
+                Ok(id) => match store.lookup(&id) {
+                    Ok(Some(found)) if found.path == path => Ok(found),
+                    Ok(_) => Err("not where pyhsm's layout puts this public id".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            let verdict = found.and_then(|found| {
+                let request = Request::CheckAead {
+                    key_handle: found.key_handle.0,
+                    nonce: found.nonce.0,
+                    aead: found.aead.0,
+                };
+                match call(&config.socket, &request, TIMEOUT) {
+                    Ok(Response::Verdict { status: Status::Ok }) => Ok(()),
+                    Ok(Response::Verdict { .. }) => Err(format!(
+                        "does not authenticate under key handle {}",
+                        found.key_handle.0
+                    )),
+                    Ok(Response::Failed { message, .. }) => Err(message),
+                    Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                    Err(e) => Err(format!("ykhsmd at {}: {e}", config.socket.display())),
+                }
+            });
+            if let Err(reason) = verdict {
+                bad.push(format!("  BAD {}: {reason}", path.display()));
+            }
+        }
+        println!(
+            "key handle {}: {} AEADs, {} good, {} bad",
+            kh.spelled(),
+            files.len(),
+            files.len() - bad.len(),
+            bad.len()
+        );
+        for b in &bad {
+            println!("{b}");
+        }
+        bad_total += bad.len();
+    }
+    Ok(u8::from(bad_total > 0))
 }
 
 fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {

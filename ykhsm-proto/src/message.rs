@@ -114,6 +114,18 @@ pub enum Request {
         /// AES key ‖ uid.
         secrets: Zeroizing<[u8; SECRETS_LEN]>,
     },
+    /// Does this AEAD open under this key handle? `OK` if it authenticates,
+    /// `BAD_OTP` if it does not (tampered, or another key handle's),
+    /// `Failed` with `BACKEND_ERROR` if the backend cannot tell (no such key
+    /// handle). Nothing is decrypted for the caller. Admin.
+    CheckAead {
+        /// Key handle number.
+        key_handle: u32,
+        /// The 6-byte nonce.
+        nonce: [u8; 6],
+        /// The AEAD.
+        aead: [u8; AEAD_LEN],
+    },
     /// Every counter record. Admin.
     CountersExport,
     /// Merge records: per (public id, fingerprint) keep the higher pair,
@@ -132,6 +144,9 @@ impl fmt::Debug for Request {
             Self::Status => f.write_str("Status"),
             Self::Decrypt { .. } => f.write_str("Decrypt { otp: <redacted> }"),
             Self::ConsumeOtp { .. } => f.write_str("ConsumeOtp { otp: <redacted> }"),
+            Self::CheckAead { key_handle, .. } => {
+                write!(f, "CheckAead {{ key_handle: {key_handle}, <redacted> }}")
+            }
             Self::WrapSecrets { key_handle, .. } => {
                 write!(f, "WrapSecrets {{ key_handle: {key_handle}, <redacted> }}")
             }
@@ -152,6 +167,7 @@ mod kind {
     pub(crate) const WRAP_SECRETS: u8 = 0x13;
     pub(crate) const COUNTERS_EXPORT: u8 = 0x14;
     pub(crate) const COUNTERS_MERGE: u8 = 0x15;
+    pub(crate) const CHECK_AEAD: u8 = 0x16;
 
     pub(crate) const VERDICT: u8 = 0x01;
     pub(crate) const FAILED: u8 = 0x02;
@@ -173,6 +189,7 @@ impl Request {
             | Self::Decrypt { .. }
             | Self::ConsumeOtp { .. }
             | Self::WrapSecrets { .. }
+            | Self::CheckAead { .. }
             | Self::CountersExport
             | Self::CountersMerge { .. } => true,
         }
@@ -187,6 +204,7 @@ impl Request {
             Self::Decrypt { .. } => "decrypt",
             Self::ConsumeOtp { .. } => "consume-otp",
             Self::WrapSecrets { .. } => "wrap-secrets",
+            Self::CheckAead { .. } => "check-aead",
             Self::CountersExport => "counters-export",
             Self::CountersMerge { .. } => "counters-merge",
         }
@@ -225,6 +243,16 @@ impl Request {
                 w.raw(nonce);
                 w.raw(&secrets[..]);
             }
+            Self::CheckAead {
+                key_handle,
+                nonce,
+                aead,
+            } => {
+                w.u8(kind::CHECK_AEAD);
+                w.u32(*key_handle);
+                w.raw(nonce);
+                w.raw(aead);
+            }
             Self::CountersExport => w.u8(kind::COUNTERS_EXPORT),
             Self::CountersMerge { records } => {
                 w.u8(kind::COUNTERS_MERGE);
@@ -256,6 +284,11 @@ impl Request {
                 key_handle: r.u32("key_handle")?,
                 nonce: r.array("nonce")?,
                 secrets: Zeroizing::new(r.array("secrets")?),
+            },
+            kind::CHECK_AEAD => Self::CheckAead {
+                key_handle: r.u32("key_handle")?,
+                nonce: r.array("nonce")?,
+                aead: r.array("aead")?,
             },
             kind::COUNTERS_EXPORT => Self::CountersExport,
             kind::COUNTERS_MERGE => Self::CountersMerge {

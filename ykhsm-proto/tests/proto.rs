@@ -63,6 +63,15 @@ fn request() -> impl Strategy<Value = Request> {
                 secrets: Zeroizing::new(s),
             }
         }),
+        (any::<u32>(), any::<[u8; 6]>(), any::<[u8; 30]>()).prop_map(
+            |(key_handle, nonce, aead)| {
+                Request::CheckAead {
+                    key_handle,
+                    nonce,
+                    aead,
+                }
+            }
+        ),
         Just(()).prop_map(|()| Request::CountersExport),
         prop::collection::vec(record(), 0..5)
             .prop_map(|records| Request::CountersMerge { records }),

@@ -12,7 +12,7 @@ use ykhsm_core::counters::Counters;
 use ykhsm_core::keyhandle::KeyHandle;
 use ykhsm_core::keys_file::{KeysFile, KeysFileError};
 use ykhsm_core::ksm;
-use ykhsm_core::otp::{Otp, OtpCounters, PublicId, YubiKeySecrets};
+use ykhsm_core::otp::{Otp, OtpCounters, PublicId, Token, YubiKeySecrets};
 use ykhsm_core::store::{AeadStore, StoreError};
 use ykhsm_core::{Nonce, YubiKeyAead};
 use ykhsm_proto::status::ALL as ALL_STATUS;
@@ -291,6 +291,36 @@ impl Service {
                             message: e.to_string(),
                         },
                     }
+                })
+                .await
+            }
+            Request::CheckAead {
+                key_handle,
+                nonce,
+                aead,
+            } => {
+                let this = Arc::clone(self);
+                blocking(move || {
+                    // Opening the AEAD is the check; a token of zeros then
+                    // fails as an OTP (or, once in 2^128, decodes), either
+                    // way after the AEAD authenticated.
+                    let token = Token::from_bytes([0; 16]);
+                    let status = match this.backend().decode_otp(
+                        KeyHandle(key_handle),
+                        &Nonce(nonce),
+                        &YubiKeyAead(aead),
+                        &token,
+                    ) {
+                        Ok(_) | Err(BackendError::OtpInvalid) => Status::Ok,
+                        Err(BackendError::AeadInvalid { .. }) => Status::BadOtp,
+                        Err(e) => {
+                            return Response::Failed {
+                                status: Status::BackendError,
+                                message: e.to_string(),
+                            };
+                        }
+                    };
+                    Response::Verdict { status }
                 })
                 .await
             }

@@ -67,6 +67,11 @@ fn helper_client() {
                     nonce: [0; 6],
                     secrets: Zeroizing::new([0; 22]),
                 },
+                Request::CheckAead {
+                    key_handle: 1,
+                    nonce: [0; 6],
+                    aead: [0; 30],
+                },
                 Request::CountersExport,
                 Request::CountersMerge { records: vec![] },
             ] {
@@ -174,6 +179,7 @@ fn non_root_peer_is_denied_every_admin_request() {
             "decrypt DENIED",
             "consume-otp DENIED",
             "wrap-secrets DENIED",
+            "check-aead DENIED",
             "counters-export DENIED",
             "counters-merge DENIED"
         ]

@@ -439,3 +439,58 @@ fn decrypt_matches_every_ksm_decrypt_answer_vector() {
     }
     assert!(checked >= 20, "{checked}");
 }
+
+#[test]
+fn aeads_check_names_every_file_that_is_malformed_or_does_not_authenticate() {
+    let env = Env::new();
+    let _good = env.key("ccccccdbjrgf");
+    let _tampered = env.key("cccccccccccb");
+    let _truncated = env.key("cccccccccccd");
+    let _d = env.start();
+    let o = ykadmin(&env, &["aeads", "check"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert_eq!(o.stdout, "key handle 1: 3 AEADs, 3 good, 0 bad\n");
+    // pyhsm's layout: key handle, the id in 2-character directories, the id.
+    let path = |id: &str| {
+        let mut p = env.aead_dir.join("1");
+        for pair in id.as_bytes().chunks(2) {
+            p.push(std::str::from_utf8(pair).unwrap());
+        }
+        p.join(id)
+    };
+    // One bit flipped in the AEAD, one file cut short.
+    let tampered = path("cccccccccccb");
+    let mut bytes = fs::read(&tampered).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&tampered, &bytes).unwrap();
+    let truncated = path("cccccccccccd");
+    let bytes = fs::read(&truncated).unwrap();
+    fs::write(&truncated, &bytes[..20]).unwrap();
+    let o = ykadmin(&env, &["aeads", "check"]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("key handle 1: 3 AEADs, 1 good, 2 bad\n"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains(&format!(
+            "BAD {}: does not authenticate",
+            tampered.display()
+        )),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains(&format!("BAD {}:", truncated.display())),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        !o.stdout.contains("ccccccdbjrgf"),
+        "the good one is not named: {}",
+        o.stdout
+    );
+}
