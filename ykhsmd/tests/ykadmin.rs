@@ -494,3 +494,61 @@ fn aeads_check_names_every_file_that_is_malformed_or_does_not_authenticate() {
         o.stdout
     );
 }
+
+/// pyhsm's own files, as vectors-hsm.json gives them (v1 in one store, v0
+/// in another, each at every path pyhsm would use): OTPs verify unchanged
+/// and `aeads check` passes.
+#[test]
+fn a_pyhsm_aead_tree_verifies_unchanged_and_passes_aeads_check() {
+    let text = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ykhsm-core/tests/data/vectors-hsm.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["aead_cases"].as_array().unwrap();
+    for (format, order, verified_suffix) in [
+        ("v1_file_hex", r#"["1", "0x2000", "8192"]"#, "-kh1"),
+        ("v0_file_hex", r#"["0x2000", "1", "8192"]"#, "-kh2000"),
+    ] {
+        let env = Env::new();
+        fs::write(&env.keys_file, v["keys_json"].to_string()).unwrap();
+        env.config(&format!("key_handles = {order}\n"));
+        for c in cases {
+            let bytes = hex::decode(c[format].as_str().unwrap()).unwrap();
+            for rel in c["rel_paths"].as_array().unwrap() {
+                let path = env.aead_dir.join(rel.as_str().unwrap());
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(&path, &bytes).unwrap();
+            }
+        }
+        env.set_authfile("alice:ftftftcccccb:ccccccdbjrgf:cbdefghijkln\n");
+        let d = env.start();
+        let mut verified = 0;
+        for c in cases
+            .iter()
+            .filter(|c| c["id"].as_str().unwrap().ends_with(verified_suffix))
+        {
+            for o in c["otps"].as_array().unwrap() {
+                let otp = o["otp"].as_str().unwrap();
+                env.remember_otp(otp);
+                assert_eq!(
+                    d.verify("alice", otp),
+                    Status::Ok,
+                    "{format} {}: {otp}",
+                    c["id"]
+                );
+                verified += 1;
+            }
+        }
+        assert_eq!(verified, 9, "{format}");
+        let o = ykadmin(&env, &["aeads", "check"]);
+        assert_eq!(o.code, 0, "{format}: {}{}", o.stdout, o.stderr);
+        let names: Vec<String> = serde_json::from_str(order).unwrap();
+        let expected: String = names
+            .iter()
+            .map(|n| format!("key handle {n}: 3 AEADs, 3 good, 0 bad\n"))
+            .collect();
+        assert_eq!(o.stdout, expected, "{format}");
+    }
+}
