@@ -3,4 +3,5 @@
 pub mod authfile_edit;
 pub mod counters_text;
 pub mod digest;
+pub mod generate;
 pub mod import;

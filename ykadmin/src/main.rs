@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 use ykadmin::authfile_edit;
 use ykadmin::counters_text;
 use ykadmin::digest;
+use ykadmin::generate;
 use ykadmin::import;
 use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
@@ -85,6 +86,28 @@ enum Command {
         /// in without a second factor).
         #[arg(long)]
         purge: bool,
+    },
+    /// New YubiKey secrets from the OS's random source, sealed into AEADs by
+    /// the daemon's backend. The `ykman` and `ykpersonalize` lines that
+    /// program the keys (they carry the AES keys) go to --out, created 0600,
+    /// never to the terminal.
+    Generate {
+        /// Public ids from serial numbers N, N+1, … (the `vv…` form of
+        /// `pubid-from-serial --ykman`).
+        #[arg(long, conflicts_with = "prefix", required_unless_present = "prefix")]
+        serial: Option<u32>,
+        /// Public ids of a modhex prefix and a running number (12 characters).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// How many keys.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The key handle to seal them under (default: the first configured).
+        #[arg(long = "key-handle")]
+        key_handle: Option<String>,
+        /// Where the programming lines go (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Users, their keys, each key's last counter and when it was last used.
     List { user: Option<String> },
@@ -351,6 +374,44 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             force,
             file,
         } => import_ykksm(cli, key_handles, *force, file.as_deref()),
+        Command::Generate {
+            serial,
+            prefix,
+            count,
+            key_handle,
+            out,
+        } => {
+            let config = load_config(&cli.config)?;
+            let kh = match key_handle {
+                Some(n) => n
+                    .parse::<KeyHandleName>()
+                    .map_err(|e| fail(2, format!("--key-handle {n}: {e}")))?,
+                None => config
+                    .key_handles
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| trouble("no key handle configured"))?,
+            };
+            let how = match (serial, prefix) {
+                (Some(n), _) => generate::Ids::Serial(*n),
+                (None, Some(p)) => generate::Ids::Prefix(p.clone()),
+                (None, None) => return Err(fail(2, "give --serial or --prefix")),
+            };
+            let store = AeadStore::new(&config.aead_dir, config.key_handles.clone());
+            let made = generate::generate(&config.socket, &store, &kh, &how, *count, out)
+                .map_err(|e| fail(1, e.to_string()))?;
+            println!(
+                "generated {} keys under key handle {}: {}",
+                made.public_ids.len(),
+                kh.spelled(),
+                made.public_ids.join(" ")
+            );
+            println!(
+                "programming lines in {} (mode 0600; they hold the AES keys: shred it once the keys are programmed)",
+                out.display()
+            );
+            Ok(0)
+        }
         Command::Enroll { user, key } => enroll(cli, user, key),
         Command::Revoke { user, pubid, purge } => {
             let config = load_config(&cli.config)?;

@@ -552,3 +552,111 @@ fn a_pyhsm_aead_tree_verifies_unchanged_and_passes_aeads_check() {
         assert_eq!(o.stdout, expected, "{format}");
     }
 }
+
+#[test]
+fn generate_seals_new_keys_and_writes_the_programming_lines_0600_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let d = env.start();
+    let out = env.dir.path().join("program.txt");
+    let o = ykadmin(
+        &env,
+        &[
+            "generate",
+            "--serial",
+            "2198612",
+            "--count",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("vvccccdbjrgf vvccccdbjrgg"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = fs::read_to_string(&out).unwrap();
+    // Program a software YubiKey from the ykman line, as an operator would.
+    let line = text
+        .lines()
+        .find(|l| l.contains("--public-id vvccccdbjrgf"))
+        .unwrap();
+    let words: Vec<&str> = line.split(' ').collect();
+    let after = |flag: &str| words[words.iter().position(|w| *w == flag).unwrap() + 1];
+    let (uid_hex, key_hex) = (after("--private-id"), after("--key"));
+    env.secret(uid_hex);
+    env.secret(key_hex);
+    assert!(!o.stdout.contains(key_hex) && !o.stderr.contains(key_hex));
+    assert!(text.contains(&format!(
+        "ykpersonalize -1 -ofixed=vvccccdbjrgf -ouid={uid_hex} -a{key_hex}"
+    )));
+    let mut yk = ykhsm_core::softkey::SoftYubiKey::new(
+        ykhsm_core::otp::PublicId::parse("vvccccdbjrgf").unwrap(),
+        ykhsm_core::otp::YubiKeySecrets::new(
+            hex::decode(key_hex).unwrap().try_into().unwrap(),
+            hex::decode(uid_hex).unwrap().try_into().unwrap(),
+        ),
+    );
+    let o = ykadmin(&env, &["enroll", "alice", &env.otp(&mut yk)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
+    // The file is never overwritten, nor an existing key.
+    let o = ykadmin(
+        &env,
+        &[
+            "generate",
+            "--serial",
+            "2198612",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.code, 1);
+    let other = env.dir.path().join("again.txt");
+    let o = ykadmin(
+        &env,
+        &[
+            "generate",
+            "--serial",
+            "2198612",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.code, 1, "an existing key is not replaced: {}", o.stdout);
+    // A prefix: running numbers after it.
+    let third = env.dir.path().join("third.txt");
+    let o = ykadmin(
+        &env,
+        &[
+            "generate",
+            "--prefix",
+            "vvdd",
+            "--count",
+            "2",
+            "--out",
+            third.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("vvddcccccccb vvddcccccccd"),
+        "{}",
+        o.stdout
+    );
+    for l in fs::read_to_string(&third)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("ykman"))
+    {
+        let w: Vec<&str> = l.split(' ').collect();
+        env.secret(w[w.len() - 1]);
+        env.secret(w[w.iter().position(|x| *x == "--private-id").unwrap() + 1]);
+    }
+}
