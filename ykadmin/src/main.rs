@@ -36,7 +36,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[command(
     name = "ykadmin",
     version,
-    about = "The operator's tool of ykhsm: enroll, revoke, verify, decrypt, replicate counters",
+    about = "The operator's tool of ykhsm: import, enroll, revoke, verify, decrypt, generate keys, replicate counters",
     after_help = "Exit codes: 0 done and yes; 1 done and no (a status other than OK, a bad line, \
                   a conflict); 2 bad command line; 3 could not do the job (configuration, daemon \
                   unreachable, file error)."
@@ -128,6 +128,13 @@ enum Command {
     /// Counter replication between bastions.
     #[command(subcommand)]
     Counters(CountersCommand),
+    /// Writes the man page ykadmin.8 (roff) to standard output.
+    Man,
+    /// Writes shell completions to standard output (bash, zsh, fish, …).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// The AEAD store.
     #[command(subcommand)]
     Aeads(AeadsCommand),
@@ -410,6 +417,18 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 "programming lines in {} (mode 0600; they hold the AES keys: shred it once the keys are programmed)",
                 out.display()
             );
+            Ok(0)
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).section("8");
+            let mut out = Vec::new();
+            page.render(&mut out).map_err(|e| trouble(e.to_string()))?;
+            write_out(None, &out)?;
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "ykadmin", &mut io::stdout());
             Ok(0)
         }
         Command::Enroll { user, key } => enroll(cli, user, key),

@@ -45,3 +45,17 @@ fn usage_errors_exit_2_and_a_missing_config_exits_3_naming_the_file() {
     assert_eq!(code, 3);
     assert!(err.contains("/nonexistent/ykhsmd.toml"), "{err}");
 }
+
+#[test]
+fn man_page_and_completions_come_from_the_same_definition() {
+    let (code, man, _) = ykadmin(&["man"]);
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH ykadmin 8"), "{man:.200}");
+    assert!(man.contains("import\\-ykksm"), "{man}");
+    let (code, bash, _) = ykadmin(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        bash.contains("import-ykksm") && bash.contains("complete"),
+        "{bash:.200}"
+    );
+}
