@@ -368,9 +368,24 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             let config = load_config(&cli.config)?;
             let files = digest::files(&config.aead_dir).map_err(|e| trouble(e.to_string()))?;
             if *per_key {
-                for (id, d) in digest::per_key(&files) {
-                    println!("{id} {d}");
+                let keys = digest::per_key(&files);
+                if cli.json {
+                    let v: Vec<String> = keys
+                        .iter()
+                        .map(|(id, d)| format!("{}:{}", json_string(id), json_string(d)))
+                        .collect();
+                    println!("{{{}}}", v.join(","));
+                } else {
+                    for (id, d) in keys {
+                        println!("{id} {d}");
+                    }
                 }
+            } else if cli.json {
+                println!(
+                    "{{\"digest\":{},\"files\":{}}}",
+                    json_string(&digest::digest(&files)),
+                    files.len()
+                );
             } else {
                 println!("{}  {} files", digest::digest(&files), files.len());
             }
@@ -407,6 +422,16 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             let store = AeadStore::new(&config.aead_dir, config.key_handles.clone());
             let made = generate::generate(&config.socket, &store, &kh, &how, *count, out)
                 .map_err(|e| fail(1, e.to_string()))?;
+            if cli.json {
+                let ids: Vec<String> = made.public_ids.iter().map(|i| json_string(i)).collect();
+                println!(
+                    "{{\"key_handle\":{},\"public_ids\":[{}],\"out\":{}}}",
+                    json_string(kh.spelled()),
+                    ids.join(","),
+                    json_string(&out.display().to_string())
+                );
+                return Ok(0);
+            }
             println!(
                 "generated {} keys under key handle {}: {}",
                 made.public_ids.len(),
@@ -605,6 +630,30 @@ fn import_ykksm(
     let progress = io::stderr().is_terminal();
     let report = import::import_ykksm(&config, &input, &key_handles, force, progress)
         .map_err(|e| trouble(e.to_string()))?;
+    if cli.json {
+        let notes = |v: &[import::ImportNote]| -> String {
+            v.iter()
+                .map(|n| {
+                    format!(
+                        "{{\"line\":{},\"message\":{}}}",
+                        n.line,
+                        json_string(&n.to_string())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!(
+            "{{\"imported\":{},\"replaced\":{},\"skipped\":{},\"failed\":{},\"failures\":[{}],\"replacements\":[{}]}}",
+            report.imported,
+            report.replaced,
+            report.skipped,
+            report.failed,
+            notes(&report.failures),
+            notes(&report.replacements)
+        );
+        return Ok(u8::from(!report.is_success()));
+    }
     for note in &report.replacements {
         eprintln!("ykadmin: replaced: {note}");
     }
@@ -632,6 +681,7 @@ fn read_bytes(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
 fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
     let config = load_config(&cli.config)?;
     let mut bad_total = 0usize;
+    let mut json = Vec::new();
     for kh in &config.key_handles {
         let dir = config.aead_dir.join(kh.spelled());
         if !dir.is_dir() {
@@ -675,20 +725,43 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
                 }
             });
             if let Err(reason) = verdict {
-                bad.push(format!("  BAD {}: {reason}", path.display()));
+                bad.push((path.display().to_string(), reason));
             }
         }
-        println!(
-            "key handle {}: {} AEADs, {} good, {} bad",
-            kh.spelled(),
-            files.len(),
-            files.len() - bad.len(),
-            bad.len()
-        );
-        for b in &bad {
-            println!("{b}");
+        if cli.json {
+            let list: Vec<String> = bad
+                .iter()
+                .map(|(p, r)| {
+                    format!(
+                        "{{\"file\":{},\"reason\":{}}}",
+                        json_string(p),
+                        json_string(r)
+                    )
+                })
+                .collect();
+            json.push(format!(
+                "{{\"key_handle\":{},\"aeads\":{},\"good\":{},\"bad\":[{}]}}",
+                json_string(kh.spelled()),
+                files.len(),
+                files.len() - bad.len(),
+                list.join(",")
+            ));
+        } else {
+            println!(
+                "key handle {}: {} AEADs, {} good, {} bad",
+                kh.spelled(),
+                files.len(),
+                files.len() - bad.len(),
+                bad.len()
+            );
+            for (path, reason) in &bad {
+                println!("  BAD {path}: {reason}");
+            }
         }
         bad_total += bad.len();
+    }
+    if cli.json {
+        println!("[{}]", json.join(","));
     }
     Ok(u8::from(bad_total > 0))
 }

@@ -285,6 +285,10 @@ fn aeads_digest_is_equal_for_equal_stores_and_per_key_names_each_key() {
     let _other = two.key("cccccccccccb");
     let b = ykadmin(&two, &["aeads", "digest"]);
     assert_ne!(a.stdout, b.stdout);
+    let j = ykadmin(&two, &["--json", "aeads", "digest"]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["files"], 2);
+    assert_eq!(v["digest"].as_str().unwrap().len(), 40);
     let per = ykadmin(&two, &["aeads", "digest", "--per-key"]);
     let ids: Vec<&str> = per
         .stdout
@@ -318,6 +322,15 @@ fn import_ykksm_from_the_command_line_imports_skips_and_names_bad_lines() {
     assert!(o.stderr.contains("line 3"), "{}", o.stderr);
     let o = ykadmin(&env, &["import-ykksm", export.to_str().unwrap()]);
     assert_eq!(o.stdout, "imported 0, skipped 1, failed 1\n");
+    let o = ykadmin(&env, &["--json", "import-ykksm", export.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let counts = (
+        v["imported"].as_u64(),
+        v["skipped"].as_u64(),
+        v["failed"].as_u64(),
+    );
+    assert_eq!(counts, (Some(0), Some(1), Some(1)));
+    assert_eq!(v["failures"][0]["line"], 3);
     // The imported key logs in.
     env.set_authfile("alice:ccccccdbjrgf\n");
     let mut yk = ykhsm_core::softkey::SoftYubiKey::new(
@@ -493,6 +506,14 @@ fn aeads_check_names_every_file_that_is_malformed_or_does_not_authenticate() {
         "the good one is not named: {}",
         o.stdout
     );
+    // The same for programs.
+    let o = ykadmin(&env, &["--json", "aeads", "check"]);
+    assert_eq!(o.code, 1);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v[0]["key_handle"], "1");
+    assert_eq!(v[0]["aeads"], 3);
+    assert_eq!(v[0]["good"], 1);
+    assert_eq!(v[0]["bad"].as_array().unwrap().len(), 2);
 }
 
 /// pyhsm's own files, as vectors-hsm.json gives them (v1 in one store, v0
