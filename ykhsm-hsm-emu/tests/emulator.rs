@@ -1,0 +1,621 @@
+//! The emulator against vectors-hsm.json (`recorded`, `frames`, `keys_json`)
+//! and its lock, permission and stream behaviour.
+//!
+//! Not exercised here, by design: `R5-key-handle-parse` and `R6-modhex` are
+//! host-side parsing vectors (pyhsm's `key_handle_to_int`, modhex) with no
+//! frame to send to a device.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use ykhsm_core::yubihsm::{
+    AeadAnswer, OtpDecodeAnswer, Request, Response, Status, SystemInfo, cmd, hmac_flags, permission,
+};
+use ykhsm_core::{KeyHandle, KeyHandleKey, Nonce, OtpCounters, Token, YubiKeyAead, YubiKeySecrets};
+use ykhsm_hsm_emu::{CONFIG_PROMPT, Emulator, Link, UnlockSecret};
+use zeroize::Zeroizing;
+
+const ALL: u32 = permission::AEAD_GENERATE
+    | permission::BUFFER_AEAD_GENERATE
+    | permission::RANDOM_AEAD_GENERATE
+    | permission::AEAD_DECRYPT_CMP
+    | permission::AEAD_YUBIKEY_OTP_DECODE
+    | permission::HMAC_SHA1_GENERATE
+    | permission::USER_NONCE
+    | permission::BUFFER_LOAD;
+
+fn vectors() -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ykhsm-core/tests/data/vectors-hsm.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("vectors-hsm.json is JSON")
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("a hex string")).expect("valid hex")
+}
+
+fn key(v: &Value) -> KeyHandleKey {
+    KeyHandleKey::new(bytes(v)).expect("a 16/24/32-byte key")
+}
+
+fn nonce(v: &Value) -> Nonce {
+    Nonce(bytes(v).try_into().expect("a 6-byte nonce"))
+}
+
+fn kh(v: &Value) -> KeyHandle {
+    KeyHandle(
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .expect("a key handle"),
+    )
+}
+
+fn recorded<'a>(v: &'a Value, prefix: &str) -> Vec<&'a Value> {
+    v["recorded"]
+        .as_array()
+        .expect("recorded")
+        .iter()
+        .filter(|c| c["id"].as_str().is_some_and(|id| id.starts_with(prefix)))
+        .collect()
+}
+
+/// An emulator holding every key of `keys_json` with `flags`.
+fn emulator_from_keys_json(v: &Value, flags: u32) -> Emulator {
+    let mut emu = Emulator::new(7);
+    for (handle, hexkey) in v["keys_json"].as_object().expect("keys_json") {
+        let handle: u32 = handle.parse().expect("decimal key handle");
+        emu.add_key(handle, key(hexkey), flags);
+    }
+    emu
+}
+
+fn request(r: &Request) -> Vec<u8> {
+    r.encode().expect("encodable").to_vec()
+}
+
+fn secret(data: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(data.to_vec())
+}
+
+#[test]
+fn keys_json_key_handle_8192_is_the_recorded_vectors_key() {
+    let v = vectors();
+    for c in recorded(&v, "R1-").into_iter().chain(recorded(&v, "R2-")) {
+        assert_eq!(c["key_hex"], v["keys_json"]["8192"], "{}", c["id"]);
+    }
+}
+
+#[test]
+fn recorded_buffer_aead_generate_r1_r2() {
+    let v = vectors();
+    for c in recorded(&v, "R1-").into_iter().chain(recorded(&v, "R2-")) {
+        let id = c["id"].as_str().unwrap_or_default();
+        let mut emu = emulator_from_keys_json(&v, ALL);
+        let plaintext = bytes(&c["plaintext_hex"]);
+        let load = request(&Request::BufferLoad {
+            offset: 0,
+            data: secret(&plaintext),
+        });
+        let count = u8::try_from(plaintext.len()).expect("short");
+        assert_eq!(
+            emu.handle_frame(&load),
+            Response::BufferLoad { count }.encode(),
+            "{id}"
+        );
+        let gen_req = request(&Request::BufferAeadGenerate {
+            nonce: nonce(&c["nonce_hex"]),
+            key_handle: kh(&c["key_handle"]),
+        });
+        let expected = Response::BufferAeadGenerate(AeadAnswer {
+            nonce: nonce(&c["nonce_hex"]),
+            key_handle: kh(&c["key_handle"]),
+            status: Status::Ok,
+            aead: bytes(&c["aead_hex"]),
+        })
+        .encode();
+        assert_eq!(emu.handle_frame(&gen_req), expected, "{id}");
+
+        // The same AEAD from YSM_AEAD_GENERATE with the data inline.
+        let inline = request(&Request::AeadGenerate {
+            nonce: nonce(&c["nonce_hex"]),
+            key_handle: kh(&c["key_handle"]),
+            data: secret(&plaintext),
+        });
+        let expected = Response::AeadGenerate(AeadAnswer {
+            nonce: nonce(&c["nonce_hex"]),
+            key_handle: kh(&c["key_handle"]),
+            status: Status::Ok,
+            aead: bytes(&c["aead_hex"]),
+        })
+        .encode();
+        assert_eq!(emu.handle_frame(&inline), expected, "{id} inline");
+    }
+}
+
+#[test]
+fn recorded_otp_decodes_r3() {
+    let v = vectors();
+    let cases = recorded(&v, "R3-");
+    assert_eq!(cases.len(), 3);
+    for c in cases {
+        let id = c["id"].as_str().unwrap_or_default();
+        let mut emu = emulator_from_keys_json(&v, permission::AEAD_YUBIKEY_OTP_DECODE);
+        let n = nonce(&c["public_id_hex"]);
+        let k = kh(&c["key_handle"]);
+        let frame = request(&Request::OtpDecode {
+            nonce: n,
+            key_handle: k,
+            otp: Token::from_bytes(bytes(&c["otp_ciphertext_hex"]).try_into().expect("16")),
+            aead: YubiKeyAead::from_slice(&bytes(&c["aead_hex"])).expect("30"),
+        });
+        let answer = match c["expected_status"].as_str() {
+            Some("YSM_STATUS_OK") => OtpDecodeAnswer::ok(
+                n,
+                k,
+                &OtpCounters {
+                    use_counter: u16::try_from(c["use_ctr"].as_u64().expect("n")).expect("u16"),
+                    session_use: u8::try_from(c["session_ctr"].as_u64().expect("n")).expect("u8"),
+                    ts_high: u8::try_from(c["ts_high"].as_u64().expect("n")).expect("u8"),
+                    ts_low: u16::try_from(c["ts_low"].as_u64().expect("n")).expect("u16"),
+                },
+            ),
+            Some("YSM_OTP_INVALID") => OtpDecodeAnswer::failed(n, k, Status::OtpInvalid),
+            other => panic!("{id}: unexpected expected_status {other:?}"),
+        };
+        let got = emu.handle_frame(&frame);
+        assert_eq!(got, Response::OtpDecode(answer).encode(), "{id}");
+        assert_eq!(got.first(), Some(&0x12), "{id}: bcnt");
+    }
+}
+
+#[test]
+fn recorded_hmac_sha1_r4() {
+    let v = vectors();
+    let c = recorded(&v, "R4-")[0];
+    let k = kh(&c["key_handle"]);
+    let mut emu = Emulator::new(1);
+    emu.add_key(k.0, key(&c["key_hex"]), permission::HMAC_SHA1_GENERATE);
+    let data = c["data_ascii"].as_str().expect("ascii").as_bytes();
+    let frame = request(&Request::HmacSha1Generate {
+        key_handle: k,
+        flags: hmac_flags::RESET | hmac_flags::FINAL,
+        data: secret(data),
+    });
+    let expected = Response::HmacSha1Generate {
+        key_handle: k,
+        status: Status::Ok,
+        hash: secret(&bytes(&c["hmac_sha1_hex"])),
+    }
+    .encode();
+    assert_eq!(emu.handle_frame(&frame), expected);
+
+    // Same hash when the data comes in two packets.
+    let (a, b) = data.split_at(4);
+    let first = request(&Request::HmacSha1Generate {
+        key_handle: k,
+        flags: hmac_flags::RESET,
+        data: secret(a),
+    });
+    let zeros = Response::HmacSha1Generate {
+        key_handle: k,
+        status: Status::Ok,
+        hash: secret(&[0; 20]),
+    }
+    .encode();
+    assert_eq!(emu.handle_frame(&first), zeros);
+    let second = request(&Request::HmacSha1Generate {
+        key_handle: k,
+        flags: hmac_flags::FINAL,
+        data: secret(b),
+    });
+    assert_eq!(emu.handle_frame(&second), expected);
+}
+
+#[test]
+fn frames_examples() {
+    let v = vectors();
+    let f = &v["frames"];
+    let mut emu = emulator_from_keys_json(&v, ALL);
+
+    // Echo.
+    assert_eq!(
+        emu.handle_frame(&bytes(&f["echo_request_hex"])),
+        bytes(&f["echo_response_hex"])
+    );
+
+    // System info: bcnt 0x11, 0xa6, version, protocol 1, 12-byte uid.
+    let info = emu.handle_frame(&bytes(&f["system_info_request_hex"]));
+    assert_eq!(info.len(), 18);
+    assert_eq!(info[..2], [0x11, 0xa6]);
+    assert_eq!(info[5], 1, "protocol version");
+    let decoded = Response::decode(cmd::SYSTEM_INFO_QUERY, &info).expect("decodes");
+    assert_eq!(decoded, Response::SystemInfo(emu.system_info()));
+
+    // Random 16: 16 bytes, and reproducible from the seed.
+    let r = emu.handle_frame(&bytes(&f["random_16_request_hex"]));
+    assert_eq!(r[..3], [0x12, 0xa4, 0x10]);
+    assert_eq!(r.len(), 19);
+    let mut twin = emulator_from_keys_json(&v, ALL);
+    twin.handle_frame(&bytes(&f["echo_request_hex"]));
+    assert_eq!(
+        twin.handle_frame(&bytes(&f["random_16_request_hex"])),
+        r,
+        "seeded"
+    );
+
+    // Nonce get: status OK and the nonce before the increment.
+    let n1 = emu.handle_frame(&bytes(&f["nonce_get_request_hex"]));
+    let n2 = emu.handle_frame(&bytes(&f["nonce_get_request_hex"]));
+    assert_eq!(n1[..3], [0x08, 0xa2, 0x80]);
+    assert_eq!(n1[3], 0);
+    assert_eq!(n2[3], 1, "post-increment 1");
+
+    // Buffer load of S1, then buffer AEAD generate under 0x2000.
+    assert_eq!(
+        emu.handle_frame(&bytes(&f["buffer_load_s1_request_hex"])),
+        vec![0x02, 0xa0, 22]
+    );
+    assert_eq!(
+        emu.handle_frame(&bytes(&f["buffer_aead_generate_s1_kh2000_request_hex"])),
+        bytes(&f["buffer_aead_generate_s1_kh2000_response_hex"])
+    );
+
+    // AEAD decrypt-compare of S1: match.
+    let cmp = emu.handle_frame(&bytes(&f["aead_decrypt_cmp_s1_kh2000_request_hex"]));
+    let req = Request::decode(&bytes(&f["aead_decrypt_cmp_s1_kh2000_request_hex"])).expect("ok");
+    let Request::AeadDecryptCmp {
+        nonce, key_handle, ..
+    } = req
+    else {
+        panic!("not a decrypt-compare");
+    };
+    assert_eq!(
+        cmp,
+        Response::AeadDecryptCmp {
+            nonce,
+            key_handle,
+            status: Status::Ok
+        }
+        .encode()
+    );
+    // A changed cleartext byte: mismatch.
+    let mut bad = bytes(&f["aead_decrypt_cmp_s1_kh2000_request_hex"]);
+    bad[14] ^= 1;
+    assert_eq!(
+        emu.handle_frame(&bad),
+        Response::AeadDecryptCmp {
+            nonce,
+            key_handle,
+            status: Status::Mismatch
+        }
+        .encode()
+    );
+}
+
+#[test]
+fn resync_bytes_get_no_answer_and_echo_follows() {
+    let v = vectors();
+    let f = &v["frames"];
+    let mut link = Link::new(Emulator::new(3));
+    assert!(link.input(&bytes(&f["resync_bytes_hex"])).is_empty());
+    assert_eq!(link.pending_len(), 0);
+    let mut both = bytes(&f["resync_bytes_hex"]);
+    both.extend(bytes(&f["echo_request_hex"]));
+    assert_eq!(link.input(&both), bytes(&f["echo_response_hex"]));
+}
+
+fn otp_decode_frame(v: &Value) -> (Vec<u8>, Nonce, KeyHandle) {
+    let c = recorded(v, "R3-otp-decode-828e")[0];
+    let n = nonce(&c["public_id_hex"]);
+    let k = kh(&c["key_handle"]);
+    let frame = request(&Request::OtpDecode {
+        nonce: n,
+        key_handle: k,
+        otp: Token::from_bytes(bytes(&c["otp_ciphertext_hex"]).try_into().expect("16")),
+        aead: YubiKeyAead::from_slice(&bytes(&c["aead_hex"])).expect("30"),
+    });
+    (frame, n, k)
+}
+
+fn otp_status(frame: &[u8]) -> Status {
+    match Response::decode(cmd::AEAD_YUBIKEY_OTP_DECODE, frame).expect("an answer") {
+        Response::OtpDecode(a) => a.status,
+        other => panic!("not an OTP-decode answer: {other:?}"),
+    }
+}
+
+#[test]
+fn otp_decode_statuses() {
+    let v = vectors();
+    let (frame, n, k) = otp_decode_frame(&v);
+
+    // Key handle without the OTP-decode flag: function disabled.
+    let mut emu = emulator_from_keys_json(&v, ALL & !permission::AEAD_YUBIKEY_OTP_DECODE);
+    assert_eq!(
+        otp_status(&emu.handle_frame(&frame)),
+        Status::FunctionDisabled
+    );
+
+    // No such key handle.
+    let mut emu = Emulator::new(1);
+    assert_eq!(
+        otp_status(&emu.handle_frame(&frame)),
+        Status::KeyHandleInvalid
+    );
+
+    // Wrong key under the right handle: the AEAD does not authenticate.
+    emu.add_key(k.0, KeyHandleKey::new(vec![9; 32]).expect("key"), ALL);
+    let answer = emu.handle_frame(&frame);
+    assert_eq!(otp_status(&answer), Status::AeadInvalid);
+    assert_eq!(
+        answer,
+        Response::OtpDecode(OtpDecodeAnswer::failed(n, k, Status::AeadInvalid)).encode()
+    );
+}
+
+#[test]
+fn aead_generate_permissions_and_parameters() {
+    let v = vectors();
+    let n = Nonce(*b"abc123");
+    let k = KeyHandle(8192);
+    let gen_frame = |nonce| {
+        request(&Request::AeadGenerate {
+            nonce,
+            key_handle: k,
+            data: secret(b"x"),
+        })
+    };
+    let status = |frame: &[u8], c| match Response::decode(c, frame).expect("answer") {
+        Response::AeadGenerate(a) | Response::RandomAeadGenerate(a) => a.status,
+        other => panic!("{other:?}"),
+    };
+
+    // A user nonce needs YSM_USER_NONCE.
+    let mut emu = emulator_from_keys_json(&v, permission::AEAD_GENERATE);
+    let answer = emu.handle_frame(&gen_frame(n));
+    assert_eq!(
+        status(&answer, cmd::AEAD_GENERATE),
+        Status::FunctionDisabled
+    );
+    // A zero nonce: the device picks one.
+    let answer = emu.handle_frame(&gen_frame(Nonce([0; 6])));
+    match Response::decode(cmd::AEAD_GENERATE, &answer).expect("answer") {
+        Response::AeadGenerate(a) => {
+            assert_eq!(a.status, Status::Ok);
+            assert_ne!(a.nonce, Nonce([0; 6]));
+            assert_eq!(a.aead.len(), 9);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Random AEAD: 1..=64 only.
+    let mut emu = emulator_from_keys_json(&v, ALL);
+    for (len, want) in [
+        (0u8, Status::InvalidParameter),
+        (1, Status::Ok),
+        (64, Status::Ok),
+        (65, Status::InvalidParameter),
+        (255, Status::InvalidParameter),
+    ] {
+        let frame = request(&Request::RandomAeadGenerate {
+            nonce: n,
+            key_handle: k,
+            len,
+        });
+        let answer = emu.handle_frame(&frame);
+        assert_eq!(
+            status(&answer, cmd::RANDOM_AEAD_GENERATE),
+            want,
+            "len {len}"
+        );
+    }
+}
+
+#[test]
+fn locked_emulator_answers_locked_until_unlocked() {
+    let v = vectors();
+    let (frame, _, _) = otp_decode_frame(&v);
+    let mut emu = emulator_from_keys_json(&v, ALL);
+    let mut master = Zeroizing::new([0u8; 32]);
+    master[..5].copy_from_slice(b"hello");
+    emu.lock_with(UnlockSecret::MasterKey(master.clone()));
+    assert!(emu.is_locked());
+    assert_eq!(
+        otp_status(&emu.handle_frame(&frame)),
+        Status::KeyStorageLocked
+    );
+
+    // Echo and system info still work while locked.
+    assert_eq!(
+        emu.handle_frame(&bytes(&v["frames"]["echo_request_hex"])),
+        bytes(&v["frames"]["echo_response_hex"])
+    );
+
+    // Wrong key: mismatch, still locked.
+    let wrong = request(&Request::KeyStoreDecrypt {
+        key: Zeroizing::new([1; 32]),
+    });
+    assert_eq!(
+        emu.handle_frame(&wrong),
+        Response::KeyStoreDecrypt {
+            status: Status::Mismatch
+        }
+        .encode()
+    );
+    // The 0.9.x password command is not the configured secret.
+    let pw = request(&Request::KeyStorageUnlock {
+        password: Zeroizing::new([0; 16]),
+    });
+    assert_eq!(
+        emu.handle_frame(&pw),
+        Response::KeyStorageUnlock {
+            status: Status::Mismatch
+        }
+        .encode()
+    );
+    assert_eq!(
+        otp_status(&emu.handle_frame(&frame)),
+        Status::KeyStorageLocked
+    );
+
+    let right = request(&Request::KeyStoreDecrypt { key: master });
+    assert_eq!(
+        emu.handle_frame(&right),
+        Response::KeyStoreDecrypt { status: Status::Ok }.encode()
+    );
+    assert!(!emu.is_locked());
+    assert_eq!(otp_status(&emu.handle_frame(&frame)), Status::Ok);
+}
+
+#[test]
+fn password_unlock_for_0_9_firmware() {
+    let mut emu = Emulator::new(2);
+    let mut pw = Zeroizing::new([0u8; 16]);
+    pw[..6].copy_from_slice(b"secret");
+    emu.lock_with(UnlockSecret::Password(pw.clone()));
+    let frame = request(&Request::KeyStorageUnlock { password: pw });
+    assert_eq!(
+        emu.handle_frame(&frame),
+        Response::KeyStorageUnlock { status: Status::Ok }.encode()
+    );
+    assert!(!emu.is_locked());
+}
+
+#[test]
+fn admin_otp_unlock_refuses_replay() {
+    let v = vectors();
+    let c = recorded(&v, "R3-otp-decode-828e")[0];
+    let public_id: [u8; 6] = bytes(&c["public_id_hex"]).try_into().expect("6");
+    let secrets = || {
+        YubiKeySecrets::new(
+            bytes(&c["yubikey_aes_key_hex"]).try_into().expect("16"),
+            bytes(&c["uid_hex"]).try_into().expect("6"),
+        )
+    };
+    let otp = |hexv: &Value| Token::from_bytes(bytes(hexv).try_into().expect("16"));
+    let mut emu = Emulator::new(4);
+    emu.lock_with(UnlockSecret::AdminOtp {
+        public_id,
+        secrets: secrets(),
+    });
+    let unlock = |t: Token, id: [u8; 6]| {
+        request(&Request::HsmUnlock {
+            public_id: id,
+            otp: t,
+        })
+    };
+    let st = |s| Response::HsmUnlock { status: s }.encode();
+
+    assert_eq!(
+        emu.handle_frame(&unlock(otp(&c["otp_ciphertext_hex"]), [1; 6])),
+        st(Status::IdNotFound)
+    );
+    let bad = recorded(&v, "R3-otp-decode-0001")[0];
+    assert_eq!(
+        emu.handle_frame(&unlock(otp(&bad["otp_ciphertext_hex"]), public_id)),
+        st(Status::OtpInvalid)
+    );
+    let newer = recorded(&v, "R3-otp-decode-c91e")[0];
+    assert_eq!(
+        emu.handle_frame(&unlock(otp(&newer["otp_ciphertext_hex"]), public_id)),
+        st(Status::Ok)
+    );
+    assert!(!emu.is_locked());
+    // Counter 1 after counter 2: replay.
+    assert_eq!(
+        emu.handle_frame(&unlock(otp(&c["otp_ciphertext_hex"]), public_id)),
+        st(Status::OtpReplay)
+    );
+}
+
+#[test]
+fn unknown_and_malformed_frames_get_no_answer() {
+    let mut emu = Emulator::new(5);
+    // YSM_RANDOM_RESEED: not decoded by the codec.
+    let mut reseed = vec![33, 0x25];
+    reseed.extend([0; 32]);
+    assert!(emu.handle_frame(&reseed).is_empty());
+    // Unknown command code.
+    assert!(emu.handle_frame(&[0x01, 0x55]).is_empty());
+    // Echo whose count disagrees with the frame.
+    assert!(emu.handle_frame(&[0x03, 0x23, 0x05, 0x41]).is_empty());
+}
+
+#[test]
+fn split_and_merged_writes_go_through_link() {
+    let v = vectors();
+    let f = &v["frames"];
+    let echo = bytes(&f["echo_request_hex"]);
+    let echo_answer = bytes(&f["echo_response_hex"]);
+    let mut link = Link::new(emulator_from_keys_json(&v, ALL));
+
+    // One byte at a time.
+    let mut out = Vec::new();
+    for b in &echo {
+        out.extend(link.input(std::slice::from_ref(b)));
+    }
+    assert_eq!(out, echo_answer);
+    assert_eq!(link.pending_len(), 0);
+
+    // Split in two, the second write also carrying a whole second frame.
+    let (a, b) = echo.split_at(3);
+    assert!(link.input(a).is_empty());
+    assert_eq!(link.pending_len(), 3);
+    let mut rest = b.to_vec();
+    rest.extend(bytes(&f["system_info_request_hex"]));
+    let out = link.input(&rest);
+    assert_eq!(out[..echo_answer.len()], echo_answer[..]);
+    let info = &out[echo_answer.len()..];
+    assert_eq!(
+        Response::decode(cmd::SYSTEM_INFO_QUERY, info).expect("system info"),
+        Response::SystemInfo(link.emulator().system_info())
+    );
+
+    // Two frames in one write: buffer load then buffer AEAD generate.
+    let mut two = bytes(&f["buffer_load_s1_request_hex"]);
+    two.extend(bytes(&f["buffer_aead_generate_s1_kh2000_request_hex"]));
+    let mut want = vec![0x02, 0xa0, 22];
+    want.extend(bytes(&f["buffer_aead_generate_s1_kh2000_response_hex"]));
+    assert_eq!(link.input(&two), want);
+
+    // A partial frame forgotten after an idle gap.
+    assert!(link.input(&echo[..4]).is_empty());
+    link.idle();
+    assert_eq!(link.input(&echo), echo_answer);
+
+    // A length byte too large for any frame is skipped.
+    let mut junk = vec![0xff];
+    junk.extend(&echo);
+    assert_eq!(link.input(&junk), echo_answer);
+}
+
+#[test]
+fn config_mode_console_is_recognised_by_the_host_check() {
+    let mut link = Link::new(Emulator::new(6));
+    link.set_config_mode(true);
+    let reply = link.input(ykhsm_core::yubihsm::CONFIG_MODE_PROBE);
+    assert_eq!(reply.len(), 3 * CONFIG_PROMPT.len());
+    assert!(ykhsm_core::yubihsm::is_config_mode(&reply));
+    assert!(link.input(&[0x01, 0x26]).is_empty());
+    link.set_config_mode(false);
+    assert_eq!(link.input(&[0x01, 0x26]).len(), 18);
+}
+
+#[test]
+fn custom_system_info_is_reported() {
+    let mut emu = Emulator::new(0);
+    let info = SystemInfo {
+        major: 0,
+        minor: 9,
+        build: 8,
+        protocol: 1,
+        system_uid: *b"0123456789ab",
+    };
+    emu.set_system_info(info);
+    assert_eq!(
+        emu.handle_frame(&[0x01, 0x26]),
+        Response::SystemInfo(info).encode()
+    );
+}
