@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod link;
+pub mod pty;
 
 pub use link::{CONFIG_PROMPT, Link};
 

@@ -1,17 +1,7 @@
 //! The driver against the in-process emulator on a pseudo-terminal.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::pty::openpty;
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
 use ykhsm_core::aead::{KeyHandleKey, Nonce, YubiKeyAead};
 use ykhsm_core::backend::{Backend, BackendError, Purpose};
@@ -19,6 +9,7 @@ use ykhsm_core::keyhandle::KeyHandle;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::yubihsm::{Status, permission};
+use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_yubihsm::{HsmError, YubiHsm, YubiHsmBackend};
 
@@ -55,78 +46,6 @@ fn emulator() -> Emulator {
     emu
 }
 
-/// The emulator behind a pseudo-terminal, served by a thread.
-struct EmuPty {
-    _slave: OwnedFd,
-    path: PathBuf,
-    mute: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EmuPty {
-    fn start(mut link: Link) -> Self {
-        let pty = openpty(None, None).unwrap();
-        let mut t = tcgetattr(pty.slave.as_fd()).unwrap();
-        cfmakeraw(&mut t);
-        tcsetattr(pty.slave.as_fd(), SetArg::TCSANOW, &t).unwrap();
-        let path = nix::unistd::ttyname(pty.slave.as_fd()).unwrap();
-        let mut master = File::from(pty.master);
-        let mute = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (mute2, stop2) = (Arc::clone(&mute), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !stop2.load(Ordering::SeqCst) {
-                let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::from(50u16)) {
-                    Ok(0) => {
-                        link.idle();
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-                let n = match master.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let out = link.input(&buf[..n]);
-                if !mute2.load(Ordering::SeqCst)
-                    && !out.is_empty()
-                    && master.write_all(&out).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self {
-            _slave: pty.slave,
-            path,
-            mute,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn set_mute(&self, on: bool) {
-        self.mute.store(on, Ordering::SeqCst);
-    }
-}
-
-impl Drop for EmuPty {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
 fn soft_key() -> SoftYubiKey {
     let secrets = YubiKeySecrets::new(
         [
@@ -144,7 +63,7 @@ fn nonce_of(yk: &SoftYubiKey) -> Nonce {
 
 #[test]
 fn startup_system_info_echo_random() {
-    let emu = EmuPty::start(Link::new(emulator()));
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
     let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
     assert_eq!(hsm.info().protocol, 1);
     assert_eq!(hsm.system_info().unwrap(), hsm.info());
@@ -157,7 +76,7 @@ fn startup_system_info_echo_random() {
 fn open_refuses_configuration_mode() {
     let mut link = Link::new(emulator());
     link.set_config_mode(true);
-    let emu = EmuPty::start(link);
+    let emu = EmuPty::start(link).unwrap();
     let err = YubiHsm::open(emu.path(), TIMEOUT).unwrap_err();
     assert!(matches!(err, HsmError::ConfigMode { .. }), "{err}");
     assert!(err.to_string().contains(&emu.path().display().to_string()));
@@ -173,7 +92,7 @@ fn open_missing_device_names_path() {
 
 #[test]
 fn otp_decode_good_bad_and_not_permitted() {
-    let emu = EmuPty::start(Link::new(emulator()));
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
     let backend = YubiHsmBackend::open(emu.path(), TIMEOUT).unwrap();
     let mut yk = soft_key();
     let nonce = nonce_of(&yk);
@@ -263,7 +182,7 @@ fn otp_decode_good_bad_and_not_permitted() {
 
 #[test]
 fn wrap_secrets_matches_soft_seal() {
-    let emu = EmuPty::start(Link::new(emulator()));
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
     let backend = YubiHsmBackend::open(emu.path(), TIMEOUT).unwrap();
     let yk = soft_key();
     let nonce = nonce_of(&yk);
@@ -287,7 +206,7 @@ fn wrap_secrets_matches_soft_seal() {
 
 #[test]
 fn timeout_then_recovery() {
-    let emu = EmuPty::start(Link::new(emulator()));
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
     let backend = YubiHsmBackend::open(emu.path(), TIMEOUT).unwrap();
     emu.set_mute(true);
     let start = Instant::now();
@@ -341,7 +260,7 @@ fn unplug_and_replug_recovers() {
     assert!(!backend.is_connected());
 
     // Plugged in.
-    let first = EmuPty::start(Link::new(emulator()));
+    let first = EmuPty::start(Link::new(emulator())).unwrap();
     std::os::unix::fs::symlink(first.path(), &link_path).unwrap();
     backend.decode_otp(kh, &nonce, &aead, otp.token()).unwrap();
     assert!(backend.is_connected());
@@ -356,7 +275,7 @@ fn unplug_and_replug_recovers() {
     assert!(!backend.is_connected());
 
     // Replugged (new pty behind the same path): recovers by itself.
-    let second = EmuPty::start(Link::new(emulator()));
+    let second = EmuPty::start(Link::new(emulator())).unwrap();
     std::fs::remove_file(&link_path).unwrap();
     std::os::unix::fs::symlink(second.path(), &link_path).unwrap();
     backend.decode_otp(kh, &nonce, &aead, otp.token()).unwrap();

@@ -17,6 +17,7 @@ use ykhsm_core::store::{AeadStore, StoreError};
 use ykhsm_core::{Nonce, YubiKeyAead};
 use ykhsm_proto::status::ALL as ALL_STATUS;
 use ykhsm_proto::{Request, Response, Status};
+use ykhsm_yubihsm::YubiHsmBackend;
 
 use crate::authfile::{Authfile, Lookup};
 use crate::config::{BackendConfig, Config};
@@ -44,17 +45,22 @@ pub enum StartError {
     Backend(String),
 }
 
+/// How long one exchange with the YubiHSM may take (pyhsm's is 1 s).
+const HSM_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Loads the configured backend.
 pub fn load_backend(config: &Config) -> Result<Arc<dyn Backend>, StartError> {
     match &config.backend {
         BackendConfig::Soft { keys_file } => {
             Ok(Arc::new(SoftBackend::new(KeysFile::load(keys_file)?)))
         }
-        BackendConfig::Yubihsm { device } => Err(StartError::Backend(format!(
-            "{}: backend = \"yubihsm\" (device {}) is not supported by this build yet",
-            config.path.display(),
-            device.display()
-        ))),
+        // Opened at the first request, and again after the device went
+        // away: a daemon started before the HSM is plugged in, or one
+        // whose HSM was reset, recovers by itself (answering
+        // BACKEND_ERROR meanwhile).
+        BackendConfig::Yubihsm { device } => {
+            Ok(Arc::new(YubiHsmBackend::new_lazy(device, HSM_TIMEOUT)))
+        }
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Env {
     pub state_dir: PathBuf,
     pub keys_file: PathBuf,
     extra_config: Mutex<String>,
+    /// `backend = "yubihsm"` on this device instead of keys.json.
+    device: Mutex<Option<PathBuf>>,
     logs: Arc<Mutex<Vec<String>>>,
     secrets: Mutex<Vec<String>>,
     syslog: Syslog,
@@ -126,6 +128,7 @@ impl Env {
             state_dir,
             keys_file,
             extra_config: Mutex::new(String::new()),
+            device: Mutex::new(None),
             logs,
             secrets: Mutex::new(vec![KH1_KEY.to_owned()]),
             syslog,
@@ -147,17 +150,28 @@ impl Env {
     }
 
     fn write_config(&self) {
+        let backend = match self.device.lock().unwrap().as_ref() {
+            Some(device) => format!("backend = \"yubihsm\"\ndevice = {device:?}\n"),
+            None => format!("keys_file = {:?}\n", self.keys_file),
+        };
         let text = format!(
-            "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\nkeys_file = {:?}\nsyslog_socket = {:?}\n{}",
+            "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\n{backend}syslog_socket = {:?}\n{}",
             self.socket,
             self.authfile,
             self.aead_dir,
             self.state_dir,
-            self.keys_file,
             self.syslog.path,
             self.extra_config.lock().unwrap()
         );
         fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Uses a YubiHSM (here: the emulator's pseudo-terminal) instead of
+    /// keys.json; key handle 1 must hold [`KH1_KEY`] there, so the same
+    /// AEAD files serve both backends.
+    pub fn use_yubihsm(&self, device: &Path) {
+        *self.device.lock().unwrap() = Some(device.to_path_buf());
+        self.write_config();
     }
 
     /// Replaces the authfile atomically (root-owned, mode 0644).

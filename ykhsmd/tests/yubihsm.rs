@@ -1,0 +1,49 @@
+//! `backend = "yubihsm"`: the real daemon on the YubiHSM 1 emulator's
+//! pseudo-terminal, with the same AEAD files the soft backend reads (key
+//! handle 1 holds the same key in both), giving the same answers.
+
+mod common;
+
+use common::Env;
+use ykhsm_core::aead::KeyHandleKey;
+use ykhsm_core::yubihsm::permission;
+use ykhsm_hsm_emu::pty::EmuPty;
+use ykhsm_hsm_emu::{Emulator, Link};
+use ykhsm_proto::Status;
+
+/// An emulated YubiHSM whose key handle 1 is the test installation's.
+fn hsm() -> EmuPty {
+    let mut emu = Emulator::new(1);
+    emu.add_key(
+        1,
+        KeyHandleKey::new(hex::decode(common::KH1_KEY).unwrap()).unwrap(),
+        permission::AEAD_YUBIKEY_OTP_DECODE
+            | permission::BUFFER_AEAD_GENERATE
+            | permission::BUFFER_LOAD
+            | permission::USER_NONCE,
+    );
+    EmuPty::start(Link::new(emu)).unwrap()
+}
+
+#[test]
+fn soft_and_hsm_backends_answer_alike_for_the_same_aead_files() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let mut other = env.key("cccccccccccb");
+    env.set_authfile("alice:ccccccdbjrgf\nbob:cccccccccccb\n");
+    let device = hsm();
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &otp), Status::Ok);
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+    assert_eq!(
+        d.verify("alice", &env.otp(&mut other)),
+        Status::NotAuthorized
+    );
+    // bob's OTP under alice's public id: the AEAD opens, the OTP does not.
+    let forged = format!("ccccccdbjrgf{}", &env.otp(&mut other)[12..]);
+    assert_eq!(d.verify("alice", &forged), Status::BadOtp);
+    assert_eq!(d.verify("bob", &env.otp(&mut other)), Status::Ok);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
