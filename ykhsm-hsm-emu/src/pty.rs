@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::pty::openpty;
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
@@ -30,6 +31,11 @@ impl EmuPty {
     /// Opens a pseudo-terminal in raw mode and serves `link` on it.
     pub fn start(mut link: Link) -> std::io::Result<Self> {
         let pty = openpty(None, None)?;
+        // Not inherited by processes the test starts (a daemon holding the
+        // master open would never see the device go away).
+        for fd in [pty.master.as_fd(), pty.slave.as_fd()] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        }
         let mut t = tcgetattr(pty.slave.as_fd())?;
         cfmakeraw(&mut t);
         tcsetattr(pty.slave.as_fd(), SetArg::TCSANOW, &t)?;

@@ -47,3 +47,34 @@ fn soft_and_hsm_backends_answer_alike_for_the_same_aead_files() {
     assert_eq!(d.verify("bob", &env.otp(&mut other)), Status::Ok);
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
 }
+
+#[test]
+fn device_gone_is_backend_error_and_it_recovers_when_it_is_back() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    // The daemon's device is a symlink, as a udev rule would make it.
+    let link = env.dir.path().join("yubihsm");
+    let first = hsm();
+    std::os::unix::fs::symlink(first.path(), &link).unwrap();
+    env.use_yubihsm(&link);
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    // Unplugged: every login is refused, nothing is accepted.
+    drop(first);
+    let while_gone = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &while_gone), Status::BackendError);
+    // Plugged in again (a new terminal behind the same name).
+    let second = hsm();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(second.path(), &link).unwrap();
+    common::wait_for(
+        "the daemon to use the device again",
+        std::time::Duration::from_secs(20),
+        || d.verify("alice", &env.otp(&mut key)) == Status::Ok,
+    );
+    // The OTP refused while the device was gone was never accepted, and is
+    // now older than the last accepted one.
+    assert_eq!(d.verify("alice", &while_gone), Status::ReplayedOtp);
+    drop(second);
+}
