@@ -78,3 +78,39 @@ fn device_gone_is_backend_error_and_it_recovers_when_it_is_back() {
     assert_eq!(d.verify("alice", &while_gone), Status::ReplayedOtp);
     drop(second);
 }
+
+/// `import-ykksm` through the HSM: the secrets go to the device (buffer
+/// load + buffer AEAD generate) and only the AEAD comes back; the same
+/// files then verify OTPs.
+#[test]
+fn import_through_the_hsm_writes_aeads_that_verify() {
+    let env = Env::new();
+    let device = hsm();
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    let key: [u8; 16] = common::random();
+    let uid: [u8; 6] = common::random();
+    env.secret(&hex::encode(key));
+    env.secret(&hex::encode(uid));
+    let text = format!(
+        "2198612,ccccccdbjrgf,{},{},000000000000,2009-12-14T16:40:57,\n",
+        hex::encode(uid),
+        hex::encode(key)
+    );
+    let config = ykhsmd::config::Config::load(&env.config_path).unwrap();
+    let report =
+        ykadmin::import::import_ykksm(&config, text.as_bytes(), &config.key_handles, false, false)
+            .unwrap();
+    assert_eq!(report.summary(), "imported 1, skipped 0, failed 0");
+    // Re-running: the HSM wraps the same secret to the same AEAD.
+    let again =
+        ykadmin::import::import_ykksm(&config, text.as_bytes(), &config.key_handles, false, false)
+            .unwrap();
+    assert_eq!(again.summary(), "imported 0, skipped 1, failed 0");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let mut yk = ykhsm_core::softkey::SoftYubiKey::new(
+        ykhsm_core::otp::PublicId::parse("ccccccdbjrgf").unwrap(),
+        ykhsm_core::otp::YubiKeySecrets::new(key, uid),
+    );
+    assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
+}
