@@ -24,6 +24,16 @@ const AUTHINFO_UNAVAIL: &str = "Authentication service cannot retrieve authentic
 const USER_UNKNOWN: &str = "User not known to the underlying authentication module";
 const PROMPT: &str = "YubiKey for `";
 
+/// pam_wrapper makes its working directory as `/tmp/pam.<letter>`, trying
+/// letters in turn; two runs starting at the same moment can both miss and
+/// fall back to the system's PAM. So this file's tests run pamtester one at
+/// a time.
+fn one_pam_wrapper_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The module, as cargo built it for this test binary.
 fn module() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -90,6 +100,8 @@ fn pamtester(
     input: &str,
     extra_env: &[(&str, &str)],
 ) -> Outcome {
+    let _one_at_a_time = one_pam_wrapper_at_a_time();
+    // Timed from here: waiting for another test's pamtester does not count.
     let start = Instant::now();
     let mut cmd = Command::new("pamtester");
     cmd.args(["-v", service, user, "authenticate"])
@@ -408,6 +420,7 @@ fn an_unprivileged_application_asking_for_someone_else_is_denied() {
     )
     .unwrap();
     let as_nobody = |user: &str, input: &str| {
+        let _one_at_a_time = one_pam_wrapper_at_a_time();
         let mut child = Command::new("setpriv")
             .args([
                 "--reuid=65534",
@@ -490,6 +503,7 @@ impl SyslogCapture {
             "mount --bind {} /dev/log && exec pamtester -v yk {user} authenticate",
             self.socket.display()
         );
+        let _one_at_a_time = one_pam_wrapper_at_a_time();
         let mut child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .env("PAM_WRAPPER", "1")
