@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+
 use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
@@ -30,12 +31,26 @@ pub struct DigestError {
 
 /// The store's files: relative path → bytes.
 pub fn files(root: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DigestError> {
-    let mut out = BTreeMap::new();
+    relative_paths(root)?
+        .into_iter()
+        .map(|rel| {
+            let path = root.join(std::ffi::OsStr::from_bytes(&rel));
+            let bytes = fs::read(&path).map_err(|source| DigestError { path, source })?;
+            Ok((rel, bytes))
+        })
+        .collect()
+}
+
+/// The relative paths of the store's regular files (names starting with
+/// `.` and symlinks left out), sorted.
+pub fn relative_paths(root: &Path) -> Result<Vec<Vec<u8>>, DigestError> {
+    let mut out = Vec::new();
     walk(root, Path::new(""), &mut out)?;
+    out.sort();
     Ok(out)
 }
 
-fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), DigestError> {
+fn walk(root: &Path, rel: &Path, out: &mut Vec<Vec<u8>>) -> Result<(), DigestError> {
     let dir = root.join(rel);
     let err = |path: &Path| {
         let path = path.to_path_buf();
@@ -53,8 +68,7 @@ fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result
         if kind.is_dir() {
             walk(root, &rel_path, out)?;
         } else if kind.is_file() {
-            let bytes = fs::read(&path).map_err(err(&path))?;
-            out.insert(rel_path.as_os_str().as_bytes().to_vec(), bytes);
+            out.push(rel_path.as_os_str().as_bytes().to_vec());
         }
     }
     Ok(())

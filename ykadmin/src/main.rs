@@ -692,10 +692,11 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
             );
             continue;
         }
-        let files = digest::files(&dir).map_err(|e| trouble(e.to_string()))?;
+        // Names only: the store's lookup reads each file once.
+        let files = digest::relative_paths(&dir).map_err(|e| trouble(e.to_string()))?;
         let store = AeadStore::new(&config.aead_dir, vec![kh.clone()]);
         let mut bad = Vec::new();
-        for rel in files.keys() {
+        for rel in &files {
             let rel = String::from_utf8_lossy(rel).into_owned();
             let path = dir.join(&rel);
             let name = rel.rsplit('/').next().unwrap_or(&rel);
@@ -822,18 +823,10 @@ fn shown(file: Option<&Path>) -> String {
     file.map_or_else(|| "standard input".to_owned(), |p| p.display().to_string())
 }
 
+/// FILE (or standard input for none or `-`) as text.
 fn read_in(file: Option<&Path>) -> Result<String, Failure> {
-    match file {
-        None => {
-            let mut s = String::new();
-            io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| trouble(format!("standard input: {e}")))?;
-            Ok(s)
-        }
-        Some(p) if p == Path::new("-") => read_in(None),
-        Some(p) => fs::read_to_string(p).map_err(|e| trouble(format!("{}: {e}", p.display()))),
-    }
+    String::from_utf8(read_bytes(file)?)
+        .map_err(|_| trouble(format!("{}: not UTF-8 text", shown(file))))
 }
 
 fn write_out(file: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {

@@ -100,21 +100,27 @@ fn pamtester(
     input: &str,
     extra_env: &[(&str, &str)],
 ) -> Outcome {
+    let mut cmd = Command::new("pamtester");
+    cmd.args(["-v", service, user, "authenticate"]);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    under_pam_wrapper(cmd, services, input)
+}
+
+/// Runs `cmd` (pamtester, or something that execs it) with the PAM stacks
+/// of `services` and `input` on stdin; what it said.
+fn under_pam_wrapper(mut cmd: Command, services: &Services, input: &str) -> Outcome {
     let _one_at_a_time = one_pam_wrapper_at_a_time();
     // Timed from here: waiting for another test's pamtester does not count.
     let start = Instant::now();
-    let mut cmd = Command::new("pamtester");
-    cmd.args(["-v", service, user, "authenticate"])
+    let mut child = cmd
         .env("PAM_WRAPPER", "1")
         .env("PAM_WRAPPER_SERVICE_DIR", &services.dir)
         .env("LD_PRELOAD", PAM_WRAPPER)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+        .stderr(Stdio::piped())
         .spawn()
         .expect("pamtester (apt-get install pamtester libpam-wrapper)");
     let mut stdin = child.stdin.take().unwrap();
@@ -420,37 +426,10 @@ fn an_unprivileged_application_asking_for_someone_else_is_denied() {
     )
     .unwrap();
     let as_nobody = |user: &str, input: &str| {
-        let _one_at_a_time = one_pam_wrapper_at_a_time();
-        let mut child = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "pamtester",
-                "-v",
-                "yk",
-                user,
-                "authenticate",
-            ])
-            .env("PAM_WRAPPER", "1")
-            .env("PAM_WRAPPER_SERVICE_DIR", &s.dir)
-            .env("LD_PRELOAD", PAM_WRAPPER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-        let out = child.wait_with_output().unwrap();
-        Outcome {
-            ok: out.status.success(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            took: Duration::ZERO,
-        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["pamtester", "-v", "yk", user, "authenticate"]);
+        under_pam_wrapper(cmd, &s, input)
     };
     let r = as_nobody("alice", &line(&env.otp(&mut key)));
     assert!(!r.ok && r.says(AUTH_ERR) && !r.prompted(), "{r:?}");
@@ -498,33 +477,13 @@ impl SyslogCapture {
         if self.own_dev_log {
             return pamtester(services, "yk", user, input, &[]);
         }
-        let start = Instant::now();
         let script = format!(
             "mount --bind {} /dev/log && exec pamtester -v yk {user} authenticate",
             self.socket.display()
         );
-        let _one_at_a_time = one_pam_wrapper_at_a_time();
-        let mut child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .env("PAM_WRAPPER", "1")
-            .env("PAM_WRAPPER_SERVICE_DIR", &services.dir)
-            .env("LD_PRELOAD", PAM_WRAPPER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-        let out = child.wait_with_output().unwrap();
-        Outcome {
-            ok: out.status.success(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            took: start.elapsed(),
-        }
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        under_pam_wrapper(cmd, services, input)
     }
 
     fn lines(&self) -> Vec<String> {

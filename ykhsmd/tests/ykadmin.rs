@@ -302,20 +302,9 @@ fn aeads_digest_is_equal_for_equal_stores_and_per_key_names_each_key() {
 fn import_ykksm_from_the_command_line_imports_skips_and_names_bad_lines() {
     let env = Env::new();
     let d = env.start();
-    let key: [u8; 16] = common::random();
-    let uid: [u8; 6] = common::random();
-    env.secret(&hex::encode(key));
-    env.secret(&hex::encode(uid));
+    let (line, mut yk) = env.ykksm_key("ccccccdbjrgf");
     let export = env.dir.path().join("keys.txt");
-    fs::write(
-        &export,
-        format!(
-            "# ykksm 1\n2198612,ccccccdbjrgf,{},{},000000000000,2009-12-14T16:40:57,\nthis is no key line\n",
-            hex::encode(uid),
-            hex::encode(key)
-        ),
-    )
-    .unwrap();
+    fs::write(&export, format!("# ykksm 1\n{line}\nthis is no key line\n")).unwrap();
     let o = ykadmin(&env, &["import-ykksm", export.to_str().unwrap()]);
     assert_eq!(o.code, 1, "a bad line: exit 1\n{}{}", o.stdout, o.stderr);
     assert_eq!(o.stdout, "imported 1, skipped 0, failed 1\n");
@@ -333,10 +322,6 @@ fn import_ykksm_from_the_command_line_imports_skips_and_names_bad_lines() {
     assert_eq!(v["failures"][0]["line"], 3);
     // The imported key logs in.
     env.set_authfile("alice:ccccccdbjrgf\n");
-    let mut yk = ykhsm_core::softkey::SoftYubiKey::new(
-        ykhsm_core::otp::PublicId::parse("ccccccdbjrgf").unwrap(),
-        ykhsm_core::otp::YubiKeySecrets::new(key, uid),
-    );
     assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
 }
 

@@ -88,15 +88,8 @@ fn import_through_the_hsm_writes_aeads_that_verify() {
     let device = hsm();
     env.use_yubihsm(device.path());
     let d = env.start();
-    let key: [u8; 16] = common::random();
-    let uid: [u8; 6] = common::random();
-    env.secret(&hex::encode(key));
-    env.secret(&hex::encode(uid));
-    let text = format!(
-        "2198612,ccccccdbjrgf,{},{},000000000000,2009-12-14T16:40:57,\n",
-        hex::encode(uid),
-        hex::encode(key)
-    );
+    let (line, mut yk) = env.ykksm_key("ccccccdbjrgf");
+    let text = format!("{line}\n");
     let config = ykhsmd::config::Config::load(&env.config_path).unwrap();
     let report =
         ykadmin::import::import_ykksm(&config, text.as_bytes(), &config.key_handles, false, false)
@@ -108,9 +101,5 @@ fn import_through_the_hsm_writes_aeads_that_verify() {
             .unwrap();
     assert_eq!(again.summary(), "imported 0, skipped 1, failed 0");
     env.set_authfile("alice:ccccccdbjrgf\n");
-    let mut yk = ykhsm_core::softkey::SoftYubiKey::new(
-        ykhsm_core::otp::PublicId::parse("ccccccdbjrgf").unwrap(),
-        ykhsm_core::otp::YubiKeySecrets::new(key, uid),
-    );
     assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
 }

@@ -222,6 +222,26 @@ impl Env {
         SoftYubiKey::new(id, secrets)
     }
 
+    /// A new software YubiKey that is *not* in the store, and the line
+    /// `ykksm-export` prints for it (serial 2198612); its secrets are
+    /// remembered.
+    pub fn ykksm_key(&self, public_id: &str) -> (String, SoftYubiKey) {
+        let key: [u8; 16] = random();
+        let uid: [u8; 6] = random();
+        self.secret(&hex::encode(key));
+        self.secret(&hex::encode(uid));
+        let line = format!(
+            "2198612,{public_id},{},{},000000000000,2009-12-14T16:40:57,",
+            hex::encode(uid),
+            hex::encode(key)
+        );
+        let yk = SoftYubiKey::new(
+            PublicId::parse(public_id).unwrap(),
+            YubiKeySecrets::new(key, uid),
+        );
+        (line, yk)
+    }
+
     /// The key's next OTP as typed, remembered as a secret (whole and its
     /// token part).
     pub fn otp(&self, key: &mut SoftYubiKey) -> String {
