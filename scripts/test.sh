@@ -20,3 +20,6 @@ echo "== fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the daemon, PAM and sshd suites again, on the YubiHSM 1 emulator (same tests, same AEAD files)"
+YKHSM_TEST_BACKEND=yubihsm cargo test -p ykhsmd --locked \
+    --test daemon --test exactly_once --test peers --test pam --test sshd

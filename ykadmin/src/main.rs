@@ -138,6 +138,27 @@ enum Command {
     /// The AEAD store.
     #[command(subcommand)]
     Aeads(AeadsCommand),
+    /// The YubiHSM (backend = "yubihsm").
+    #[command(subcommand)]
+    Hsm(HsmCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum HsmCommand {
+    /// Unlocks the YubiHSM's key store: prompts (without echo) for the
+    /// master key in hex (64 digits on firmware 1.0+, 32 on 0.9.x) and then
+    /// for an OTP of the HSM's admin YubiKey; an empty answer skips either.
+    /// Both go to the running daemon, which hands them to the device and
+    /// keeps neither. Without a terminal, reads the same two lines from
+    /// standard input. Needed after every power cycle of a locked HSM.
+    Unlock {
+        /// Only the admin OTP (no master key prompt).
+        #[arg(long, conflicts_with = "no_otp")]
+        otp_only: bool,
+        /// Only the master key (no OTP prompt).
+        #[arg(long)]
+        no_otp: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -364,6 +385,9 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             import_ykval(cli, file.as_deref())
         }
         Command::Aeads(AeadsCommand::Check) => aeads_check(cli),
+        Command::Hsm(HsmCommand::Unlock { otp_only, no_otp }) => {
+            hsm_unlock(cli, !*otp_only, !*no_otp)
+        }
         Command::Aeads(AeadsCommand::Digest { per_key }) => {
             let config = load_config(&cli.config)?;
             let files = digest::files(&config.aead_dir).map_err(|e| trouble(e.to_string()))?;
@@ -662,6 +686,59 @@ fn import_ykksm(
     }
     println!("{}", report.summary());
     Ok(u8::from(!report.is_success()))
+}
+
+/// `hsm unlock`: the secrets from the terminal (no echo) or standard input,
+/// to the daemon. Nothing is printed that was typed.
+fn hsm_unlock(cli: &Cli, want_key: bool, want_otp: bool) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let interactive = io::stdin().is_terminal();
+    let mut lines = io::stdin().lock();
+    let mut answer = |prompt: &str| -> Result<Zeroizing<String>, Failure> {
+        let text = if interactive {
+            rpassword::prompt_password(prompt)
+                .map(Zeroizing::new)
+                .map_err(|e| trouble(format!("the terminal: {e}")))?
+        } else {
+            let mut line = Zeroizing::new(String::new());
+            io::BufRead::read_line(&mut lines, &mut line)
+                .map_err(|e| trouble(format!("standard input: {e}")))?;
+            line
+        };
+        Ok(Zeroizing::new(text.trim().to_owned()))
+    };
+    let master_key = if want_key {
+        let typed = answer("YubiHSM master key (hex; empty to skip): ")?;
+        let digits: Zeroizing<String> =
+            Zeroizing::new(typed.chars().filter(|c| !c.is_whitespace()).collect());
+        Zeroizing::new(hex::decode(digits.as_bytes()).map_err(|_| {
+            fail(
+                1,
+                "the master key must be hex digits (64 for firmware 1.0+, 32 for 0.9.x)",
+            )
+        })?)
+    } else {
+        Zeroizing::new(Vec::new())
+    };
+    let otp = if want_otp {
+        answer("OTP of the HSM's admin YubiKey (touch it; empty to skip): ")?
+    } else {
+        Zeroizing::new(String::new())
+    };
+    if master_key.is_empty() && otp.is_empty() {
+        return Err(fail(1, "nothing given: no master key and no admin OTP"));
+    }
+    match ask(&config, &Request::HsmUnlock { master_key, otp })? {
+        Response::Verdict { status: Status::Ok } => {
+            if cli.json {
+                println!("{{\"unlocked\":true}}");
+            } else {
+                println!("unlocked");
+            }
+            Ok(0)
+        }
+        other => Err(unexpected(&other)),
+    }
 }
 
 fn read_bytes(file: Option<&Path>) -> Result<Vec<u8>, Failure> {

@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::aead::{AeadError, Nonce, YubiKeyAead};
 use crate::keyhandle::KeyHandle;
 use crate::keys_file::KeysFile;
-use crate::otp::{OtpCounters, Token, YubiKeySecrets};
+use crate::otp::{Otp, OtpCounters, Token, YubiKeySecrets};
 
 /// What a key handle is to be used for (a YubiHSM key handle carries a
 /// permission flag per command).
@@ -22,6 +22,15 @@ pub enum Purpose {
     OtpDecode,
     /// Making AEADs from YubiKey secrets (`YSM_(BUFFER_)AEAD_GENERATE`).
     AeadGenerate,
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::OtpDecode => "OTP decode (YSM_AEAD_YUBIKEY_OTP_DECODE)",
+            Self::AeadGenerate => "AEAD generate (YSM_BUFFER_AEAD_GENERATE)",
+        })
+    }
 }
 
 /// Why a backend refused or failed.
@@ -44,7 +53,7 @@ pub enum BackendError {
         key_handle: KeyHandle,
     },
     /// The key handle lacks the permission for this command (0x89).
-    #[error("key handle {key_handle} may not be used for {purpose:?}")]
+    #[error("key handle {key_handle} lacks the permission for {purpose} (YSM_FUNCTION_DISABLED)")]
     NotPermitted {
         /// The key handle.
         key_handle: KeyHandle,
@@ -54,6 +63,15 @@ pub enum BackendError {
     /// The backend cannot make AEADs from these inputs.
     #[error("cannot make the AEAD: {0}")]
     Aead(AeadError),
+    /// The key store is locked (`YSM_KEY_STORAGE_LOCKED`, 0x8a): nothing
+    /// that uses a key handle works until it is unlocked.
+    #[error(
+        "{0}: the key store is locked (YSM_KEY_STORAGE_LOCKED); unlock it with `ykadmin hsm unlock`"
+    )]
+    Locked(String),
+    /// An unlock secret was refused (wrong key, replayed or wrong OTP).
+    #[error("unlock refused: {0}")]
+    UnlockRefused(String),
     /// Anything else the backend reports (device gone, locked, timeout…).
     #[error("backend failure: {0}")]
     Failure(String),
@@ -69,7 +87,30 @@ impl BackendError {
             Self::UnknownKeyHandle { .. }
             | Self::NotPermitted { .. }
             | Self::Aead(_)
+            | Self::Locked(_)
+            | Self::UnlockRefused(_)
             | Self::Failure(_) => false,
+        }
+    }
+}
+
+/// A secret that unlocks a locked YubiHSM (yubihsm1.md §2): the key
+/// store's master key (`YSM_KEY_STORE_DECRYPT` on firmware 1.0+, the
+/// password of `YSM_KEY_STORAGE_UNLOCK` on 0.9.x), or an OTP of the admin
+/// YubiKey stored in the device (`YSM_HSM_UNLOCK`). Never stored; wiped on
+/// drop.
+pub enum Unlock {
+    /// The master key (1.0+: up to 32 bytes) or password (0.9.x: up to 16).
+    MasterKey(zeroize::Zeroizing<Vec<u8>>),
+    /// An OTP of the admin YubiKey.
+    AdminOtp(Otp),
+}
+
+impl std::fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MasterKey(_) => f.write_str("MasterKey(<redacted>)"),
+            Self::AdminOtp(_) => f.write_str("AdminOtp(<redacted>)"),
         }
     }
 }
@@ -97,6 +138,29 @@ pub trait Backend: Send + Sync {
     /// Whether `key_handle` exists and may be used for `purpose`.
     fn check_key_handle(&self, key_handle: KeyHandle, purpose: Purpose)
     -> Result<(), BackendError>;
+
+    /// Whether each request waits on a device (a YubiHSM answers one
+    /// request at a time, in milliseconds): the daemon then queues the
+    /// device's work on a thread of its own, so that nothing which needs no
+    /// device waits behind it.
+    fn is_device(&self) -> bool {
+        false
+    }
+
+    /// The device's state for `status` and `--check` (`None`: not a
+    /// device). Opens the device if needed.
+    fn health(&self) -> Option<Result<String, BackendError>> {
+        None
+    }
+
+    /// Unlocks the key store with `secret`. A backend with nothing to
+    /// unlock says so.
+    fn unlock(&self, secret: &Unlock) -> Result<(), BackendError> {
+        let _ = secret;
+        Err(BackendError::Failure(
+            "this backend has no key store to unlock (only backend = \"yubihsm\" has)".into(),
+        ))
+    }
 }
 
 /// The soft HSM: key-handle keys from pyhsm's keys.json, in memory.

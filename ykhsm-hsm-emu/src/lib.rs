@@ -1,7 +1,9 @@
 //! The core of a YubiHSM 1 emulator, for tests: the device's answer to each
 //! request frame ([`Emulator::handle_frame`]) and the stream-level part of the
 //! serial link ([`Link`]: split and merged writes, resync zeros,
-//! configuration mode). No I/O: a later binary puts this on a pseudo-terminal.
+//! configuration mode). The core does no I/O: [`pty::EmuPty`] serves it on a
+//! pseudo-terminal from a thread (and carries out [`Misbehave`]), and the
+//! `ykhsm-hsm-emu` binary runs one for manual tests and benchmarks.
 //!
 //! The protocol is the one in `yubihsm1.md` §1–§3, and every frame is decoded
 //! and encoded with [`ykhsm_core::yubihsm`], so the emulator and the host-side
@@ -45,7 +47,7 @@ use ykhsm_core::yubihsm::{
     hmac_flags, permission,
 };
 use ykhsm_core::{KeyHandle, KeyHandleKey, Nonce, Token, YubiKeySecrets};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Longest HMAC input collected across packets before `FINAL`; more answers
 /// `YSM_INVALID_PARAMETER` (an emulator limit, not the device's).
@@ -53,21 +55,42 @@ pub const HMAC_MAX_TOTAL: usize = 4096;
 
 /// How the emulator misbehaves on purpose, to test the host's error paths.
 ///
-/// Only [`Misbehave::None`] exists so far. Planned variants (for the pty
-/// binary, which owns the timing and the file descriptor):
-/// - `Garbage`: answer with random bytes, or a frame with the wrong command
-///   byte, so the host must resync;
-/// - `Slow(Duration)`: wait this long before each answer (host timeouts);
-/// - `Close`: hang up the pseudo-terminal instead of answering (device
-///   unplugged);
-/// - `ResetMidCommand`: send half an answer, then forget the command and
-///   start over, as a device reset by the USB bus would.
+/// The core ([`Emulator::handle_frame`], [`Link::input`]) always answers
+/// correctly; the pseudo-terminal server ([`pty::EmuPty`]), which owns the
+/// timing and the file descriptor, carries the setting out on each answer
+/// (the bytes the device sends back for one request frame; a frame that gets
+/// no answer is not affected). A test switches it at run time with
+/// [`pty::EmuPty::set_misbehave`]; [`Emulator::set_misbehave`] sets the value
+/// an `EmuPty` starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Misbehave {
     /// Behave as the device does.
     #[default]
     None,
+    /// Instead of each answer, send as many bytes of junk: the answer's
+    /// length byte (so it looks plausible), then bytes from a fixed pattern
+    /// whose first one (the command byte) never has the response bit `0x80`,
+    /// so the host sees a wrong-command frame error and must resync. The
+    /// command itself was carried out.
+    Garbage,
+    /// Send each answer only after this delay (counted from when the request
+    /// was complete). With a delay above the host's timeout the host times
+    /// out and the late answer arrives while the host may already be
+    /// resyncing or sending its next request. Meanwhile the emulator reads
+    /// nothing (one command at a time, as the device).
+    Slow(std::time::Duration),
+    /// Hang up the pseudo-terminal instead of answering (the device was
+    /// unplugged): the terminal is closed, the host's reads see a hang-up
+    /// and its writes fail. The `EmuPty` stays gone whatever the setting
+    /// becomes afterwards; a test "replugs" by starting a new one.
+    Close,
+    /// Send the first half of the answer (rounded down), then forget the
+    /// rest of it, the rest of the input already received (further frames,
+    /// a partial frame) and the command state ([`Emulator::bus_reset`]), as
+    /// a device reset by the USB bus would. The host times out (or, with a
+    /// 2-byte half, gets a truncated frame and times out) and must resync.
+    ResetMidCommand,
 }
 
 /// The secret that unlocks a locked emulator ([`Emulator::lock_with`]).
@@ -238,15 +261,31 @@ impl Emulator {
         self.locked
     }
 
-    /// The misbehaviour setting.
+    /// The misbehaviour setting ([`pty::EmuPty::start`] starts with it).
     pub fn misbehave(&self) -> Misbehave {
         self.misbehave
     }
 
-    /// Sets the misbehaviour (carried out by the pty binary; the core always
-    /// answers correctly).
+    /// Sets the misbehaviour an [`pty::EmuPty`] starts with (carried out by
+    /// the pty server; the core always answers correctly). To change it on a
+    /// running one, use [`pty::EmuPty::set_misbehave`].
     pub fn set_misbehave(&mut self, m: Misbehave) {
         self.misbehave = m;
+    }
+
+    /// Forgets what a reset by the USB bus loses: the data buffer and the
+    /// HMAC input collected across packets. Key handles, the lock state and
+    /// the nonce counter are kept (an emulator choice: the spec does not say
+    /// what a bus reset of the device keeps).
+    pub fn bus_reset(&mut self) {
+        self.buffer.zeroize();
+        self.buffer_len = 0;
+        self.hmac_data.zeroize();
+    }
+
+    /// Bytes held in the data buffer (`YSM_BUFFER_LOAD`).
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
     }
 
     /// Answers one whole request frame (`bcnt, cmd, payload`) with the bytes

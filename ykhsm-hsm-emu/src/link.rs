@@ -77,11 +77,30 @@ impl Link {
     /// none).
     pub fn input(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
+        self.input_with(bytes, |answer| {
+            out.extend_from_slice(&answer);
+            true
+        });
+        out
+    }
+
+    /// As [`Link::input`], but hands each answer to `each` as soon as it is
+    /// made: the bytes of one answered frame, or in configuration mode the
+    /// prompts for the whole of `bytes`. Frames that get no answer are not
+    /// passed on. When `each` returns `false` the link stops there and drops
+    /// the rest of `bytes` and any partial frame, as a device reset in the
+    /// middle of a command would (the pty server's
+    /// [`Misbehave::ResetMidCommand`](crate::Misbehave::ResetMidCommand)).
+    pub fn input_with(&mut self, bytes: &[u8], mut each: impl FnMut(Vec<u8>) -> bool) {
         if self.config_mode {
+            let mut out = Vec::new();
             for _ in bytes.iter().filter(|&&b| b == b'\r') {
                 out.extend_from_slice(CONFIG_PROMPT);
             }
-            return out;
+            if !out.is_empty() {
+                each(out);
+            }
+            return;
         }
         // Copy into a fresh buffer so no stale copy of secrets is left by a
         // reallocation.
@@ -100,8 +119,12 @@ impl Link {
             match yubihsm::check_frame(rest) {
                 Ok(n) => {
                     let frame = rest.get(..n).unwrap_or_default();
-                    out.extend_from_slice(&self.emulator.handle_frame(frame));
+                    let answer = self.emulator.handle_frame(frame);
                     start += n;
+                    if !answer.is_empty() && !each(answer) {
+                        self.pending = Zeroizing::new(Vec::with_capacity(2 * MAX_FRAME_LEN));
+                        return;
+                    }
                 }
                 Err(e) if e.is_incomplete() => break,
                 // Not a frame start: drop one byte and look again.
@@ -111,6 +134,5 @@ impl Link {
         let mut rest = Zeroizing::new(Vec::with_capacity(2 * MAX_FRAME_LEN));
         rest.extend_from_slice(buf.get(start..).unwrap_or_default());
         self.pending = rest;
-        out
     }
 }

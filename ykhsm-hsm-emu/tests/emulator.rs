@@ -6,13 +6,17 @@
 //! frame to send to a device.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use serde_json::Value;
 use ykhsm_core::yubihsm::{
     AeadAnswer, OtpDecodeAnswer, Request, Response, Status, SystemInfo, cmd, hmac_flags, permission,
 };
 use ykhsm_core::{KeyHandle, KeyHandleKey, Nonce, OtpCounters, Token, YubiKeyAead, YubiKeySecrets};
-use ykhsm_hsm_emu::{CONFIG_PROMPT, Emulator, Link, UnlockSecret};
+use ykhsm_hsm_emu::pty::EmuPty;
+use ykhsm_hsm_emu::{CONFIG_PROMPT, Emulator, Link, Misbehave, UnlockSecret};
 use zeroize::Zeroizing;
 
 const ALL: u32 = permission::AEAD_GENERATE
@@ -618,4 +622,304 @@ fn custom_system_info_is_reported() {
         emu.handle_frame(&[0x01, 0x26]),
         Response::SystemInfo(info).encode()
     );
+}
+
+// ---- Link::input_with, bus reset, and the pty's misbehaviour ---------------
+
+fn echo(data: &[u8]) -> Vec<u8> {
+    request(&Request::Echo {
+        data: data.to_vec(),
+    })
+}
+
+fn echo_answer(data: &[u8]) -> Vec<u8> {
+    Response::Echo {
+        data: data.to_vec(),
+    }
+    .encode()
+}
+
+#[test]
+fn input_with_hands_out_each_answer_and_stops_on_false() {
+    let mut link = Link::new(Emulator::new(1));
+    let mut both = echo(b"one");
+    both.extend_from_slice(&[0; 5]);
+    both.extend_from_slice(&echo(b"two"));
+    let mut seen = Vec::new();
+    link.input_with(&both, |a| {
+        seen.push(a);
+        true
+    });
+    assert_eq!(seen, [echo_answer(b"one"), echo_answer(b"two")]);
+
+    // Stop after the first: the second frame and a partial third are dropped.
+    let mut three = both.clone();
+    three.extend_from_slice(&echo(b"three")[..3]);
+    let mut seen = Vec::new();
+    link.input_with(&three, |a| {
+        seen.push(a);
+        false
+    });
+    assert_eq!(seen, [echo_answer(b"one")]);
+    assert_eq!(link.pending_len(), 0);
+    assert_eq!(link.input(&echo(b"four")), echo_answer(b"four"));
+
+    // Configuration mode: the prompts of one chunk in one answer.
+    link.set_config_mode(true);
+    let mut seen = Vec::new();
+    link.input_with(b"\r\r", |a| {
+        seen.push(a);
+        true
+    });
+    assert_eq!(seen, [[CONFIG_PROMPT, CONFIG_PROMPT].concat()]);
+}
+
+#[test]
+fn bus_reset_forgets_the_buffer_and_hmac_input_but_not_keys_or_lock() {
+    let mut emu = Emulator::new(1);
+    emu.add_key(1, KeyHandleKey::new(vec![7; 16]).unwrap(), ALL);
+    emu.handle_frame(&request(&Request::BufferLoad {
+        offset: 0,
+        data: secret(&[1; 22]),
+    }));
+    assert_eq!(emu.buffer_len(), 22);
+    emu.bus_reset();
+    assert_eq!(emu.buffer_len(), 0);
+    let answer = emu.handle_frame(&request(&Request::BufferAeadGenerate {
+        nonce: Nonce([1; 6]),
+        key_handle: KeyHandle(1),
+    }));
+    let Ok(Response::BufferAeadGenerate(a)) = Response::decode(cmd::BUFFER_AEAD_GENERATE, &answer)
+    else {
+        panic!("{answer:02x?}");
+    };
+    assert_eq!(a.status, Status::Ok);
+    assert_eq!(
+        a.aead.len(),
+        8,
+        "an AEAD of the empty buffer: the MAC alone"
+    );
+    assert!(!emu.is_locked());
+}
+
+/// The host side of an [`EmuPty`], raw: writes bytes, reads with a deadline.
+struct RawPort(std::fs::File);
+
+impl RawPort {
+    fn open(pty: &EmuPty) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
+            .open(pty.path())
+            .unwrap();
+        Self(f)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.0.write_all(bytes).unwrap();
+    }
+
+    /// Reads until `n` bytes came, the line hung up, or `within` passed.
+    fn read(&mut self, n: usize, within: Duration) -> Read {
+        use std::io::Read as _;
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Read::TimedOut(got);
+            }
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(ms)).unwrap() == 0 {
+                continue;
+            }
+            let revents = fds[0].revents().unwrap();
+            if !revents.contains(PollFlags::POLLIN) {
+                return Read::HungUp(got);
+            }
+            let mut buf = vec![0u8; n - got.len()];
+            match self.0.read(&mut buf) {
+                Ok(0) | Err(_) => return Read::HungUp(got),
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+        Read::Got(got)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Got(Vec<u8>),
+    TimedOut(Vec<u8>),
+    HungUp(Vec<u8>),
+}
+
+const QUICK: Duration = Duration::from_millis(150);
+const LONG: Duration = Duration::from_secs(5);
+
+#[test]
+fn pty_answers_and_garbage_mode_garbles_each_answer() {
+    let pty = EmuPty::start(Link::new(Emulator::new(1))).unwrap();
+    let mut port = RawPort::open(&pty);
+    let want = echo_answer(b"hello");
+    port.write(&echo(b"hello"));
+    assert_eq!(port.read(want.len(), LONG), Read::Got(want.clone()));
+
+    pty.set_misbehave(Misbehave::Garbage);
+    assert_eq!(pty.misbehave(), Misbehave::Garbage);
+    for _ in 0..2 {
+        port.write(&echo(b"hello"));
+        let Read::Got(junk) = port.read(want.len(), LONG) else {
+            panic!("no garbage");
+        };
+        assert_eq!(junk[0], want[0], "a plausible length byte");
+        assert_eq!(junk[1] & 0x80, 0, "never a response command");
+        assert_ne!(junk, want);
+        // Nothing more than the answer's length.
+        assert_eq!(port.read(1, QUICK), Read::TimedOut(Vec::new()));
+    }
+    assert_eq!(pty.misbehaved(), 2);
+    pty.set_misbehave(Misbehave::None);
+    port.write(&echo(b"hello"));
+    assert_eq!(port.read(want.len(), LONG), Read::Got(want));
+}
+
+#[test]
+fn pty_once_misbehaves_on_the_next_answer_only() {
+    let pty = EmuPty::start(Link::new(Emulator::new(1))).unwrap();
+    let mut port = RawPort::open(&pty);
+    let want = echo_answer(b"x");
+    pty.set_misbehave_once(Misbehave::Garbage);
+    port.write(&echo(b"x"));
+    let Read::Got(junk) = port.read(want.len(), LONG) else {
+        panic!("no answer");
+    };
+    assert_ne!(junk, want);
+    assert_eq!(pty.misbehave(), Misbehave::None);
+    port.write(&echo(b"x"));
+    assert_eq!(port.read(want.len(), LONG), Read::Got(want));
+    assert_eq!(pty.misbehaved(), 1);
+}
+
+#[test]
+fn pty_slow_sends_the_answer_after_the_delay() {
+    let delay = Duration::from_millis(200);
+    let mut emu = Emulator::new(1);
+    // The setting an EmuPty starts with.
+    emu.set_misbehave(Misbehave::Slow(delay));
+    let pty = EmuPty::start(Link::new(emu)).unwrap();
+    assert_eq!(pty.misbehave(), Misbehave::Slow(delay));
+    let mut port = RawPort::open(&pty);
+    let want = echo_answer(b"late");
+    let start = Instant::now();
+    port.write(&echo(b"late"));
+    assert!(pty.wait_misbehaved(1, LONG));
+    assert!(start.elapsed() >= delay, "{:?}", start.elapsed());
+    assert_eq!(port.read(want.len(), LONG), Read::Got(want.clone()));
+    // Two requests in one write: each answer is delayed from when the
+    // emulator got to its request, so they come in order, one delay apart.
+    let other = echo_answer(b"next");
+    let start = Instant::now();
+    port.write(&[echo(b"late"), echo(b"next")].concat());
+    let all = [want, other].concat();
+    assert_eq!(port.read(all.len(), LONG), Read::Got(all));
+    assert!(start.elapsed() >= 2 * delay, "{:?}", start.elapsed());
+    assert_eq!(pty.misbehaved(), 3);
+    pty.set_misbehave(Misbehave::None);
+    let start = Instant::now();
+    port.write(&echo(b"prompt"));
+    let want = echo_answer(b"prompt");
+    assert_eq!(port.read(want.len(), LONG), Read::Got(want));
+    assert!(start.elapsed() < delay, "{:?}", start.elapsed());
+}
+
+#[test]
+fn pty_reset_mid_command_sends_half_and_forgets_the_rest() {
+    let mut emu = Emulator::new(1);
+    emu.add_key(1, KeyHandleKey::new(vec![7; 16]).unwrap(), ALL);
+    let pty = EmuPty::start(Link::new(emu)).unwrap();
+    let mut port = RawPort::open(&pty);
+    port.write(&request(&Request::BufferLoad {
+        offset: 0,
+        data: secret(&[1; 22]),
+    }));
+    let loaded = Response::BufferLoad { count: 22 }.encode();
+    assert_eq!(port.read(loaded.len(), LONG), Read::Got(loaded));
+
+    // Two frames in one write: half the first answer, nothing of the second.
+    pty.set_misbehave(Misbehave::ResetMidCommand);
+    let want = echo_answer(b"cut here");
+    let two = [echo(b"cut here"), echo(b"dropped")].concat();
+    port.write(&two);
+    assert!(pty.wait_misbehaved(1, LONG));
+    assert_eq!(
+        port.read(want.len(), QUICK),
+        Read::TimedOut(want[..want.len() / 2].to_vec())
+    );
+
+    // The buffer was forgotten: an AEAD of it is the MAC alone.
+    pty.set_misbehave(Misbehave::None);
+    port.write(&request(&Request::BufferAeadGenerate {
+        nonce: Nonce([1; 6]),
+        key_handle: KeyHandle(1),
+    }));
+    let Read::Got(answer) = port.read(2, LONG) else {
+        panic!("no answer");
+    };
+    let len = usize::from(answer[0]) + 1;
+    let Read::Got(rest) = port.read(len - 2, LONG) else {
+        panic!("short answer");
+    };
+    let answer = [answer, rest].concat();
+    let Ok(Response::BufferAeadGenerate(a)) = Response::decode(cmd::BUFFER_AEAD_GENERATE, &answer)
+    else {
+        panic!("{answer:02x?}");
+    };
+    assert_eq!(a.aead.len(), 8);
+    assert_eq!(pty.misbehaved(), 1);
+}
+
+#[test]
+fn pty_close_hangs_up_and_stays_gone() {
+    let pty = EmuPty::start(Link::new(Emulator::new(1))).unwrap();
+    let mut port = RawPort::open(&pty);
+    port.write(&echo(b"ping"));
+    let want = echo_answer(b"ping");
+    assert_eq!(port.read(want.len(), LONG), Read::Got(want));
+    assert!(!pty.is_gone());
+
+    pty.set_misbehave(Misbehave::Close);
+    port.write(&echo(b"ping"));
+    assert_eq!(port.read(1, LONG), Read::HungUp(Vec::new()));
+    assert!(pty.is_gone());
+    assert_eq!(pty.misbehaved(), 1);
+    pty.set_misbehave(Misbehave::None);
+    assert!(pty.is_gone());
+    use std::io::Write;
+    assert!(port.0.write_all(&echo(b"ping")).is_err());
+}
+
+#[test]
+fn pty_mute_drops_answers_and_keeps_the_setting() {
+    let pty = EmuPty::start(Link::new(Emulator::new(1))).unwrap();
+    let mut port = RawPort::open(&pty);
+    pty.set_misbehave_once(Misbehave::Garbage);
+    pty.set_mute(true);
+    port.write(&echo(b"quiet"));
+    assert_eq!(port.read(1, QUICK), Read::TimedOut(Vec::new()));
+    pty.set_mute(false);
+    // The one-shot was not used up by the dropped answer.
+    assert_eq!(pty.misbehave(), Misbehave::Garbage);
+    port.write(&echo(b"quiet"));
+    let want = echo_answer(b"quiet");
+    let Read::Got(junk) = port.read(want.len(), LONG) else {
+        panic!("no answer");
+    };
+    assert_ne!(junk, want);
+    assert_eq!(pty.misbehaved(), 1);
 }

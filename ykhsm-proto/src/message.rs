@@ -126,6 +126,16 @@ pub enum Request {
         /// The AEAD.
         aead: [u8; AEAD_LEN],
     },
+    /// Unlock the YubiHSM's key store: the master key (firmware 1.0+) or
+    /// password (0.9.x), then an admin YubiKey's OTP; either may be empty
+    /// (skipped), not both. `OK`, or `Failed` naming what was refused. The
+    /// daemon passes them to the device and keeps neither. Admin.
+    HsmUnlock {
+        /// The master key or password, raw bytes (may be empty).
+        master_key: Zeroizing<Vec<u8>>,
+        /// The admin YubiKey's OTP as typed (may be empty).
+        otp: Zeroizing<String>,
+    },
     /// Every counter record. Admin.
     CountersExport,
     /// Merge records: per (public id, fingerprint) keep the higher pair,
@@ -150,6 +160,7 @@ impl fmt::Debug for Request {
             Self::WrapSecrets { key_handle, .. } => {
                 write!(f, "WrapSecrets {{ key_handle: {key_handle}, <redacted> }}")
             }
+            Self::HsmUnlock { .. } => f.write_str("HsmUnlock { <redacted> }"),
             Self::CountersExport => f.write_str("CountersExport"),
             Self::CountersMerge { records } => {
                 write!(f, "CountersMerge {{ {} records }}", records.len())
@@ -168,6 +179,7 @@ mod kind {
     pub(crate) const COUNTERS_EXPORT: u8 = 0x14;
     pub(crate) const COUNTERS_MERGE: u8 = 0x15;
     pub(crate) const CHECK_AEAD: u8 = 0x16;
+    pub(crate) const HSM_UNLOCK: u8 = 0x17;
 
     pub(crate) const VERDICT: u8 = 0x01;
     pub(crate) const FAILED: u8 = 0x02;
@@ -190,6 +202,7 @@ impl Request {
             | Self::ConsumeOtp { .. }
             | Self::WrapSecrets { .. }
             | Self::CheckAead { .. }
+            | Self::HsmUnlock { .. }
             | Self::CountersExport
             | Self::CountersMerge { .. } => true,
         }
@@ -205,6 +218,7 @@ impl Request {
             Self::ConsumeOtp { .. } => "consume-otp",
             Self::WrapSecrets { .. } => "wrap-secrets",
             Self::CheckAead { .. } => "check-aead",
+            Self::HsmUnlock { .. } => "hsm-unlock",
             Self::CountersExport => "counters-export",
             Self::CountersMerge { .. } => "counters-merge",
         }
@@ -253,6 +267,11 @@ impl Request {
                 w.raw(nonce);
                 w.raw(aead);
             }
+            Self::HsmUnlock { master_key, otp } => {
+                w.u8(kind::HSM_UNLOCK);
+                w.bytes(master_key);
+                w.str(otp);
+            }
             Self::CountersExport => w.u8(kind::COUNTERS_EXPORT),
             Self::CountersMerge { records } => {
                 w.u8(kind::COUNTERS_MERGE);
@@ -289,6 +308,10 @@ impl Request {
                 key_handle: r.u32("key_handle")?,
                 nonce: r.array("nonce")?,
                 aead: r.array("aead")?,
+            },
+            kind::HSM_UNLOCK => Self::HsmUnlock {
+                master_key: Zeroizing::new(r.bytes("master_key")?.to_vec()),
+                otp: Zeroizing::new(r.str("otp")?.to_owned()),
             },
             kind::COUNTERS_EXPORT => Self::CountersExport,
             kind::COUNTERS_MERGE => Self::CountersMerge {

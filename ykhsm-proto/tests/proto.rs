@@ -72,6 +72,12 @@ fn request() -> impl Strategy<Value = Request> {
                 }
             }
         ),
+        (prop::collection::vec(any::<u8>(), 0..40), "\\PC{0,60}").prop_map(|(key, otp)| {
+            Request::HsmUnlock {
+                master_key: Zeroizing::new(key),
+                otp: Zeroizing::new(otp),
+            }
+        }),
         Just(()).prop_map(|()| Request::CountersExport),
         prop::collection::vec(record(), 0..5)
             .prop_map(|records| Request::CountersMerge { records }),

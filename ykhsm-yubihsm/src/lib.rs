@@ -27,7 +27,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use ykhsm_core::aead::{Nonce, YubiKeyAead};
-use ykhsm_core::backend::{Backend, BackendError, Purpose};
+use ykhsm_core::backend::{Backend, BackendError, Purpose, Unlock};
 use ykhsm_core::keyhandle::KeyHandle;
 use ykhsm_core::otp::{OtpCounters, Token, YubiKeySecrets};
 use ykhsm_core::yubihsm::{
@@ -42,6 +42,11 @@ const RESYNC_QUIET: Duration = Duration::from_millis(100);
 const RESYNC_MAX_DRAIN: Duration = Duration::from_secs(2);
 /// Bytes per echo of the start-up raw-line test (pyhsm `test_comm`).
 const RAW_TEST_CHUNK: usize = 86;
+/// Start of the echo that ends a resync; a per-resync counter follows in 16
+/// hex digits. The whole frame is printable ASCII without CR or LF (its
+/// length bytes are 34 and 32), so a configuration console (which answers
+/// each CR) sees no line end before the probe.
+const SYNC_MARKER: &[u8; 16] = b"ykhsm-resync-no-";
 
 /// A command byte as errors show it: `0x06 YSM_AEAD_YUBIKEY_OTP_DECODE`.
 fn label(code: u8) -> String {
@@ -49,6 +54,27 @@ fn label(code: u8) -> String {
         Some(name) => format!("0x{code:02x} {name}"),
         None => format!("0x{code:02x}"),
     }
+}
+
+/// [`label`], or `resync` for [`cmd::NULL`] (errors during a resync, which
+/// runs before the command that needed it).
+fn command_label(code: u8) -> String {
+    if code == cmd::NULL {
+        "resync".to_owned()
+    } else {
+        label(code)
+    }
+}
+
+/// A starting value for [`YubiHsm`]'s resync markers: the clock's
+/// nanoseconds and the process id, so the markers of an earlier open of the
+/// same device (whose late answers may still come) are not reused.
+fn initial_sync_marker() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let low = u64::try_from(nanos & u128::from(u64::MAX)).unwrap_or_default();
+    low ^ (u64::from(std::process::id()) << 32)
 }
 
 /// What went wrong talking to a YubiHSM. Every variant names the device path;
@@ -106,7 +132,8 @@ pub enum HsmError {
     Timeout {
         /// Device path.
         path: PathBuf,
-        /// The command, e.g. `0x26 YSM_SYSTEM_INFO_QUERY`.
+        /// The command, e.g. `0x26 YSM_SYSTEM_INFO_QUERY`, or `resync`
+        /// (the echo that ends a resync did not come back).
         command: String,
         /// The deadline.
         timeout: Duration,
@@ -129,7 +156,7 @@ pub enum HsmError {
     Frame {
         /// Device path.
         path: PathBuf,
-        /// The command.
+        /// The command, or `resync`.
         command: String,
         /// What was wrong.
         #[source]
@@ -155,6 +182,14 @@ pub enum HsmError {
         command: String,
         /// The status.
         status: Status,
+    },
+    /// An unlock secret that cannot be sent.
+    #[error("YubiHSM {}: {reason}", path.display())]
+    Unlock {
+        /// Device path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The device kept sending during a resync.
     #[error("YubiHSM {}: the device kept sending for {:?} during a resync", path.display(), RESYNC_MAX_DRAIN)]
@@ -193,6 +228,9 @@ pub struct YubiHsm {
     timeout: Duration,
     info: SystemInfo,
     needs_resync: bool,
+    /// Counter in the echo that ends each resync; starts at a value from the
+    /// clock, so two opens of one device do not use the same markers.
+    sync_marker: u64,
 }
 
 impl YubiHsm {
@@ -232,6 +270,7 @@ impl YubiHsm {
                 system_uid: [0; yubihsm::SYSTEM_UID_SIZE],
             },
             needs_resync: true,
+            sync_marker: initial_sync_marker(),
         };
         let info = match hsm.system_info() {
             Ok(info) => info,
@@ -477,8 +516,14 @@ impl YubiHsm {
     }
 
     /// Resynchronises the link (yubihsm1.md §1): 96 zero bytes, drain until
-    /// 0.1 s of silence, flush the input.
+    /// 0.1 s of silence, flush the input; then, as pyhsm's `reset` with its
+    /// sync test, an echo that must come back within the timeout. The echo
+    /// carries a marker unique to this resync, and whole answer frames that
+    /// arrive before its answer are read and discarded: a late answer to a
+    /// request that timed out (a slow device answers after the drain) is
+    /// never taken for the answer to the next request.
     pub fn resync(&mut self) -> Result<(), HsmError> {
+        self.needs_resync = true;
         self.write_all(&yubihsm::resync_bytes(), cmd::NULL)?;
         let start = Instant::now();
         let mut sink = [0u8; 128];
@@ -502,8 +547,49 @@ impl YubiHsm {
                 source,
             }
         })?;
+        self.sync_echo()?;
         self.needs_resync = false;
         Ok(())
+    }
+
+    /// The end of a resync: echoes a fresh marker and reads answer frames
+    /// until its own comes back, discarding the others (the device answers
+    /// in order, so anything before it is stale). Errors name `resync`.
+    fn sync_echo(&mut self) -> Result<(), HsmError> {
+        self.sync_marker = self.sync_marker.wrapping_add(1);
+        let mut data = SYNC_MARKER.to_vec();
+        data.extend_from_slice(format!("{:016x}", self.sync_marker).as_bytes());
+        let request = Request::Echo { data };
+        let frame = request
+            .encode()
+            .map_err(|source| self.frame_err(cmd::NULL, source))?;
+        let deadline = Instant::now() + self.timeout;
+        self.write_all(&frame, cmd::NULL)?;
+        let mut answer = Zeroizing::new(Vec::with_capacity(yubihsm::MAX_FRAME_LEN));
+        loop {
+            answer.clear();
+            answer.resize(2, 0);
+            self.read_exact_until(&mut answer[..2], deadline, cmd::NULL)?;
+            let header = [answer[0], answer[1]];
+            // Any answer frame may come here, not only the echo's.
+            if header[1] & yubihsm::RESPONSE_FLAG == 0 {
+                return Err(self.frame_err(
+                    cmd::NULL,
+                    FrameError::WrongCommand {
+                        expected: cmd::ECHO | yubihsm::RESPONSE_FLAG,
+                        got: header[1],
+                    },
+                ));
+            }
+            let len = yubihsm::frame_len(header).map_err(|e| self.frame_err(cmd::NULL, e))?;
+            answer.resize(len, 0);
+            self.read_exact_until(&mut answer[2..], deadline, cmd::NULL)?;
+            let ours = Response::decode(cmd::ECHO, &answer)
+                .is_ok_and(|response| response.check_echo(&request).is_ok());
+            if ours {
+                return Ok(());
+            }
+        }
     }
 
     /// After a silent start: writes `\r\r\r` and looks for the configuration
@@ -606,7 +692,7 @@ impl YubiHsm {
                 Err(ReadFail::Timeout) => {
                     return Err(HsmError::Timeout {
                         path: self.path.clone(),
-                        command: label(code),
+                        command: command_label(code),
                         timeout: self.timeout,
                     });
                 }
@@ -659,11 +745,7 @@ impl YubiHsm {
     fn gone(&self, code: u8, source: io::Error) -> HsmError {
         HsmError::Gone {
             path: self.path.clone(),
-            command: if code == cmd::NULL {
-                "resync".to_owned()
-            } else {
-                label(code)
-            },
+            command: command_label(code),
             source,
         }
     }
@@ -671,7 +753,7 @@ impl YubiHsm {
     fn frame_err(&self, code: u8, source: FrameError) -> HsmError {
         HsmError::Frame {
             path: self.path.clone(),
-            command: label(code),
+            command: command_label(code),
             source,
         }
     }
@@ -767,6 +849,10 @@ impl YubiHsmBackend {
 /// naming the device, the command and the status.
 fn to_backend_error(e: HsmError, key_handle: KeyHandle, purpose: Purpose) -> BackendError {
     match e.status() {
+        Some(Status::KeyStorageLocked) => BackendError::Locked(match &e {
+            HsmError::Status { path, .. } => format!("YubiHSM {}", path.display()),
+            other => other.to_string(),
+        }),
         Some(Status::OtpInvalid) => BackendError::OtpInvalid,
         Some(Status::AeadInvalid) => BackendError::AeadInvalid { key_handle },
         Some(Status::KeyHandleInvalid) => BackendError::UnknownKeyHandle { key_handle },
@@ -811,6 +897,61 @@ impl Backend for YubiHsmBackend {
                 answer.aead.len(),
                 yubihsm::YUBIKEY_AEAD_SIZE
             ))
+        })
+    }
+
+    fn is_device(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> Option<Result<String, BackendError>> {
+        Some(
+            self.system_info()
+                .map(|info| format!("{}: {info}", self.path.display()))
+                .map_err(|e| BackendError::Failure(e.to_string())),
+        )
+    }
+
+    /// The master key goes to `YSM_KEY_STORE_DECRYPT` on firmware 1.0 and
+    /// later, to `YSM_KEY_STORAGE_UNLOCK` on 0.9.x (as pyhsm's
+    /// `yhsm-keystore-unlock` does); an admin OTP to `YSM_HSM_UNLOCK`.
+    fn unlock(&self, secret: &Unlock) -> Result<(), BackendError> {
+        let result = self.with_hsm(|hsm| match secret {
+            Unlock::MasterKey(key) if hsm.info().major == 0 => hsm.key_storage_unlock(key),
+            Unlock::MasterKey(key) => hsm.key_store_decrypt(key),
+            Unlock::AdminOtp(otp) => {
+                let mut public_id = [0u8; PUBLIC_ID_SIZE];
+                let bytes = otp.public_id().to_bytes();
+                if bytes.len() != PUBLIC_ID_SIZE {
+                    return Err(HsmError::Unlock {
+                        path: hsm.path().to_owned(),
+                        reason: format!(
+                            "the admin OTP's public id is {} bytes long; the YubiHSM takes {PUBLIC_ID_SIZE}",
+                            bytes.len()
+                        ),
+                    });
+                }
+                public_id.copy_from_slice(&bytes);
+                hsm.hsm_unlock(public_id, otp.token())
+            }
+        });
+        result.map_err(|e| {
+            let refused = match e.status() {
+                Some(Status::Mismatch) => Some("wrong master key"),
+                Some(Status::OtpReplay) => Some("the admin OTP was used before"),
+                Some(Status::OtpInvalid) => Some("the OTP does not decode under the admin key"),
+                Some(Status::IdNotFound) => {
+                    Some("that public id is not an admin YubiKey of this HSM")
+                }
+                _ => None,
+            };
+            match (refused, &e) {
+                (Some(why), _) => BackendError::UnlockRefused(format!("{e} ({why})")),
+                (None, HsmError::Unlock { .. } | HsmError::Encode { .. }) => {
+                    BackendError::UnlockRefused(e.to_string())
+                }
+                (None, _) => BackendError::Failure(e.to_string()),
+            }
         })
     }
 

@@ -10,7 +10,7 @@ use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::yubihsm::{Status, permission};
 use ykhsm_hsm_emu::pty::EmuPty;
-use ykhsm_hsm_emu::{Emulator, Link};
+use ykhsm_hsm_emu::{Emulator, Link, Misbehave};
 use ykhsm_yubihsm::{HsmError, YubiHsm, YubiHsmBackend};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -280,4 +280,216 @@ fn unplug_and_replug_recovers() {
     std::os::unix::fs::symlink(second.path(), &link_path).unwrap();
     backend.decode_otp(kh, &nonce, &aead, otp.token()).unwrap();
     assert!(backend.is_connected());
+}
+
+// ---- Misbehaving device (ykhsm_hsm_emu::Misbehave) -------------------------
+
+/// An otp_decode of `yk`'s OTP with these counters through key handle 1, and
+/// the counters it must give.
+fn decode_counters(hsm: &mut YubiHsm, yk: &SoftYubiKey, use_counter: u16, session: u8) {
+    let nonce = nonce_of(yk);
+    let kh = KeyHandle(KH_OTP);
+    let aead = YubiKeyAead::seal(&kh_key(KH_OTP), kh, &nonce, yk.secrets()).unwrap();
+    let otp = yk.otp_with(use_counter, session);
+    let got = hsm.otp_decode(kh, &nonce, &aead, otp.token()).unwrap();
+    assert_eq!(
+        (got.use_counter, got.session_use),
+        (use_counter, session),
+        "the answer to another OTP"
+    );
+    assert_eq!(got, yk.secrets().decode(otp.token()).unwrap());
+}
+
+#[test]
+fn garbage_is_a_frame_error_then_resync_recovers() {
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
+    let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    let yk = soft_key();
+    emu.set_misbehave(Misbehave::Garbage);
+    for _ in 0..2 {
+        let start = Instant::now();
+        let err = hsm.echo(b"garbage please").unwrap_err();
+        assert!(matches!(err, HsmError::Frame { .. }), "{err}");
+        assert!(err.to_string().contains("YSM_ECHO"), "{err}");
+        // Seen from the header, not after waiting for the deadline.
+        assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+    }
+    let nonce = nonce_of(&yk);
+    let aead = YubiKeyAead::seal(&kh_key(KH_OTP), KeyHandle(KH_OTP), &nonce, yk.secrets()).unwrap();
+    let err = hsm
+        .otp_decode(KeyHandle(KH_OTP), &nonce, &aead, yk.otp_with(3, 1).token())
+        .unwrap_err();
+    assert!(matches!(err, HsmError::Frame { .. }), "{err}");
+    assert!(emu.misbehaved() >= 3);
+
+    emu.set_misbehave(Misbehave::None);
+    assert_eq!(hsm.echo(b"clean again").unwrap(), b"clean again");
+    decode_counters(&mut hsm, &yk, 4, 2);
+    assert_eq!(hsm.system_info().unwrap(), hsm.info());
+}
+
+#[test]
+fn garbage_at_open_is_a_frame_error_not_a_hang() {
+    let mut emu = emulator();
+    emu.set_misbehave(Misbehave::Garbage);
+    let emu = EmuPty::start(Link::new(emu)).unwrap();
+    let start = Instant::now();
+    let err = YubiHsm::open(emu.path(), TIMEOUT).unwrap_err();
+    assert!(matches!(err, HsmError::Frame { .. }), "{err}");
+    assert!(start.elapsed() < 3 * TIMEOUT, "{:?}", start.elapsed());
+    emu.set_misbehave(Misbehave::None);
+    let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    decode_counters(&mut hsm, &soft_key(), 1, 0);
+}
+
+/// The late answer to a timed-out request must never be taken for the
+/// answer to the next one, whether it arrives during the resync's drain
+/// (`late` just above the timeout) or after it, while the host is already
+/// talking again.
+#[test]
+fn slow_answer_times_out_and_the_late_answer_is_not_taken_for_the_next() {
+    let yk = soft_key();
+    let nonce = nonce_of(&yk);
+    let kh = KeyHandle(KH_OTP);
+    let aead = YubiKeyAead::seal(&kh_key(KH_OTP), kh, &nonce, yk.secrets()).unwrap();
+    for late in [Duration::from_millis(50), Duration::from_millis(300)] {
+        let emu = EmuPty::start(Link::new(emulator())).unwrap();
+        let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+
+        // Echo: different payloads.
+        emu.set_misbehave(Misbehave::Slow(TIMEOUT + late));
+        let start = Instant::now();
+        let err = hsm.echo(b"first, answered late").unwrap_err();
+        assert!(matches!(err, HsmError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() >= TIMEOUT, "{:?}", start.elapsed());
+        emu.set_misbehave(Misbehave::None);
+        assert_eq!(hsm.echo(b"second").unwrap(), b"second", "late {late:?}");
+        // The late answer was sent (before the one to "second").
+        assert_eq!(emu.misbehaved(), 1);
+        assert_eq!(hsm.echo(b"third").unwrap(), b"third");
+
+        // OTP decode: same key handle and nonce, so only the counters tell
+        // the answers apart.
+        emu.set_misbehave(Misbehave::Slow(TIMEOUT + late));
+        let err = hsm
+            .otp_decode(kh, &nonce, &aead, yk.otp_with(10, 1).token())
+            .unwrap_err();
+        assert!(matches!(err, HsmError::Timeout { .. }), "{err}");
+        emu.set_misbehave(Misbehave::None);
+        decode_counters(&mut hsm, &yk, 11, 0);
+        assert_eq!(emu.misbehaved(), 2);
+        decode_counters(&mut hsm, &yk, 12, 0);
+    }
+}
+
+#[test]
+fn slow_but_within_the_timeout_is_fine() {
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
+    let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    emu.set_misbehave(Misbehave::Slow(TIMEOUT / 4));
+    let start = Instant::now();
+    assert_eq!(hsm.echo(b"patience").unwrap(), b"patience");
+    assert!(start.elapsed() >= TIMEOUT / 4);
+    decode_counters(&mut hsm, &soft_key(), 7, 7);
+    assert_eq!(emu.misbehaved(), 2);
+}
+
+#[test]
+fn reset_mid_command_times_out_then_resync_recovers() {
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
+    let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    let yk = soft_key();
+    emu.set_misbehave(Misbehave::ResetMidCommand);
+    let err = hsm.echo(b"cut in half").unwrap_err();
+    assert!(matches!(err, HsmError::Timeout { .. }), "{err}");
+    let nonce = nonce_of(&yk);
+    let aead = YubiKeyAead::seal(&kh_key(KH_OTP), KeyHandle(KH_OTP), &nonce, yk.secrets()).unwrap();
+    let err = hsm
+        .otp_decode(KeyHandle(KH_OTP), &nonce, &aead, yk.otp_with(5, 0).token())
+        .unwrap_err();
+    assert!(matches!(err, HsmError::Timeout { .. }), "{err}");
+    assert_eq!(emu.misbehaved(), 2);
+
+    emu.set_misbehave(Misbehave::None);
+    assert_eq!(hsm.echo(b"whole").unwrap(), b"whole");
+    decode_counters(&mut hsm, &yk, 5, 1);
+
+    // Reset on the buffer load of a buffer AEAD generate (one shot): the
+    // next one loads the buffer again and gives the soft seal's bytes.
+    emu.set_misbehave_once(Misbehave::ResetMidCommand);
+    let err = hsm
+        .buffer_aead_generate(KeyHandle(KH_OTP), &nonce, &yk.secrets().to_plaintext()[..])
+        .unwrap_err();
+    assert!(matches!(err, HsmError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("YSM_BUFFER_LOAD"), "{err}");
+    assert_eq!(emu.misbehave(), Misbehave::None);
+    let answer = hsm
+        .buffer_aead_generate(KeyHandle(KH_OTP), &nonce, &yk.secrets().to_plaintext()[..])
+        .unwrap();
+    let soft = YubiKeyAead::seal(&kh_key(KH_OTP), KeyHandle(KH_OTP), &nonce, yk.secrets()).unwrap();
+    assert_eq!(answer.aead, soft.0);
+}
+
+#[test]
+fn close_is_gone_and_stays_gone() {
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
+    let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    emu.set_misbehave(Misbehave::Close);
+    let start = Instant::now();
+    let err = hsm.echo(b"unplugged").unwrap_err();
+    assert!(err.is_gone(), "{err}");
+    assert!(err.to_string().contains("YSM_ECHO"), "{err}");
+    assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+    assert!(emu.is_gone());
+    emu.set_misbehave(Misbehave::None);
+    assert!(emu.is_gone());
+    // The port stays dead: every later exchange is Gone, none hangs.
+    for _ in 0..2 {
+        let start = Instant::now();
+        let err = hsm.echo(b"anyone?").unwrap_err();
+        assert!(err.is_gone(), "{err}");
+        assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn close_then_backend_reopens_the_replugged_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let link_path = dir.path().join("ttyHSM");
+    let first = EmuPty::start(Link::new(emulator())).unwrap();
+    std::os::unix::fs::symlink(first.path(), &link_path).unwrap();
+    let backend = YubiHsmBackend::open(&link_path, TIMEOUT).unwrap();
+    let yk = soft_key();
+    let nonce = nonce_of(&yk);
+    let kh = KeyHandle(KH_OTP);
+    let aead = YubiKeyAead::seal(&kh_key(KH_OTP), kh, &nonce, yk.secrets()).unwrap();
+
+    let got = backend
+        .decode_otp(kh, &nonce, &aead, yk.otp_with(1, 0).token())
+        .unwrap();
+    assert_eq!((got.use_counter, got.session_use), (1, 0));
+
+    first.set_misbehave(Misbehave::Close);
+    let err = backend
+        .with_hsm(|hsm| hsm.otp_decode(kh, &nonce, &aead, yk.otp_with(2, 0).token()))
+        .unwrap_err();
+    assert!(err.is_gone(), "{err}");
+    assert!(!backend.is_connected());
+    assert!(first.is_gone());
+    // Through the Backend trait: a failure, not a bad OTP.
+    let err = backend
+        .decode_otp(kh, &nonce, &aead, yk.otp_with(2, 0).token())
+        .unwrap_err();
+    assert!(!err.is_bad_otp(), "{err}");
+
+    // Replugged: a new pty behind the same path.
+    let second = EmuPty::start(Link::new(emulator())).unwrap();
+    std::fs::remove_file(&link_path).unwrap();
+    std::os::unix::fs::symlink(second.path(), &link_path).unwrap();
+    let got = backend
+        .decode_otp(kh, &nonce, &aead, yk.otp_with(2, 1).token())
+        .unwrap();
+    assert_eq!((got.use_counter, got.session_use), (2, 1));
+    assert!(backend.is_connected());
+    assert_eq!(second.misbehaved(), 0);
 }

@@ -1,19 +1,55 @@
 //! The real `ykhsmd` under load, next to the floor of what a verify must
-//! cost: one Unix-socket round trip plus one durable SQLite commit.
+//! cost: one Unix-socket round trip plus one durable SQLite commit (and, with
+//! the YubiHSM backend, one OTP decode on the device).
 //!
 //! ```text
-//! cargo bench -p ykhsmd --bench daemon      # as root: the daemon wants root-owned files
+//! cargo bench -p ykhsmd --bench daemon                             # as root: the daemon wants root-owned files
+//! YKHSM_BENCH_BACKEND=yubihsm cargo bench -p ykhsmd --bench daemon # the same on an emulated YubiHSM 1
 //! ```
 //!
 //! A temporary installation (keys.json, 1,024 software YubiKeys with AEADs,
 //! an authfile with one user per key, a syslog socket that discards) is set
 //! up, the release `ykhsmd` is started on it, and 1, 8 and 64 client threads
 //! send fresh OTPs, one connection per request as the PAM module does. Each
-//! client owns a disjoint set of keys, so every OTP must be answered `OK`.
+//! client owns a disjoint set of keys, so every OTP must be answered `OK`;
+//! any other answer is counted and listed as an error.
 //!
 //! `YKHSM_BENCH_SECS` sets the seconds per concurrency level (default 4),
-//! `YKHSM_BENCH_LEVELS` the levels (default `1,8,64`).
-//! The targets are only reported, never enforced.
+//! `YKHSM_BENCH_LEVELS` the levels (default `1,8,64`; `1,8` with the YubiHSM
+//! backend). The targets are only reported, never enforced.
+//!
+//! # `YKHSM_BENCH_BACKEND=yubihsm`
+//!
+//! `soft` (the default) has the daemon open the AEADs itself with keys.json.
+//! `yubihsm` starts the YubiHSM 1 emulator (`ykhsm-hsm-emu`) on a
+//! pseudo-terminal inside this process, with key handle 1 holding the same
+//! key as keys.json (so the same AEAD files serve), and configures the
+//! daemon with `backend = "yubihsm"` and `device = "/dev/pts/N"`: every
+//! verify then crosses the serial line for `YSM_AEAD_YUBIKEY_OTP_DECODE`.
+//!
+//! To read those figures, the emulator's own cost is measured first, on a
+//! second emulator of its own, in-process and with nothing else running:
+//! a few thousand calls (`YKHSM_BENCH_HSM_CALLS`, default 4000) through the
+//! daemon's driver (`ykhsm_yubihsm::YubiHsm`) of
+//!
+//! - `echo`: a 56-byte `YSM_ECHO`, the size of an OTP decode request: the
+//!   pseudo-terminal round trip (two writes, two wake-ups, the emulator
+//!   thread and the driver's framing) with no crypto;
+//! - `otp_decode`: the same plus the emulator's AES-CCM open of the AEAD and
+//!   the AES-ECB decrypt of the OTP; this is what one verify waits for;
+//! - `soft decode`: `SoftBackend::decode_otp` on the same inputs, what the
+//!   soft backend does instead (no device, no pty).
+//!
+//! The last table sets them next to the daemon's latency per verify at
+//! c=1. The emulator answers in microseconds, and it runs in this process
+//! (its CPU counts as the bench's, not the daemon's). A real YubiHSM 1 is a
+//! USB CDC serial device with its own microcontroller doing the AES: each
+//! exchange costs USB transfers plus the device's processing, which is far
+//! slower than a pseudo-terminal, so on real hardware the device time
+//! dominates a verify and, since the device does one request at a time,
+//! bounds the throughput (`1 / otp_decode time`) whatever the concurrency.
+//! These numbers are the daemon's overhead around the device, not a
+//! prediction for it: measure `otp_decode` on the device itself for that.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,7 +66,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, SysconfVar, sysconf};
 use rusqlite::{Connection, params};
-use ykhsm_core::Nonce;
+use ykhsm_core::aead::KeyHandleKey;
 use ykhsm_core::backend::{Backend, SoftBackend};
 use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
 use ykhsm_core::keys_file::KeysFile;
@@ -38,13 +74,29 @@ use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::serial::public_id_ykman;
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::store::{AeadStore, WriteMode};
+use ykhsm_core::yubihsm::permission;
+use ykhsm_core::{Nonce, Token, YubiKeyAead};
+use ykhsm_hsm_emu::pty::EmuPty;
+use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_proto::{Request, Response, Status, call, frame};
+use ykhsm_yubihsm::YubiHsm;
 use zeroize::Zeroizing;
 
 /// Software YubiKeys, one authfile user each.
 const KEYS: usize = 1024;
 /// Concurrent clients per level (`YKHSM_BENCH_LEVELS=1,8,64` overrides).
 const LEVELS: [usize; 3] = [1, 8, 64];
+/// The same with `YKHSM_BENCH_BACKEND=yubihsm`: one device serialises
+/// every decode, so more clients only queue.
+const HSM_LEVELS: [usize; 2] = [1, 8];
+/// Direct driver calls per kind in the emulator probe
+/// (`YKHSM_BENCH_HSM_CALLS` overrides).
+const HSM_CALLS: usize = 4000;
+/// The driver's deadline per exchange in the probe (the daemon's is 1 s).
+const HSM_TIMEOUT: Duration = Duration::from_secs(1);
+/// The probe's echo payload: the size of an OTP decode request's payload
+/// (nonce 6 + key handle 4 + OTP 16 + AEAD 30).
+const HSM_ECHO: usize = 56;
 /// One request's deadline (connect + write + read).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of the echo floor's request and answer: about a verify frame
@@ -150,6 +202,27 @@ struct Install {
     socket: PathBuf,
     /// Key `i` belongs to user `user(i)`.
     keys: Arc<Vec<Mutex<SoftYubiKey>>>,
+    /// Key `i`'s nonce and AEAD (as in its AEAD file).
+    aeads: Vec<(Nonce, YubiKeyAead)>,
+    /// Key handle 1's key, as in keys.json: what the emulator holds.
+    kh1_key: Zeroizing<Vec<u8>>,
+    /// The soft backend on keys.json (the probe's in-process decode).
+    soft: SoftBackend,
+    keys_file: PathBuf,
+    /// The configuration's lines other than the backend's.
+    common_config: String,
+}
+
+impl Install {
+    /// Writes the configuration: `backend = "soft"` with keys.json, or
+    /// `backend = "yubihsm"` on `device`.
+    fn write_config(&self, device: Option<&Path>) {
+        let backend = match device {
+            None => format!("backend = \"soft\"\nkeys_file = {:?}\n", self.keys_file),
+            Some(device) => format!("backend = \"yubihsm\"\ndevice = {device:?}\n"),
+        };
+        fs::write(&self.config, format!("{}{backend}", self.common_config)).expect("write config");
+    }
 }
 
 fn user(i: usize) -> String {
@@ -164,7 +237,8 @@ fn install() -> Install {
     let root = dir.path();
 
     let keys_file = root.join("keys.json");
-    let keys_json = format!(r#"{{"1": "{}"}}"#, hex::encode(random_bytes(32)));
+    let kh1_key = Zeroizing::new(random_bytes(32));
+    let keys_json = format!(r#"{{"1": "{}"}}"#, hex::encode(&kh1_key[..]));
     fs::write(&keys_file, &keys_json).expect("write keys.json");
     fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).expect("chmod keys.json");
     let backend =
@@ -175,6 +249,7 @@ fn install() -> Install {
     let kh: KeyHandleName = "1".parse().expect("key handle name");
     let store = AeadStore::new(&aead_dir, vec![kh.clone()]);
     let mut keys = Vec::with_capacity(KEYS);
+    let mut aeads = Vec::with_capacity(KEYS);
     let mut authfile = String::new();
     let entropy = random_bytes(KEYS * 22);
     for (i, r) in entropy.chunks_exact(22).enumerate() {
@@ -191,6 +266,7 @@ fn install() -> Install {
             .write_v1(&kh, &id, &nonce, &aead, WriteMode::CreateNew)
             .expect("write AEAD");
         let _ = writeln!(authfile, "{}:{id}", user(i));
+        aeads.push((nonce, aead));
         keys.push(Mutex::new(SoftYubiKey::new(id, secrets)));
     }
     let auth_path = root.join("yubikeys");
@@ -199,25 +275,40 @@ fn install() -> Install {
 
     let socket = root.join("run/ykhsmd.sock");
     let config = root.join("ykhsmd.toml");
-    fs::write(
-        &config,
-        format!(
-            "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\nkeys_file = {:?}\nsyslog_socket = {:?}\n",
-            socket,
-            auth_path,
-            aead_dir,
-            root.join("state"),
-            keys_file,
-            root.join("syslog.sock"),
-        ),
-    )
-    .expect("write config");
+    let common_config = format!(
+        "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\nsyslog_socket = {:?}\n",
+        socket,
+        auth_path,
+        aead_dir,
+        root.join("state"),
+        root.join("syslog.sock"),
+    );
     Install {
         dir,
         config,
         socket,
         keys: Arc::new(keys),
+        aeads,
+        kh1_key,
+        soft: backend,
+        keys_file,
+        common_config,
     }
+}
+
+/// A YubiHSM 1 emulator on a pseudo-terminal whose key handle 1 holds
+/// `key` (keys.json's), with the permissions the daemon and ykadmin use.
+fn emulator(key: &[u8], seed: u64) -> EmuPty {
+    let mut emu = Emulator::new(seed);
+    emu.add_key(
+        1,
+        KeyHandleKey::new(key.to_vec()).expect("a 32-byte key handle key"),
+        permission::AEAD_YUBIKEY_OTP_DECODE
+            | permission::BUFFER_AEAD_GENERATE
+            | permission::BUFFER_LOAD
+            | permission::USER_NONCE,
+    );
+    EmuPty::start(Link::new(emu)).expect("start the YubiHSM emulator on a pty")
 }
 
 /// Binds the syslog socket and discards what arrives (as a syslogd would
@@ -670,9 +761,150 @@ fn no_commit_probe(socket: &Path, dur: Duration) -> (Samples, u64) {
     )
 }
 
+// --------------------------------------------------------- emulator probe
+
+/// CPU time of this whole process (all threads, the emulator's included),
+/// in ns, from `getrusage` (finer than /proc's clock ticks).
+fn self_cpu_ns() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| {
+        let ns = |t: nix::sys::time::TimeVal| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_usec()).unwrap_or(0) * 1000
+        };
+        ns(u.user_time()) + ns(u.system_time())
+    })
+}
+
+/// `calls` calls of `f` (after a tenth as many unmeasured), one at a
+/// time; an `Err` is counted under its text in `errors`.
+fn timed(
+    calls: usize,
+    mut f: impl FnMut(usize) -> Result<(), String>,
+    errors: &mut BTreeMap<String, u64>,
+) -> Floor {
+    for i in 0..calls.div_ceil(10) {
+        if let Err(e) = f(i) {
+            *errors.entry(format!("{e} (warm-up)")).or_default() += 1;
+        }
+    }
+    let mut lat = Vec::with_capacity(calls);
+    let cpu = self_cpu_ns();
+    let start = Instant::now();
+    for i in 0..calls {
+        let t = Instant::now();
+        let r = f(i);
+        lat.push(nanos(t.elapsed()));
+        if let Err(e) = r {
+            *errors.entry(e).or_default() += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = self_cpu_ns().saturating_sub(cpu);
+    lat.sort_unstable();
+    Floor {
+        n: lat.len(),
+        p50: percentile(&lat, 50_000),
+        p99: percentile(&lat, 99_000),
+        per_sec: lat.len() as f64 / secs.max(1e-9),
+        cpu_us: cpu as f64 / 1000.0 / lat.len().max(1) as f64,
+    }
+}
+
+/// What the emulator itself costs, measured through the daemon's driver
+/// on an emulator of its own while nothing else runs.
+struct HsmProbe {
+    info: String,
+    /// `YubiHsm::open`: resync (0.1 s of silence), system info, echo test.
+    open: Duration,
+    echo: Floor,
+    decode: Floor,
+    soft: Floor,
+    errors: BTreeMap<String, u64>,
+}
+
+fn hsm_probe(inst: &Install, calls: usize) -> HsmProbe {
+    let pty = emulator(&inst.kh1_key, 2);
+    let t = Instant::now();
+    let mut hsm = YubiHsm::open(pty.path(), HSM_TIMEOUT).expect("open the emulator (driver)");
+    let open = t.elapsed();
+    let info = hsm.info().to_string();
+    // Each key's OTP with counters (1, 0): what the emulator decodes does
+    // not need to be fresh (it keeps no counters).
+    let inputs: Vec<(Nonce, YubiKeyAead, Token)> = inst
+        .keys
+        .iter()
+        .zip(&inst.aeads)
+        .map(|(k, (nonce, aead))| {
+            let otp = k.lock().expect("key").otp_with(1, 0);
+            (*nonce, aead.clone(), otp.token().clone())
+        })
+        .collect();
+    let check = |what: &str, c: ykhsm_core::OtpCounters| {
+        if c.use_counter == 1 && c.session_use == 0 {
+            Ok(())
+        } else {
+            Err(format!("{what}: wrong counters {c:?}"))
+        }
+    };
+    let mut errors = BTreeMap::new();
+    let data = [0xa5u8; HSM_ECHO];
+    let echo = timed(
+        calls,
+        |_| match hsm.echo(&data) {
+            Ok(back) if back == data => Ok(()),
+            Ok(_) => Err("echo: other data came back".into()),
+            Err(e) => Err(format!("echo: {e}")),
+        },
+        &mut errors,
+    );
+    let decode = timed(
+        calls,
+        |i| {
+            let (nonce, aead, token) = &inputs[i % inputs.len()];
+            match hsm.otp_decode(KeyHandle(1), nonce, aead, token) {
+                Ok(c) => check("otp_decode", c),
+                Err(e) => Err(format!("otp_decode: {e}")),
+            }
+        },
+        &mut errors,
+    );
+    let soft = timed(
+        calls,
+        |i| {
+            let (nonce, aead, token) = &inputs[i % inputs.len()];
+            match inst.soft.decode_otp(KeyHandle(1), nonce, aead, token) {
+                Ok(c) => check("soft decode", c),
+                Err(e) => Err(format!("soft decode: {e}")),
+            }
+        },
+        &mut errors,
+    );
+    drop(hsm);
+    drop(pty);
+    HsmProbe {
+        info,
+        open,
+        echo,
+        decode,
+        soft,
+        errors,
+    }
+}
+
 // ------------------------------------------------------------------ main
 
 fn main() {
+    let hsm_mode = match std::env::var("YKHSM_BENCH_BACKEND").as_deref() {
+        Err(_) | Ok("" | "soft") => false,
+        Ok("yubihsm") => true,
+        Ok(other) => panic!("YKHSM_BENCH_BACKEND={other:?}: expected \"soft\" or \"yubihsm\""),
+    };
+    let hsm_calls: usize = std::env::var("YKHSM_BENCH_HSM_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(HSM_CALLS);
     let secs: u64 = std::env::var("YKHSM_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -688,10 +920,23 @@ fn main() {
                 .collect::<Vec<usize>>()
         })
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| LEVELS.to_vec());
+        .unwrap_or_else(|| {
+            if hsm_mode {
+                HSM_LEVELS.to_vec()
+            } else {
+                LEVELS.to_vec()
+            }
+        });
     let tck = clk_tck();
     let cpus = thread::available_parallelism().map_or(1, usize::from);
-    println!("ykhsmd daemon benchmark");
+    println!(
+        "ykhsmd daemon benchmark, backend {}",
+        if hsm_mode {
+            "yubihsm (YubiHSM 1 emulator on a pty in this process)"
+        } else {
+            "soft (keys.json)"
+        }
+    );
     println!(
         "  {KEYS} keys, levels {level_list:?} clients, {secs} s per level, {cpus} CPUs, CLK_TCK={tck} (sysconf)"
     );
@@ -705,6 +950,18 @@ fn main() {
         inst.dir.path().display(),
         t.elapsed().as_secs_f64()
     );
+
+    // The emulator's own cost, on an emulator of its own before anything
+    // else runs; then the daemon's.
+    let probe_hsm = hsm_mode.then(|| hsm_probe(&inst, hsm_calls));
+    let device = hsm_mode.then(|| emulator(&inst.kh1_key, 1));
+    inst.write_config(device.as_ref().map(EmuPty::path));
+    if let Some(d) = &device {
+        println!(
+            "  daemon's device: {} (emulator, key handle 1 = keys.json's key)",
+            d.path().display()
+        );
+    }
 
     // Floors: (b) once, (a) in slices before the daemon, before each level
     // (daemon idle) and after the daemon has stopped.
@@ -741,7 +998,10 @@ fn main() {
         pooled.add(s);
     }
     let commit = pooled.summary();
-    let floor = sock.p50 + commit.p50;
+    // With the YubiHSM backend a verify also waits for one OTP decode on
+    // the device: (c) below, the emulator's, measured on its own.
+    let hsm_decode = probe_hsm.as_ref().map_or(0, |p| p.decode.p50);
+    let floor = sock.p50 + commit.p50 + hsm_decode;
 
     println!();
     println!("Floor (same file system as the daemon's state_dir; no daemon work while measured)");
@@ -781,11 +1041,23 @@ fn main() {
         us(framed.p99),
         framed.cpu_us
     );
-    println!(
-        "  floor = (b) p50 + (a) pooled p50 = {:.1} us; single-commit rate = {:.0} /s",
-        us(floor),
-        commit.per_sec
-    );
+    if let Some(p) = &probe_hsm {
+        println!(
+            "  (c) emulator otp_decode through ykhsm_yubihsm::YubiHsm (see the last table): p50={:8.1} us",
+            us(p.decode.p50)
+        );
+        println!(
+            "  floor = (b) p50 + (a) pooled p50 + (c) p50 = {:.1} us; single-commit rate = {:.0} /s",
+            us(floor),
+            commit.per_sec
+        );
+    } else {
+        println!(
+            "  floor = (b) p50 + (a) pooled p50 = {:.1} us; single-commit rate = {:.0} /s",
+            us(floor),
+            commit.per_sec
+        );
+    }
     println!(
         "  diagnostic: ykhsmd HasUser (no AEAD, no commit, no log), c=1: n={} p50={:.1} us p99={:.1} us",
         probe.n,
@@ -866,6 +1138,9 @@ fn main() {
     println!(
         "  others % / idle %: the rest of the machine ({cpus} CPUs, /proc/stat) during the level."
     );
+    if hsm_mode {
+        println!("  (yubihsm: the emulator is a thread of this bench, so its CPU is in bCPU.)");
+    }
     println!("  load average at end: {load_end}");
 
     let mut all_errors: BTreeMap<String, u64> = warm.errors.clone();
@@ -876,6 +1151,13 @@ fn main() {
     }
     if probe_errors > 0 {
         all_errors.insert("HasUser probe not OK".into(), probe_errors);
+    }
+    if let Some(p) = &probe_hsm {
+        for (k, v) in &p.errors {
+            *all_errors
+                .entry(format!("emulator probe: {k}"))
+                .or_default() += v;
+        }
     }
     let total_errors: u64 = all_errors.values().sum();
     println!();
@@ -917,4 +1199,91 @@ fn main() {
     );
     println!();
     println!("ykhsmd stopped with SIGTERM: {status}");
+    drop(device);
+
+    if let Some(p) = &probe_hsm {
+        print_hsm_table(p, &levels, sock.p50, commit.p50);
+    }
+}
+
+/// The last table of `YKHSM_BENCH_BACKEND=yubihsm`: what the emulator
+/// costs by itself, next to what a verify costs through the daemon.
+fn print_hsm_table(p: &HsmProbe, levels: &[Level], sock_p50: u64, commit_p50: u64) {
+    println!();
+    println!("YubiHSM emulator: its own latency, next to the daemon's per verify");
+    println!("  probe's own emulator: {}", p.info);
+    println!(
+        "  YubiHsm::open {:.1} ms (resync waits 100 ms of silence; the daemon pays it once)",
+        p.open.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  {:<42} {:>6} {:>9} {:>9} {:>9} {:>10}",
+        "", "n", "p50 us", "p99 us", "per s", "CPU us/op"
+    );
+    let row = |name: &str, f: &Floor| {
+        println!(
+            "  {name:<42} {:>6} {:>9.1} {:>9.1} {:>9.0} {:>10.1}",
+            f.n,
+            us(f.p50),
+            us(f.p99),
+            f.per_sec,
+            f.cpu_us
+        );
+    };
+    row(
+        &format!("emulator echo, {HSM_ECHO} B (pty round trip)"),
+        &p.echo,
+    );
+    row("emulator otp_decode (what a verify waits)", &p.decode);
+    row("soft decode in-process (no device)", &p.soft);
+    for l in levels {
+        println!(
+            "  {:<42} {:>6} {:>9.1} {:>9.1} {:>9.0} {:>10}",
+            format!("ykhsmd verify, c={} (client side)", l.clients),
+            l.verifies,
+            us(l.p50),
+            us(l.p99),
+            l.verifies as f64 / l.secs,
+            "-"
+        );
+        println!(
+            "  {:<42} {:>6} {:>9.1} {:>9.1}",
+            format!("  ykhsmd's own duration_us, c={}", l.clients),
+            "",
+            us(l.srv.0),
+            us(l.srv.1)
+        );
+    }
+    println!("  CPU us/op: this process (driver + emulator thread), getrusage.");
+    let decode = p.decode.p50;
+    println!(
+        "  emulator crypto and decode work = otp_decode p50 - echo p50 = {:.1} us",
+        us(decode.saturating_sub(p.echo.p50))
+    );
+    if let Some(l) = levels.iter().find(|l| l.clients == 1) {
+        let rest = l.p50.saturating_sub(sock_p50 + commit_p50 + decode);
+        println!(
+            "  c=1 verify p50 {:.1} us = socket (b) {:.1} + commit (a) {:.1} + otp_decode {:.1} + rest {:.1};",
+            us(l.p50),
+            us(sock_p50),
+            us(commit_p50),
+            us(decode),
+            us(rest)
+        );
+        println!(
+            "      otp_decode is {:.0} % of it (p50s of separate runs; the rest is the daemon's own work)",
+            decode as f64 / l.p50.max(1) as f64 * 100.0
+        );
+    }
+    let ceiling = 1e9 / decode.max(1) as f64;
+    for l in levels {
+        let thr = l.verifies as f64 / l.secs;
+        println!(
+            "  c={:<3} {thr:7.0} verifies/s = {:5.1} % of one device's ceiling (1 / otp_decode p50 = {ceiling:.0} /s)",
+            l.clients,
+            thr / ceiling * 100.0
+        );
+    }
+    println!("  A real YubiHSM 1 (USB) takes far longer per exchange than this pty: there the");
+    println!("  device time dominates each verify and caps throughput at 1 / its otp_decode time.");
 }

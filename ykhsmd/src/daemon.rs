@@ -180,6 +180,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         reloader.abort();
         served
     });
+    service.drain_device(service.config().client_timeout + std::time::Duration::from_secs(1));
     log.info("stopping: in-flight requests answered; closing the database");
     drop(service);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -211,7 +212,25 @@ pub fn check(config: &Config) -> bool {
                     BackendConfig::Yubihsm { device } => format!("yubihsm, {}", device.display()),
                 }),
             );
-            for kh in &config.key_handles {
+            // Only one process may talk to a YubiHSM: a running daemon's
+            // device is left alone (its view: `ykadmin status`).
+            let device_ok = if backend.is_device() && server::daemon_running(&config.socket) {
+                report(
+                    "device",
+                    Ok("held by the running ykhsmd; not opened (see `ykadmin status`)".into()),
+                );
+                false
+            } else {
+                match backend.health() {
+                    None => true,
+                    Some(health) => {
+                        let ok = health.is_ok();
+                        report("device", health.map_err(anyhow::Error::from));
+                        ok
+                    }
+                }
+            };
+            for kh in config.key_handles.iter().filter(|_| device_ok) {
                 report(
                     &format!("key handle {}", kh.spelled()),
                     backend

@@ -6,6 +6,7 @@
 //! - [`authfile`]: pam_yubico's `/etc/yubikeys`, re-read on change;
 //! - [`db`]: counters in SQLite, exactly-once, durable, group commit;
 //! - [`service`]: the checks in interface.md's order, and admin requests;
+//! - [`device`]: the YubiHSM's own thread, so nothing waits behind it;
 //! - [`server`]: the socket, peer credentials, limits, deadlines, shutdown;
 //! - [`daemon`]: start-up, `--check`, signals, process hygiene;
 //! - [`log`]: the audit and diagnostic lines.
@@ -15,6 +16,7 @@ pub mod authfile;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod device;
 pub mod log;
 pub mod server;
 pub mod service;

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ykhsm_core::backend::{Backend, BackendError, Purpose, SoftBackend};
+use ykhsm_core::backend::{Backend, BackendError, Purpose, SoftBackend, Unlock};
 use ykhsm_core::counters::Counters;
 use ykhsm_core::keyhandle::KeyHandle;
 use ykhsm_core::keys_file::{KeysFile, KeysFileError};
 use ykhsm_core::ksm;
 use ykhsm_core::otp::{Otp, OtpCounters, PublicId, Token, YubiKeySecrets};
-use ykhsm_core::store::{AeadStore, StoreError};
+use ykhsm_core::store::{AeadStore, StoreError, StoredAead};
 use ykhsm_core::{Nonce, YubiKeyAead};
 use ykhsm_proto::status::ALL as ALL_STATUS;
 use ykhsm_proto::{Request, Response, Status};
@@ -22,6 +22,7 @@ use ykhsm_yubihsm::YubiHsmBackend;
 use crate::authfile::{Authfile, Lookup};
 use crate::config::{BackendConfig, Config};
 use crate::db::{Accept, CounterKey, Db, DbError, Presented};
+use crate::device::DeviceQueue;
 use crate::log::{self, Log, escape};
 
 /// Who is asking, from `SO_PEERCRED`.
@@ -100,6 +101,13 @@ impl Outcome {
     }
 }
 
+/// What passed checks 0–4 (no device needed): the OTP and its AEAD, for
+/// the backend to decode.
+struct Pending {
+    otp: Otp,
+    found: StoredAead,
+}
+
 /// What passed checks 1–5: the key and the counters to check-and-set.
 struct Decoded {
     public_id: PublicId,
@@ -127,6 +135,8 @@ pub struct Service {
     authfile: Authfile,
     store: AeadStore,
     backend: RwLock<Arc<dyn Backend>>,
+    /// The device's own thread, when the backend is a device.
+    device: Option<DeviceQueue>,
     db: Db,
     started: Instant,
     answered: [AtomicU64; 8],
@@ -151,12 +161,14 @@ impl Service {
     ) -> Self {
         let store =
             AeadStore::new(config.aead_dir.clone(), config.key_handles.clone()).with_read_cache();
+        let device = backend.is_device().then(DeviceQueue::start);
         Self {
             config,
             log,
             authfile,
             store,
             backend: RwLock::new(backend),
+            device,
             db,
             started: Instant::now(),
             answered: Default::default(),
@@ -186,6 +198,13 @@ impl Service {
     /// refused) and forgets the cached authfile.
     pub fn reload(&self) {
         self.authfile.invalidate();
+        if self.device.is_some() {
+            // Nothing of the device's to re-read; reopening it would only
+            // cost the start-up checks.
+            self.log
+                .info("reload: authfile re-read (the YubiHSM stays open)");
+            return;
+        }
         match load_backend(&self.config) {
             Ok(b) => {
                 *self.backend.write().unwrap_or_else(|p| p.into_inner()) = b;
@@ -244,7 +263,7 @@ impl Service {
             Request::Status => self.status_info().await,
             Request::Decrypt { otp } => {
                 let this = Arc::clone(self);
-                blocking(move || {
+                self.on_device(move || {
                     let backend = this.backend();
                     let public_id = Otp::parse(&otp)
                         .map(|o| o.public_id().to_string())
@@ -263,7 +282,7 @@ impl Service {
             Request::ConsumeOtp { otp } => {
                 let start = Instant::now();
                 let this = Arc::clone(self);
-                let checked = blocking(move || this.decode(&otp)).await;
+                let checked = self.on_device(move || this.decode(&otp)).await;
                 let outcome = match checked {
                     Ok(d) => self.commit(d).await,
                     Err(o) => o,
@@ -285,7 +304,7 @@ impl Service {
                 secrets,
             } => {
                 let this = Arc::clone(self);
-                blocking(move || {
+                self.on_device(move || {
                     let sec = YubiKeySecrets::from_plaintext(&secrets);
                     match this
                         .backend()
@@ -306,7 +325,7 @@ impl Service {
                 aead,
             } => {
                 let this = Arc::clone(self);
-                blocking(move || {
+                self.on_device(move || {
                     // Opening the AEAD is the check; a token of zeros then
                     // fails as an OTP (or, once in 2^128, decodes), either
                     // way after the AEAD authenticated.
@@ -330,6 +349,7 @@ impl Service {
                 })
                 .await
             }
+            Request::HsmUnlock { master_key, otp } => self.hsm_unlock(master_key, otp, &peer).await,
             Request::CountersExport => match self.db.export().await {
                 Ok(records) => Response::Counters { records },
                 Err(e) => self.failed(&e.to_string()),
@@ -366,6 +386,103 @@ impl Service {
         response.into()
     }
 
+    /// Runs backend work off the event loop: on the device's thread when
+    /// the backend is a device (one exchange at a time, in order), else on
+    /// the blocking pool.
+    async fn on_device<T: Send + 'static + FailClosed>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let Some(device) = &self.device else {
+            return blocking(f).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        device.run(move || {
+            let _ = tx.send(f());
+        });
+        rx.await.unwrap_or_else(|_| T::fail_closed())
+    }
+
+    /// Waits for the device's queue to empty (shutdown), at most `limit`.
+    pub fn drain_device(&self, limit: Duration) {
+        if let Some(device) = &self.device
+            && !device.drain(limit)
+        {
+            self.log.warn(&format!(
+                "shutdown: the YubiHSM's queue did not empty within {limit:?}"
+            ));
+        }
+    }
+
+    /// `ykadmin hsm unlock`: hands the secrets to the backend, the master
+    /// key first. Neither is kept or logged.
+    async fn hsm_unlock(
+        self: &Arc<Self>,
+        master_key: zeroize::Zeroizing<Vec<u8>>,
+        otp: zeroize::Zeroizing<String>,
+        peer: &Peer,
+    ) -> Response {
+        if master_key.is_empty() && otp.is_empty() {
+            return Response::Failed {
+                status: Status::BackendError,
+                message: "nothing to unlock with: give the master key, an admin OTP, or both"
+                    .into(),
+            };
+        }
+        let admin = if otp.is_empty() {
+            None
+        } else {
+            match Otp::parse(&otp) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    return Response::Failed {
+                        status: Status::BadOtp,
+                        message: format!("the admin OTP is not a Yubico OTP: {e}"),
+                    };
+                }
+            }
+        };
+        let admin_id = admin.as_ref().map(|o| o.public_id().to_string());
+        let mut secrets = Vec::new();
+        if !master_key.is_empty() {
+            secrets.push(Unlock::MasterKey(master_key));
+        }
+        if let Some(o) = admin {
+            secrets.push(Unlock::AdminOtp(o));
+        }
+        let this = Arc::clone(self);
+        let result = self
+            .on_device(move || {
+                let backend = this.backend();
+                for secret in &secrets {
+                    if let Err(e) = backend.unlock(secret) {
+                        return Response::Failed {
+                            status: Status::BackendError,
+                            message: e.to_string(),
+                        };
+                    }
+                }
+                Response::Verdict { status: Status::Ok }
+            })
+            .await;
+        let what = match &admin_id {
+            Some(id) => format!("admin OTP pubid={id}"),
+            None => "master key".to_owned(),
+        };
+        match &result {
+            Response::Verdict { .. } => self.log.info(&format!(
+                "hsm unlock: done ({what}), peer_pid={}",
+                pid(peer)
+            )),
+            Response::Failed { message, .. } => self.log.warn(&format!(
+                "hsm unlock ({what}), peer_pid={}: {message}",
+                pid(peer)
+            )),
+            _ => {}
+        }
+        result
+    }
+
     /// Writes an audit line from [`Handled::audit`].
     pub fn write_audit(&self, line: &str) {
         self.log.info(line);
@@ -394,22 +511,35 @@ impl Service {
         done: impl FnOnce(Handled) + Send + 'static,
     ) {
         let start = Instant::now();
-        match self.check(&peer, user, otp) {
-            Err(outcome) => done(self.verdict(user, &outcome, &peer, start)),
+        let pending = match self.precheck(&peer, user, otp) {
+            Ok(p) => p,
+            Err(outcome) => return done(self.verdict(user, &outcome, &peer, start)),
+        };
+        let this = Arc::clone(self);
+        let user = user.to_owned();
+        let finish = move |here: bool| match this.decode_pending(&pending) {
+            Err(outcome) => done(this.verdict(&user, &outcome, &peer, start)),
             Ok(d) => {
                 let (key, presented, public_id, pair) = d.into_parts();
-                let this = Arc::clone(self);
-                let user = user.to_owned();
-                self.db.accept_here(
+                let svc = Arc::clone(&this);
+                this.db.accept_here(
                     key,
                     presented,
                     here,
                     Box::new(move |r| {
-                        let outcome = this.settle(public_id, pair, r);
-                        done(this.verdict(&user, &outcome, &peer, start));
+                        let outcome = svc.settle(public_id, pair, r);
+                        done(svc.verdict(&user, &outcome, &peer, start));
                     }),
                 );
             }
+        };
+        match &self.device {
+            // The device's thread decodes; the commit thread commits, so
+            // the device goes on to the next OTP. If the queue is gone (the
+            // daemon is stopping), the job is dropped, and with it the
+            // connection: the client fails closed.
+            Some(device) => device.run(move || finish(false)),
+            None => finish(here),
         }
     }
 
@@ -428,8 +558,8 @@ impl Service {
         // Root's checks are a few microseconds of CPU and local file reads:
         // done in place, which saves two thread hand-offs per login. Other
         // peers need a passwd lookup (NSS may block): on the blocking pool.
-        let checked = if peer.uid == 0 {
-            self.check(peer, user, otp)
+        let prechecked = if peer.uid == 0 {
+            self.precheck(peer, user, otp)
         } else {
             let this = Arc::clone(self);
             let (peer_c, user_c, otp_c) = (
@@ -437,17 +567,36 @@ impl Service {
                 user.to_owned(),
                 zeroize::Zeroizing::new(otp.to_owned()),
             );
-            blocking(move || this.check(&peer_c, &user_c, &otp_c)).await
+            blocking(move || this.precheck(&peer_c, &user_c, &otp_c)).await
         };
-        match checked {
+        let decoded = match prechecked {
+            Ok(pending) => self.decode_queued(pending).await,
+            Err(outcome) => Err(outcome),
+        };
+        match decoded {
             Ok(decoded) => self.commit(decoded).await,
             Err(outcome) => outcome,
         }
     }
 
-    /// Checks 0–5: may ask, authfile, OTP form, key on the user's line,
-    /// AEAD, backend decode.
-    fn check(&self, peer: &Peer, user: &str, otp: &str) -> Result<Decoded, Outcome> {
+    /// Check 5 for the event loop: on the device's thread when there is
+    /// one (the loop goes on meanwhile), else here (microseconds of AES).
+    async fn decode_queued(self: &Arc<Self>, pending: Pending) -> Result<Decoded, Outcome> {
+        let Some(device) = &self.device else {
+            return self.decode_pending(&pending);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = Arc::clone(self);
+        device.run(move || {
+            let _ = tx.send(this.decode_pending(&pending));
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(Outcome::status(Status::BackendError)))
+    }
+
+    /// Checks 0–4, which need no device: may ask, authfile, OTP form, key
+    /// on the user's line, AEAD file.
+    fn precheck(&self, peer: &Peer, user: &str, otp: &str) -> Result<Pending, Outcome> {
         if !self.may_ask(peer, user) {
             return Err(Outcome::status(Status::Denied));
         }
@@ -483,7 +632,18 @@ impl Service {
         if !keys.contains(&public_id) {
             return Err(with_id(Status::NotAuthorized));
         }
-        self.decode_parsed(&parsed).map_err(with_id)
+        let found = self.find_aead(&public_id).map_err(with_id)?;
+        Ok(Pending { otp: parsed, found })
+    }
+
+    /// Check 5 on what passed checks 0–4.
+    fn decode_pending(&self, p: &Pending) -> Result<Decoded, Outcome> {
+        self.decode_found(&p.otp, &p.found)
+            .map_err(|status| Outcome {
+                status,
+                public_id: Some(p.otp.public_id().clone()),
+                counters: None,
+            })
     }
 
     /// Checks 2, 4, 5 without the authfile (enrollment by OTP).
@@ -498,15 +658,25 @@ impl Service {
 
     /// Checks 4 and 5.
     fn decode_parsed(&self, otp: &Otp) -> Result<Decoded, Status> {
-        let public_id = otp.public_id();
-        let found = match self.store.lookup(public_id) {
-            Ok(Some(f)) => f,
-            Ok(None) => return Err(Status::NoSuchKey),
+        let found = self.find_aead(otp.public_id())?;
+        self.decode_found(otp, &found)
+    }
+
+    /// Check 4: the key's AEAD file.
+    fn find_aead(&self, public_id: &PublicId) -> Result<StoredAead, Status> {
+        match self.store.lookup(public_id) {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(Status::NoSuchKey),
             Err(e) => {
                 self.log_store_error(&e);
-                return Err(Status::BackendError);
+                Err(Status::BackendError)
             }
-        };
+        }
+    }
+
+    /// Check 5: the backend decodes the OTP with its AEAD.
+    fn decode_found(&self, otp: &Otp, found: &StoredAead) -> Result<Decoded, Status> {
+        let public_id = otp.public_id();
         let counters = match self.backend().decode_otp(
             found.key_handle,
             &found.nonce,
@@ -639,7 +809,7 @@ impl Service {
 
     async fn status_info(self: &Arc<Self>) -> Response {
         let this = Arc::clone(self);
-        let mut items = blocking(move || this.status_items()).await;
+        let mut items = self.on_device(move || this.status_items()).await;
         match self.db.export().await {
             Ok(r) => items.push((
                 "database".into(),
@@ -666,6 +836,9 @@ impl Service {
             }
         }
         let backend = self.backend();
+        if let Some(health) = backend.health() {
+            add("device", health.unwrap_or_else(|e| format!("ERROR {e}")));
+        }
         for kh in &self.config.key_handles {
             let state = match backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
                 Ok(()) => "usable".to_owned(),

@@ -432,11 +432,13 @@ fn stale_socket_is_replaced_and_a_second_daemon_is_refused() {
 #[test]
 fn start_up_errors_name_the_file_and_exit_non_zero() {
     let env = Env::new();
-    fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o640)).unwrap();
-    let (code, out) = env.run_daemon_cmd(&[]);
-    assert_eq!(code, 1);
-    assert!(out.contains("keys.json") && out.contains("0640"), "{out}");
-    fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o600)).unwrap();
+    if !common::on_hsm() {
+        fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o640)).unwrap();
+        let (code, out) = env.run_daemon_cmd(&[]);
+        assert_eq!(code, 1);
+        assert!(out.contains("keys.json") && out.contains("0640"), "{out}");
+        fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     fs::set_permissions(&env.authfile, fs::Permissions::from_mode(0o646)).unwrap();
     let (code, out) = env.run_daemon_cmd(&[]);
@@ -465,17 +467,31 @@ fn check_reports_each_part_and_exits_by_the_result() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("held by the running ykhsmd"), "{out}");
     drop(d);
-    fs::remove_file(&env.keys_file).unwrap();
-    let (code, out) = env.run_daemon_cmd(&["--check"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("FAIL  backend") && out.contains("keys.json"),
-        "{out}"
-    );
+    if common::on_hsm() {
+        // The device missing is named.
+        env.unplug_hsm();
+        let (code, out) = env.run_daemon_cmd(&["--check"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  device") && out.contains("cannot open the device"),
+            "{out}"
+        );
+    } else {
+        fs::remove_file(&env.keys_file).unwrap();
+        let (code, out) = env.run_daemon_cmd(&["--check"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  backend") && out.contains("keys.json"),
+            "{out}"
+        );
+    }
 }
 
 #[test]
 fn sighup_reloads_keys_json() {
+    if common::keys_json_only("sighup_reloads_keys_json") {
+        return;
+    }
     let env = Env::new();
     env.config("key_handles = [\"1\", \"2\"]");
     let mut key = env.key_under("ccccccdbjrgf", "2");
@@ -494,6 +510,9 @@ fn sighup_reloads_keys_json() {
 
 #[test]
 fn sighup_with_a_refused_keys_file_keeps_the_keys_already_loaded() {
+    if common::keys_json_only("sighup_with_a_refused_keys_file_keeps_the_keys_already_loaded") {
+        return;
+    }
     let (env, mut key, d) = common::alice();
     fs::set_permissions(&env.keys_file, fs::Permissions::from_mode(0o644)).unwrap();
     d.signal(nix::sys::signal::Signal::SIGHUP);

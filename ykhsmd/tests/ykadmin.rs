@@ -4,24 +4,10 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::Env;
+use common::{Env, ykadmin, ykadmin_bin};
 use ykhsm_proto::Status;
-
-/// The ykadmin binary cargo built next to this test (scripts/test.sh builds
-/// the whole workspace; ykadmin's own tests make cargo build it).
-fn ykadmin_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("ykadmin");
-    assert!(
-        p.exists(),
-        "{} missing: cargo build -p ykadmin",
-        p.display()
-    );
-    p
-}
 
 /// Copies one host's AEAD store to another, as rsync would.
 fn copy_aeads(from: &Env, to: &Env) {
@@ -32,26 +18,6 @@ fn copy_aeads(from: &Env, to: &Env) {
         .status()
         .unwrap();
     assert!(copy.success());
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ykadmin(env: &Env, args: &[&str]) -> Out {
-    let out = Command::new(ykadmin_bin())
-        .arg("--config")
-        .arg(&env.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 #[test]

@@ -4,25 +4,16 @@
 
 mod common;
 
-use common::Env;
-use ykhsm_core::aead::KeyHandleKey;
+use std::time::Duration;
+
+use common::{Env, emulated_hsm};
 use ykhsm_core::yubihsm::permission;
-use ykhsm_hsm_emu::pty::EmuPty;
-use ykhsm_hsm_emu::{Emulator, Link};
-use ykhsm_proto::Status;
+use ykhsm_hsm_emu::Misbehave;
+use ykhsm_proto::{Request, Response, Status};
 
 /// An emulated YubiHSM whose key handle 1 is the test installation's.
-fn hsm() -> EmuPty {
-    let mut emu = Emulator::new(1);
-    emu.add_key(
-        1,
-        KeyHandleKey::new(hex::decode(common::KH1_KEY).unwrap()).unwrap(),
-        permission::AEAD_YUBIKEY_OTP_DECODE
-            | permission::BUFFER_AEAD_GENERATE
-            | permission::BUFFER_LOAD
-            | permission::USER_NONCE,
-    );
-    EmuPty::start(Link::new(emu)).unwrap()
+fn hsm() -> ykhsm_hsm_emu::pty::EmuPty {
+    emulated_hsm(None)
 }
 
 #[test]
@@ -102,4 +93,212 @@ fn import_through_the_hsm_writes_aeads_that_verify() {
     assert_eq!(again.summary(), "imported 0, skipped 1, failed 0");
     env.set_authfile("alice:ccccccdbjrgf\n");
     assert_eq!(d.verify("alice", &env.otp(&mut yk)), Status::Ok);
+}
+
+/// The YubiHSM is busy (here: its answer comes after the daemon's 1 s
+/// deadline). Everything that needs no device is answered meanwhile; the
+/// login waiting on the device gets `BACKEND_ERROR`, and once the device
+/// answers in time again, logins work and nothing was accepted twice.
+#[test]
+fn requests_that_need_no_device_do_not_wait_behind_a_slow_hsm() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let mut stranger = env.key("cccccccccccd");
+    env.set_authfile("alice:ccccccdbjrgf\nbob:\n");
+    let device = hsm();
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+
+    device.set_misbehave(Misbehave::Slow(Duration::from_secs(3)));
+    let held = device.answered() + 1;
+    let slow_otp = env.otp(&mut key);
+    let slow = {
+        let (socket, otp) = (d.socket.clone(), slow_otp.clone());
+        std::thread::spawn(move || verify_at(&socket, "alice", &otp))
+    };
+    assert!(
+        device.wait_answered(held, Duration::from_secs(10)),
+        "the login never reached the device"
+    );
+    // The device holds alice's login now. None of these needs it.
+    let no_device = [
+        ("carol", env.otp(&mut key), Status::NoKeysForUser),
+        ("bob", env.otp(&mut key), Status::NotAuthorized),
+        ("alice", env.otp(&mut stranger), Status::NotAuthorized),
+        ("alice", "not an otp".to_owned(), Status::BadOtp),
+    ];
+    for (user, otp, want) in &no_device {
+        assert_eq!(d.verify(user, otp), *want, "{user}");
+        assert!(!slow.is_finished(), "{user}'s answer waited for the device");
+    }
+    for (user, want) in [("alice", Status::Ok), ("carol", Status::NoKeysForUser)] {
+        match d.request(&Request::HasUser { user: user.into() }) {
+            Response::Verdict { status } => assert_eq!(status, want),
+            other => panic!("{other:?}"),
+        }
+        assert!(!slow.is_finished(), "HasUser waited for the device");
+    }
+    assert_eq!(slow.join().unwrap(), Status::BackendError);
+
+    device.set_misbehave(Misbehave::None);
+    common::wait_for("logins to work again", Duration::from_secs(20), || {
+        d.verify("alice", &env.otp(&mut key)) == Status::Ok
+    });
+    assert_eq!(d.verify("alice", &slow_otp), Status::ReplayedOtp);
+}
+
+/// Garbage on the line and a device reset halfway through its answer: that
+/// login gets `BACKEND_ERROR` (the link is resynchronised), the next one
+/// `OK`, and the OTP refused is never accepted later.
+#[test]
+fn garbage_and_a_reset_mid_answer_are_backend_errors_then_the_link_recovers() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let device = hsm();
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    for mode in [Misbehave::Garbage, Misbehave::ResetMidCommand] {
+        device.set_misbehave_once(mode);
+        let refused = env.otp(&mut key);
+        assert_eq!(
+            d.verify("alice", &refused),
+            Status::BackendError,
+            "{mode:?}"
+        );
+        assert_eq!(
+            d.verify("alice", &env.otp(&mut key)),
+            Status::Ok,
+            "{mode:?}"
+        );
+        assert_eq!(d.verify("alice", &refused), Status::ReplayedOtp, "{mode:?}");
+    }
+    assert!(
+        env.logs().iter().any(|l| l.contains("bad answer to")),
+        "the garbage is named in the log"
+    );
+}
+
+/// A locked HSM is named by `--check` and `status`; `ykadmin hsm unlock`
+/// refuses a wrong master key and takes the right one (from standard
+/// input, never echoed or logged); logins work from then on.
+#[test]
+fn locked_hsm_is_named_then_unlocked_with_ykadmin() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let master: [u8; 32] = common::random();
+    let master_hex = hex::encode(master);
+    env.secret(&master_hex);
+    let device = common::emulated_hsm(Some(master));
+    env.use_yubihsm(device.path());
+
+    let (code, out) = env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  key handle 1") && out.contains("the key store is locked"),
+        "{out}"
+    );
+    assert!(out.contains("ykadmin hsm unlock"), "{out}");
+
+    let d = env.start();
+    let refused = env.otp(&mut key);
+    assert_eq!(d.verify("alice", &refused), Status::BackendError);
+    let status = common::ykadmin(&env, &["status"]);
+    assert!(
+        status.stdout.contains("key_handle 1") && status.stdout.contains("key store is locked"),
+        "{}",
+        status.stdout
+    );
+
+    let wrong = common::ykadmin_with_input(
+        &env,
+        &["hsm", "unlock"],
+        &format!("{}\n\n", "ab".repeat(32)),
+    );
+    assert_eq!(wrong.code, 3, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("wrong master key"),
+        "{}",
+        wrong.stderr
+    );
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+
+    let right = common::ykadmin_with_input(
+        &env,
+        &["hsm", "unlock", "--no-otp"],
+        &format!("{master_hex}\n"),
+    );
+    assert_eq!(
+        (right.code, right.stdout.as_str()),
+        (0, "unlocked\n"),
+        "{}",
+        right.stderr
+    );
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    assert_eq!(d.verify("alice", &refused), Status::ReplayedOtp);
+    let status = common::ykadmin(&env, &["status"]);
+    assert!(status.stdout.contains("usable"), "{}", status.stdout);
+    env.wait_log("hsm unlock: done (master key)");
+}
+
+/// A bastion's key handle that may not decode OTPs: named by `--check` and
+/// `status`, and logins get `BACKEND_ERROR`.
+#[test]
+fn key_handle_without_the_otp_decode_permission_is_named() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let device = common::emulated_hsm_with(
+        permission::BUFFER_AEAD_GENERATE | permission::BUFFER_LOAD | permission::USER_NONCE,
+        None,
+    );
+    env.use_yubihsm(device.path());
+    let (code, out) = env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  key handle 1") && out.contains("lacks the permission for OTP decode"),
+        "{out}"
+    );
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    let status = common::ykadmin(&env, &["status"]);
+    assert!(
+        status.stdout.contains("YSM_FUNCTION_DISABLED"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("firmware"), "{}", status.stdout);
+}
+
+/// `hsm unlock` on the soft backend says there is nothing to unlock.
+#[test]
+fn hsm_unlock_on_the_soft_backend_says_there_is_nothing_to_unlock() {
+    if common::on_hsm() {
+        return;
+    }
+    let (env, _key, _d) = common::alice();
+    let o = common::ykadmin_with_input(
+        &env,
+        &["hsm", "unlock", "--no-otp"],
+        &format!("{}\n", "00".repeat(32)),
+    );
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stderr.contains("no key store to unlock"), "{}", o.stderr);
+}
+
+fn verify_at(socket: &std::path::Path, user: &str, otp: &str) -> Status {
+    match ykhsm_proto::call(
+        socket,
+        &Request::Verify {
+            user: user.into(),
+            otp: ykhsm_proto::Zeroizing::new(otp.into()),
+        },
+        Duration::from_secs(30),
+    ) {
+        Ok(Response::Verdict { status }) => status,
+        other => panic!("{other:?}"),
+    }
 }

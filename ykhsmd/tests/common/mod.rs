@@ -6,6 +6,12 @@
 //! Every OTP, key and uid an [`Env`] hands out is remembered; when the `Env`
 //! is dropped, every log line its daemons wrote (stderr and syslog) is
 //! checked for them.
+//!
+//! **One suite, two backends.** With `YKHSM_TEST_BACKEND=yubihsm` every
+//! [`Env`] runs its daemon on the YubiHSM 1 emulator (a pseudo-terminal
+//! whose key handle 1 holds the same key as keys.json) instead of keys.json:
+//! the same tests, the same AEAD files, the same expected answers.
+//! `scripts/test.sh` runs the daemon and PAM suites both ways.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -28,12 +34,63 @@ use ykhsm_core::keys_file::KeysFile;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::store::{AeadStore, WriteMode};
+use ykhsm_core::yubihsm::permission;
 use ykhsm_core::{Nonce, modhex};
+use ykhsm_hsm_emu::pty::EmuPty;
+use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_proto::{Request, Response, Status, call};
 use zeroize::Zeroizing;
 
 /// The key-handle key of key handle 1 in every test keys.json (AES-256).
 pub const KH1_KEY: &str = "2000200020002000200020002000200020002000200020002000200020002000";
+
+/// Whether this run's daemons use the YubiHSM emulator
+/// (`YKHSM_TEST_BACKEND=yubihsm`) instead of keys.json.
+pub fn on_hsm() -> bool {
+    match std::env::var("YKHSM_TEST_BACKEND").as_deref() {
+        Ok("yubihsm") => true,
+        Ok("soft") | Err(_) => false,
+        Ok(other) => panic!("YKHSM_TEST_BACKEND={other:?}: use \"soft\" or \"yubihsm\""),
+    }
+}
+
+/// For a test about keys.json itself: true (and a note on stderr) when
+/// this run is on the HSM, where there is no keys.json to test.
+pub fn keys_json_only(test: &str) -> bool {
+    let skip = on_hsm();
+    if skip {
+        eprintln!("{test}: about keys.json; runs with YKHSM_TEST_BACKEND=soft");
+    }
+    skip
+}
+
+/// An emulated YubiHSM 1 on a pseudo-terminal whose key handle 1 holds
+/// [`KH1_KEY`] with the permissions a bastion's HSM has (OTP decode) and
+/// those `import`/`generate` use (buffer load, buffer AEAD generate with a
+/// user nonce). `lock`: starts locked, unlocked by this master key.
+pub fn emulated_hsm(lock: Option<[u8; 32]>) -> EmuPty {
+    emulated_hsm_with(
+        permission::AEAD_YUBIKEY_OTP_DECODE
+            | permission::BUFFER_AEAD_GENERATE
+            | permission::BUFFER_LOAD
+            | permission::USER_NONCE,
+        lock,
+    )
+}
+
+/// As [`emulated_hsm`], key handle 1 with these permission flags.
+pub fn emulated_hsm_with(flags: u32, lock: Option<[u8; 32]>) -> EmuPty {
+    let mut emu = Emulator::new(u64::from_le_bytes(random()));
+    emu.add_key(
+        1,
+        ykhsm_core::KeyHandleKey::new(hex::decode(KH1_KEY).unwrap()).unwrap(),
+        flags,
+    );
+    if let Some(key) = lock {
+        emu.lock_with(ykhsm_hsm_emu::UnlockSecret::MasterKey(Zeroizing::new(key)));
+    }
+    EmuPty::start(Link::new(emu)).unwrap()
+}
 
 /// Random bytes from the OS.
 pub fn random<const N: usize>() -> [u8; N] {
@@ -96,11 +153,14 @@ pub struct Env {
     secrets: Mutex<Vec<String>>,
     syslog: Syslog,
     backend: SoftBackend,
+    /// The emulated HSM of a `YKHSM_TEST_BACKEND=yubihsm` run.
+    hsm: Mutex<Option<EmuPty>>,
 }
 
 impl Env {
     /// keys.json with key handle 1 (AES-256), an empty AEAD store, an
-    /// empty authfile (root, 0644), key_handles = ["1"].
+    /// empty authfile (root, 0644), key_handles = ["1"]; on the emulated
+    /// HSM instead of keys.json if this run is (see [`on_hsm`]).
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ykhsm-test-")
@@ -133,11 +193,20 @@ impl Env {
             secrets: Mutex::new(vec![KH1_KEY.to_owned()]),
             syslog,
             backend,
+            hsm: Mutex::new(on_hsm().then(|| emulated_hsm(None))),
             dir,
         };
+        if let Some(hsm) = env.hsm.lock().unwrap().as_ref() {
+            *env.device.lock().unwrap() = Some(hsm.path().to_path_buf());
+        }
         env.set_authfile("");
         env.write_config();
         env
+    }
+
+    /// Unplugs the emulated HSM of a `YKHSM_TEST_BACKEND=yubihsm` run.
+    pub fn unplug_hsm(&self) {
+        drop(self.hsm.lock().unwrap().take());
     }
 
     /// Adds TOML lines to the configuration (before `start`).
@@ -350,6 +419,61 @@ impl Drop for Env {
             }
         }
     }
+}
+
+/// The ykadmin binary cargo built next to this test (scripts/test.sh builds
+/// the whole workspace; ykadmin's own tests make cargo build it).
+pub fn ykadmin_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("ykadmin");
+    assert!(
+        p.exists(),
+        "{} missing: cargo build -p ykadmin",
+        p.display()
+    );
+    p
+}
+
+/// What a finished `ykadmin` printed, and its exit code.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `ykadmin --config <env's> args…` with no input.
+pub fn ykadmin(env: &Env, args: &[&str]) -> Out {
+    ykadmin_with_input(env, args, "")
+}
+
+/// Runs `ykadmin --config <env's> args…` with `input` on its standard input
+/// (not a terminal). What it printed goes into the `Env`'s logs, so it is
+/// checked for secrets too.
+pub fn ykadmin_with_input(env: &Env, args: &[&str], input: &str) -> Out {
+    use std::io::Write;
+    let mut child = Command::new(ykadmin_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    env.logs
+        .lock()
+        .unwrap()
+        .extend(o.stdout.lines().chain(o.stderr.lines()).map(str::to_owned));
+    o
 }
 
 /// The usual installation: one key, `ccccccdbjrgf`, on alice's line, and
