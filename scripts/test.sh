@@ -20,6 +20,5 @@ echo "== fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== the daemon, PAM and sshd suites again, on the YubiHSM 1 emulator (same tests, same AEAD files)"
-YKHSM_TEST_BACKEND=yubihsm cargo test -p ykhsmd --locked \
-    --test daemon --test exactly_once --test peers --test pam --test sshd
+echo "== ykhsmd's suites again (daemon, PAM, sshd, ykadmin), on the YubiHSM 1 emulator: same tests, same AEAD files"
+YKHSM_TEST_BACKEND=yubihsm cargo test -p ykhsmd --locked --tests

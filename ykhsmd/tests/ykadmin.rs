@@ -484,7 +484,7 @@ fn a_pyhsm_aead_tree_verifies_unchanged_and_passes_aeads_check() {
         ("v0_file_hex", r#"["0x2000", "1", "8192"]"#, "-kh2000"),
     ] {
         let env = Env::new();
-        fs::write(&env.keys_file, v["keys_json"].to_string()).unwrap();
+        env.set_keys_json(&v["keys_json"].to_string());
         env.config(&format!("key_handles = {order}\n"));
         for c in cases {
             let bytes = hex::decode(c[format].as_str().unwrap()).unwrap();

@@ -360,11 +360,10 @@ fn two_key_handles_each_get_an_aead() {
     let env = Env::new();
     let kh2_key = hex::encode(random::<32>());
     env.secret(&kh2_key);
-    fs::write(
-        &env.keys_file,
-        format!(r#"{{"1": "{}", "2": "{kh2_key}"}}"#, common::KH1_KEY),
-    )
-    .unwrap();
+    env.set_keys_json(&format!(
+        r#"{{"1": "{}", "2": "{kh2_key}"}}"#,
+        common::KH1_KEY
+    ));
     env.config(r#"key_handles = ["1", "0x2"]"#);
     let keys = keys(&env, 3);
     env.set_authfile(&format!(

@@ -69,23 +69,30 @@ pub fn keys_json_only(test: &str) -> bool {
 /// those `import`/`generate` use (buffer load, buffer AEAD generate with a
 /// user nonce). `lock`: starts locked, unlocked by this master key.
 pub fn emulated_hsm(lock: Option<[u8; 32]>) -> EmuPty {
-    emulated_hsm_with(
-        permission::AEAD_YUBIKEY_OTP_DECODE
-            | permission::BUFFER_AEAD_GENERATE
-            | permission::BUFFER_LOAD
-            | permission::USER_NONCE,
-        lock,
-    )
+    emulated_hsm_with(BASTION_FLAGS, lock)
 }
 
 /// As [`emulated_hsm`], key handle 1 with these permission flags.
 pub fn emulated_hsm_with(flags: u32, lock: Option<[u8; 32]>) -> EmuPty {
+    emulated_hsm_holding(&[(1, KH1_KEY.to_owned())], flags, lock)
+}
+
+/// The permissions of a bastion's key handle, and those import uses.
+const BASTION_FLAGS: u32 = permission::AEAD_YUBIKEY_OTP_DECODE
+    | permission::BUFFER_AEAD_GENERATE
+    | permission::BUFFER_LOAD
+    | permission::USER_NONCE;
+
+/// An emulated YubiHSM 1 holding these key handles (number, key in hex).
+pub fn emulated_hsm_holding(keys: &[(u32, String)], flags: u32, lock: Option<[u8; 32]>) -> EmuPty {
     let mut emu = Emulator::new(u64::from_le_bytes(random()));
-    emu.add_key(
-        1,
-        ykhsm_core::KeyHandleKey::new(hex::decode(KH1_KEY).unwrap()).unwrap(),
-        flags,
-    );
+    for (handle, key) in keys {
+        emu.add_key(
+            *handle,
+            ykhsm_core::KeyHandleKey::new(hex::decode(key).unwrap()).unwrap(),
+            flags,
+        );
+    }
     if let Some(key) = lock {
         emu.lock_with(ykhsm_hsm_emu::UnlockSecret::MasterKey(Zeroizing::new(key)));
     }
@@ -202,6 +209,30 @@ impl Env {
         env.set_authfile("");
         env.write_config();
         env
+    }
+
+    /// Replaces the key-handle keys (pyhsm's keys.json text, `{"1": "hex"}`):
+    /// keys.json, or on a `YKHSM_TEST_BACKEND=yubihsm` run a new emulated
+    /// HSM holding the same keys (before `start`).
+    pub fn set_keys_json(&self, json: &str) {
+        fs::write(&self.keys_file, json).unwrap();
+        let mut hsm = self.hsm.lock().unwrap();
+        if hsm.is_none() {
+            return;
+        }
+        let map: std::collections::BTreeMap<String, String> = serde_json::from_str(json).unwrap();
+        let keys: Vec<(u32, String)> = map
+            .into_iter()
+            .map(|(k, v)| (k.parse().unwrap(), v))
+            .collect();
+        for (_, key) in &keys {
+            self.secret(key);
+        }
+        let device = emulated_hsm_holding(&keys, BASTION_FLAGS, None);
+        *self.device.lock().unwrap() = Some(device.path().to_path_buf());
+        *hsm = Some(device);
+        drop(hsm);
+        self.write_config();
     }
 
     /// Unplugs the emulated HSM of a `YKHSM_TEST_BACKEND=yubihsm` run.
