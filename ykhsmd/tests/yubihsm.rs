@@ -244,6 +244,47 @@ fn locked_hsm_is_named_then_unlocked_with_ykadmin() {
     env.wait_log("hsm unlock: done (master key)");
 }
 
+/// A key store locked for an admin YubiKey: `hsm unlock --otp-only` with
+/// its OTP unlocks; the same OTP again is refused as used before.
+#[test]
+fn hsm_unlock_with_an_admin_yubikey_otp() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let admin_secrets = ykhsm_core::otp::YubiKeySecrets::new(common::random(), common::random());
+    let admin_id = ykhsm_core::otp::PublicId::parse("cccccccccccn").unwrap();
+    let mut admin = ykhsm_core::softkey::SoftYubiKey::new(
+        admin_id.clone(),
+        ykhsm_core::otp::YubiKeySecrets::new(*admin_secrets.key(), *admin_secrets.uid()),
+    );
+    env.secret(&hex::encode(admin_secrets.key()));
+    let device = common::emulated_hsm_holding(
+        &[(1, common::KH1_KEY.to_owned())],
+        permission::AEAD_YUBIKEY_OTP_DECODE,
+        Some(ykhsm_hsm_emu::UnlockSecret::AdminOtp {
+            public_id: admin_id.to_bytes().try_into().unwrap(),
+            secrets: admin_secrets,
+        }),
+    );
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    let otp = env.otp(&mut admin);
+    let o = common::ykadmin_with_input(&env, &["hsm", "unlock", "--otp-only"], &format!("{otp}\n"));
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "unlocked\n"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    let again =
+        common::ykadmin_with_input(&env, &["hsm", "unlock", "--otp-only"], &format!("{otp}\n"));
+    assert_eq!(again.code, 3, "{}", again.stderr);
+    assert!(again.stderr.contains("used before"), "{}", again.stderr);
+    env.wait_log("hsm unlock: done (admin OTP pubid=cccccccccccn)");
+}
+
 /// A bastion's key handle that may not decode OTPs: named by `--check` and
 /// `status`, and logins get `BACKEND_ERROR`.
 #[test]

@@ -74,7 +74,11 @@ pub fn emulated_hsm(lock: Option<[u8; 32]>) -> EmuPty {
 
 /// As [`emulated_hsm`], key handle 1 with these permission flags.
 pub fn emulated_hsm_with(flags: u32, lock: Option<[u8; 32]>) -> EmuPty {
-    emulated_hsm_holding(&[(1, KH1_KEY.to_owned())], flags, lock)
+    emulated_hsm_holding(
+        &[(1, KH1_KEY.to_owned())],
+        flags,
+        lock.map(|k| ykhsm_hsm_emu::UnlockSecret::MasterKey(Zeroizing::new(k))),
+    )
 }
 
 /// The permissions of a bastion's key handle, and those import uses.
@@ -84,7 +88,11 @@ const BASTION_FLAGS: u32 = permission::AEAD_YUBIKEY_OTP_DECODE
     | permission::USER_NONCE;
 
 /// An emulated YubiHSM 1 holding these key handles (number, key in hex).
-pub fn emulated_hsm_holding(keys: &[(u32, String)], flags: u32, lock: Option<[u8; 32]>) -> EmuPty {
+pub fn emulated_hsm_holding(
+    keys: &[(u32, String)],
+    flags: u32,
+    lock: Option<ykhsm_hsm_emu::UnlockSecret>,
+) -> EmuPty {
     let mut emu = Emulator::new(u64::from_le_bytes(random()));
     for (handle, key) in keys {
         emu.add_key(
@@ -93,8 +101,8 @@ pub fn emulated_hsm_holding(keys: &[(u32, String)], flags: u32, lock: Option<[u8
             flags,
         );
     }
-    if let Some(key) = lock {
-        emu.lock_with(ykhsm_hsm_emu::UnlockSecret::MasterKey(Zeroizing::new(key)));
+    if let Some(secret) = lock {
+        emu.lock_with(secret);
     }
     EmuPty::start(Link::new(emu)).unwrap()
 }
