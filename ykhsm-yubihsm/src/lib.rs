@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{self, BaudRate, ControlFlags, FlushArg, SetArg};
 use thiserror::Error;
@@ -90,6 +90,16 @@ pub enum HsmError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+    /// Another process holds the device (its `flock`): only one may talk
+    /// to a YubiHSM at a time.
+    #[error(
+        "YubiHSM {}: another process has the device open (a second ykhsmd?); only one may use it",
+        path.display()
+    )]
+    Busy {
+        /// Device path.
+        path: PathBuf,
     },
     /// The serial line could not be put in raw mode (or flushed).
     #[error("YubiHSM {}: cannot set up the serial line ({what}): {source}", path.display())]
@@ -224,7 +234,10 @@ enum ReadFail {
 #[derive(Debug)]
 pub struct YubiHsm {
     path: PathBuf,
-    port: File,
+    /// Held with an exclusive `flock` while open: a second ykhsmd (another
+    /// configuration) or `ykhsmd --check` cannot interleave its exchanges
+    /// with ours.
+    port: Flock<File>,
     timeout: Duration,
     info: SystemInfo,
     needs_resync: bool,
@@ -249,6 +262,18 @@ impl YubiHsm {
                 path: path.to_owned(),
                 source,
             })?;
+        let port = Flock::lock(port, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                HsmError::Busy {
+                    path: path.to_owned(),
+                }
+            } else {
+                HsmError::Open {
+                    path: path.to_owned(),
+                    source: io::Error::from(errno),
+                }
+            }
+        })?;
         let termios_err = |what| {
             let path = path.to_owned();
             move |source| HsmError::Termios { path, what, source }

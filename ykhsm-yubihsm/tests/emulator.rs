@@ -61,6 +61,20 @@ fn nonce_of(yk: &SoftYubiKey) -> Nonce {
     Nonce::from_public_id(yk.public_id()).unwrap()
 }
 
+/// Only one process (one `YubiHsm`) may have the device open: a second
+/// open is refused by name until the first is closed.
+#[test]
+fn a_second_open_of_the_device_is_refused_while_the_first_holds_it() {
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
+    let first = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    let err = YubiHsm::open(emu.path(), TIMEOUT).unwrap_err();
+    assert!(matches!(err, HsmError::Busy { .. }), "{err:?}");
+    assert!(err.to_string().contains("another process"), "{err}");
+    drop(first);
+    let mut second = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    assert_eq!(second.echo(b"mine now").unwrap(), b"mine now");
+}
+
 #[test]
 fn startup_system_info_echo_random() {
     let emu = EmuPty::start(Link::new(emulator())).unwrap();
