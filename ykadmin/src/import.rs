@@ -36,13 +36,13 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use thiserror::Error;
+use ykhsm_config::Config;
 use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
 use ykhsm_core::otp::YubiKeySecrets;
 use ykhsm_core::store::{AeadStore, StoreError, StoredAead, WriteMode};
 use ykhsm_core::ykksm::{self, YkksmRecord};
 use ykhsm_core::{Nonce, YubiKeyAead};
 use ykhsm_proto::{ClientError, Request, Response, Status, Zeroizing, call};
-use ykhsmd::config::Config;
 
 /// How long one wrap request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);

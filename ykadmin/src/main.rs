@@ -21,13 +21,13 @@ use ykadmin::counters_text;
 use ykadmin::digest;
 use ykadmin::generate;
 use ykadmin::import;
+use ykhsm_config::Config;
 use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::serial;
 use ykhsm_core::store::AeadStore;
 use ykhsm_proto::{Request, Response, Status, Zeroizing, call};
-use ykhsmd::config::Config;
 
 /// How long ykadmin waits for the daemon.
 const TIMEOUT: Duration = Duration::from_secs(30);

@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authfile;
-pub mod config;
+pub use ykhsm_config as config;
 pub mod daemon;
 pub mod db;
 pub mod device;

@@ -2,6 +2,13 @@
 //! defaults"): TOML, every key optional, unknown keys refused. Parsed into a
 //! raw struct, then validated into [`Config`], which has no `Option` left
 //! and whose paths are absolute.
+//!
+//! A crate of its own so that ykadmin reads the same file, with the same
+//! defaults and checks, without linking the daemon. `ykhsmd::config` is this
+//! crate.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
