@@ -517,7 +517,8 @@ impl Service {
         };
         let this = Arc::clone(self);
         let user = user.to_owned();
-        let finish = move |here: bool| match this.decode_pending(&pending) {
+        let queued = Instant::now();
+        let finish = move |here: bool| match this.decode_in_time(&pending, queued) {
             Err(outcome) => done(this.verdict(&user, &outcome, &peer, start)),
             Ok(d) => {
                 let (key, presented, public_id, pair) = d.into_parts();
@@ -587,11 +588,35 @@ impl Service {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = Arc::clone(self);
+        let queued = Instant::now();
         device.run(move || {
-            let _ = tx.send(this.decode_pending(&pending));
+            let _ = tx.send(this.decode_in_time(&pending, queued));
         });
         rx.await
             .unwrap_or_else(|_| Err(Outcome::status(Status::BackendError)))
+    }
+
+    /// Check 5 for a login queued for the device at `queued`. One that
+    /// waited longer than `client_timeout` (the device hung, and logins
+    /// piled up behind it) is answered `BACKEND_ERROR` without asking the
+    /// device: its client has given up or is about to, so the device's time
+    /// goes to the logins still waiting, and the OTP stays unused.
+    fn decode_in_time(&self, pending: &Pending, queued: Instant) -> Result<Decoded, Outcome> {
+        let waited = queued.elapsed();
+        if waited > self.config.client_timeout {
+            self.log.warn(&format!(
+                "pubid={}: waited {} ms for the YubiHSM (client_timeout_ms {}); answered BACKEND_ERROR without asking it",
+                pending.otp.public_id(),
+                waited.as_millis(),
+                self.config.client_timeout.as_millis()
+            ));
+            return Err(Outcome {
+                status: Status::BackendError,
+                public_id: Some(pending.otp.public_id().clone()),
+                counters: None,
+            });
+        }
+        self.decode_pending(pending)
     }
 
     /// Checks 0–4, which need no device: may ask, authfile, OTP form, key

@@ -148,6 +148,46 @@ fn requests_that_need_no_device_do_not_wait_behind_a_slow_hsm() {
     assert_eq!(d.verify("alice", &slow_otp), Status::ReplayedOtp);
 }
 
+/// A login that waited behind a hung HSM for longer than `client_timeout`
+/// is answered `BACKEND_ERROR` without being sent to the device, so its OTP
+/// stays unused: it logs in once the device answers again.
+#[test]
+fn logins_queued_too_long_behind_a_hung_hsm_are_refused_without_the_device() {
+    let env = Env::new();
+    env.config("client_timeout_ms = 300");
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let device = hsm();
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+
+    device.set_misbehave(Misbehave::Slow(Duration::from_secs(3)));
+    let held = device.answered() + 1;
+    let (first, second) = (env.otp(&mut key), env.otp(&mut key));
+    let slow = {
+        let (socket, otp) = (d.socket.clone(), first.clone());
+        std::thread::spawn(move || verify_at(&socket, "alice", &otp))
+    };
+    assert!(device.wait_answered(held, Duration::from_secs(10)));
+    // Queued behind the first login, which holds the device for its whole
+    // 1 s deadline: longer than client_timeout.
+    assert_eq!(d.verify("alice", &second), Status::BackendError);
+    assert_eq!(slow.join().unwrap(), Status::BackendError);
+    assert_eq!(
+        device.answered(),
+        held,
+        "the second login reached the device"
+    );
+    env.wait_log("answered BACKEND_ERROR without asking it");
+
+    device.set_misbehave(Misbehave::None);
+    common::wait_for("the unused OTP to log in", Duration::from_secs(20), || {
+        d.verify("alice", &second) == Status::Ok
+    });
+    assert_eq!(d.verify("alice", &first), Status::ReplayedOtp);
+}
+
 /// Garbage on the line and a device reset halfway through its answer: that
 /// login gets `BACKEND_ERROR` (the link is resynchronised), the next one
 /// `OK`, and the OTP refused is never accepted later.
