@@ -11,6 +11,15 @@ use ykhsm_core::yubihsm::permission;
 use ykhsm_hsm_emu::Misbehave;
 use ykhsm_proto::{Request, Response, Status};
 
+/// An installation where alice has the key `ccccccdbjrgf`; the daemon is
+/// not started (the test chooses its device first).
+fn alice_env() -> (Env, ykhsm_core::softkey::SoftYubiKey) {
+    let env = Env::new();
+    let key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    (env, key)
+}
+
 /// An emulated YubiHSM whose key handle 1 is the test installation's.
 fn hsm() -> ykhsm_hsm_emu::pty::EmuPty {
     emulated_hsm(None)
@@ -41,9 +50,7 @@ fn soft_and_hsm_backends_answer_alike_for_the_same_aead_files() {
 
 #[test]
 fn device_gone_is_backend_error_and_it_recovers_when_it_is_back() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
+    let (env, mut key) = alice_env();
     // The daemon's device is a symlink, as a udev rule would make it.
     let link = env.dir.path().join("yubihsm");
     let first = hsm();
@@ -193,9 +200,7 @@ fn logins_queued_too_long_behind_a_hung_hsm_are_refused_without_the_device() {
 /// `OK`, and the OTP refused is never accepted later.
 #[test]
 fn garbage_and_a_reset_mid_answer_are_backend_errors_then_the_link_recovers() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
+    let (env, mut key) = alice_env();
     let device = hsm();
     env.use_yubihsm(device.path());
     let d = env.start();
@@ -226,9 +231,7 @@ fn garbage_and_a_reset_mid_answer_are_backend_errors_then_the_link_recovers() {
 /// input, never echoed or logged); logins work from then on.
 #[test]
 fn locked_hsm_is_named_then_unlocked_with_ykadmin() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
+    let (env, mut key) = alice_env();
     let master: [u8; 32] = common::random();
     let master_hex = hex::encode(master);
     env.secret(&master_hex);
@@ -288,9 +291,7 @@ fn locked_hsm_is_named_then_unlocked_with_ykadmin() {
 /// its OTP unlocks; the same OTP again is refused as used before.
 #[test]
 fn hsm_unlock_with_an_admin_yubikey_otp() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
+    let (env, mut key) = alice_env();
     let admin_secrets = ykhsm_core::otp::YubiKeySecrets::new(common::random(), common::random());
     let admin_id = ykhsm_core::otp::PublicId::parse("cccccccccccn").unwrap();
     let mut admin = ykhsm_core::softkey::SoftYubiKey::new(
@@ -329,9 +330,7 @@ fn hsm_unlock_with_an_admin_yubikey_otp() {
 /// `status`, and logins get `BACKEND_ERROR`.
 #[test]
 fn key_handle_without_the_otp_decode_permission_is_named() {
-    let env = Env::new();
-    let mut key = env.key("ccccccdbjrgf");
-    env.set_authfile("alice:ccccccdbjrgf\n");
+    let (env, mut key) = alice_env();
     let device = common::emulated_hsm_with(
         permission::BUFFER_AEAD_GENERATE | permission::BUFFER_LOAD | permission::USER_NONCE,
         None,
