@@ -99,6 +99,15 @@ impl Outcome {
             counters: None,
         }
     }
+
+    /// A refusal that names the key (no counters: nothing was decoded).
+    fn for_key(status: Status, public_id: &PublicId) -> Self {
+        Self {
+            status,
+            public_id: Some(public_id.clone()),
+            counters: None,
+        }
+    }
 }
 
 /// What passed checks 0–4 (no device needed): the OTP and its AEAD, for
@@ -583,17 +592,13 @@ impl Service {
     /// Check 5 for the event loop: on the device's thread when there is
     /// one (the loop goes on meanwhile), else here (microseconds of AES).
     async fn decode_queued(self: &Arc<Self>, pending: Pending) -> Result<Decoded, Outcome> {
-        let Some(device) = &self.device else {
+        if self.device.is_none() {
             return self.decode_pending(&pending);
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        }
         let this = Arc::clone(self);
         let queued = Instant::now();
-        device.run(move || {
-            let _ = tx.send(this.decode_in_time(&pending, queued));
-        });
-        rx.await
-            .unwrap_or_else(|_| Err(Outcome::status(Status::BackendError)))
+        self.on_device(move || this.decode_in_time(&pending, queued))
+            .await
     }
 
     /// Check 5 for a login queued for the device at `queued`. One that
@@ -610,11 +615,10 @@ impl Service {
                 waited.as_millis(),
                 self.config.client_timeout.as_millis()
             ));
-            return Err(Outcome {
-                status: Status::BackendError,
-                public_id: Some(pending.otp.public_id().clone()),
-                counters: None,
-            });
+            return Err(Outcome::for_key(
+                Status::BackendError,
+                pending.otp.public_id(),
+            ));
         }
         self.decode_pending(pending)
     }
@@ -648,43 +652,29 @@ impl Service {
             Lookup::Keys(k) => k.to_vec(),
         };
         let parsed = Otp::parse(otp).map_err(|_| Outcome::status(Status::BadOtp))?;
-        let public_id = parsed.public_id().clone();
-        let with_id = |status| Outcome {
-            status,
-            public_id: Some(public_id.clone()),
-            counters: None,
-        };
-        if !keys.contains(&public_id) {
-            return Err(with_id(Status::NotAuthorized));
+        let public_id = parsed.public_id();
+        if !keys.contains(public_id) {
+            return Err(Outcome::for_key(Status::NotAuthorized, public_id));
         }
-        let found = self.find_aead(&public_id).map_err(with_id)?;
+        let found = self
+            .find_aead(public_id)
+            .map_err(|status| Outcome::for_key(status, public_id))?;
         Ok(Pending { otp: parsed, found })
     }
 
     /// Check 5 on what passed checks 0–4.
     fn decode_pending(&self, p: &Pending) -> Result<Decoded, Outcome> {
         self.decode_found(&p.otp, &p.found)
-            .map_err(|status| Outcome {
-                status,
-                public_id: Some(p.otp.public_id().clone()),
-                counters: None,
-            })
+            .map_err(|status| Outcome::for_key(status, p.otp.public_id()))
     }
 
     /// Checks 2, 4, 5 without the authfile (enrollment by OTP).
     fn decode(&self, otp: &str) -> Result<Decoded, Outcome> {
         let parsed = Otp::parse(otp).map_err(|_| Outcome::status(Status::BadOtp))?;
-        self.decode_parsed(&parsed).map_err(|status| Outcome {
-            status,
-            public_id: Some(parsed.public_id().clone()),
-            counters: None,
-        })
-    }
-
-    /// Checks 4 and 5.
-    fn decode_parsed(&self, otp: &Otp) -> Result<Decoded, Status> {
-        let found = self.find_aead(otp.public_id())?;
-        self.decode_found(otp, &found)
+        let found = self
+            .find_aead(parsed.public_id())
+            .map_err(|status| Outcome::for_key(status, parsed.public_id()))?;
+        self.decode_pending(&Pending { otp: parsed, found })
     }
 
     /// Check 4: the key's AEAD file.

@@ -117,17 +117,8 @@ fn requests_that_need_no_device_do_not_wait_behind_a_slow_hsm() {
     let d = env.start();
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
 
-    device.set_misbehave(Misbehave::Slow(Duration::from_secs(3)));
-    let held = device.answered() + 1;
     let slow_otp = env.otp(&mut key);
-    let slow = {
-        let (socket, otp) = (d.socket.clone(), slow_otp.clone());
-        std::thread::spawn(move || verify_at(&socket, "alice", &otp))
-    };
-    assert!(
-        device.wait_answered(held, Duration::from_secs(10)),
-        "the login never reached the device"
-    );
+    let (slow, _) = login_held_by_a_slow_device(&d, &device, &slow_otp);
     // The device holds alice's login now. None of these needs it.
     let no_device = [
         ("carol", env.otp(&mut key), Status::NoKeysForUser),
@@ -169,14 +160,8 @@ fn logins_queued_too_long_behind_a_hung_hsm_are_refused_without_the_device() {
     let d = env.start();
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
 
-    device.set_misbehave(Misbehave::Slow(Duration::from_secs(3)));
-    let held = device.answered() + 1;
     let (first, second) = (env.otp(&mut key), env.otp(&mut key));
-    let slow = {
-        let (socket, otp) = (d.socket.clone(), first.clone());
-        std::thread::spawn(move || verify_at(&socket, "alice", &otp))
-    };
-    assert!(device.wait_answered(held, Duration::from_secs(10)));
+    let (slow, held) = login_held_by_a_slow_device(&d, &device, &first);
     // Queued behind the first login, which holds the device for its whole
     // 1 s deadline: longer than client_timeout.
     assert_eq!(d.verify("alice", &second), Status::BackendError);
@@ -367,6 +352,25 @@ fn hsm_unlock_on_the_soft_backend_says_there_is_nothing_to_unlock() {
     );
     assert_eq!(o.code, 3, "{}", o.stderr);
     assert!(o.stderr.contains("no key store to unlock"), "{}", o.stderr);
+}
+
+/// Makes the device answer 3 s late (after the daemon's 1 s deadline) and
+/// sends alice's login with `otp` from another thread; returns once the
+/// device holds it, with the device's `answered` count at that moment.
+fn login_held_by_a_slow_device(
+    d: &common::Daemon,
+    device: &ykhsm_hsm_emu::pty::EmuPty,
+    otp: &str,
+) -> (std::thread::JoinHandle<Status>, u64) {
+    device.set_misbehave(Misbehave::Slow(Duration::from_secs(3)));
+    let held = device.answered() + 1;
+    let (socket, otp) = (d.socket.clone(), otp.to_owned());
+    let login = std::thread::spawn(move || verify_at(&socket, "alice", &otp));
+    assert!(
+        device.wait_answered(held, Duration::from_secs(10)),
+        "the login never reached the device"
+    );
+    (login, held)
 }
 
 fn verify_at(socket: &std::path::Path, user: &str, otp: &str) -> Status {
