@@ -12,6 +12,9 @@ pub fn pam_code(status: Status, nullok: bool) -> PamResultCode {
         Status::Ok => PamResultCode::PAM_SUCCESS,
         Status::NoKeysForUser if nullok => PamResultCode::PAM_IGNORE,
         Status::NoKeysForUser => PamResultCode::PAM_USER_UNKNOWN,
+        // A name the system does not know is never "a user without keys":
+        // nullok does not skip it.
+        Status::UnknownUser => PamResultCode::PAM_USER_UNKNOWN,
         Status::BadOtp
         | Status::ReplayedOtp
         | Status::NoSuchKey
@@ -84,11 +87,16 @@ mod tests {
             (Status::ReplayedOtp, PAM_AUTH_ERR),
             (Status::BackendError, PAM_AUTHINFO_UNAVAIL),
             (Status::Ok, PAM_SUCCESS),
+            (Status::UnknownUser, PAM_USER_UNKNOWN),
         ];
         for (s, code) in table {
             assert_eq!(pam_code(s, false), code, "{s}");
         }
         assert_eq!(pam_code(Status::NoKeysForUser, true), PAM_IGNORE);
+        // Only a known user without a line is skipped under nullok.
+        for s in ALL.into_iter().filter(|&s| s != Status::NoKeysForUser) {
+            assert_ne!(pam_code(s, true), PAM_IGNORE, "{s} under nullok");
+        }
     }
 
     #[test]

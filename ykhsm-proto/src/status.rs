@@ -23,10 +23,14 @@ pub enum Status {
     BackendError,
     /// The asking process may not ask this.
     Denied,
+    /// The system does not know the user name (NSS has no such user) and
+    /// the authfile has no line for it either. Not "a user without keys":
+    /// `nullok` never skips it.
+    UnknownUser,
 }
 
 /// Every status, in wire-code order.
-pub const ALL: [Status; 8] = [
+pub const ALL: [Status; 9] = [
     Status::Ok,
     Status::BadOtp,
     Status::ReplayedOtp,
@@ -35,6 +39,7 @@ pub const ALL: [Status; 8] = [
     Status::NoKeysForUser,
     Status::BackendError,
     Status::Denied,
+    Status::UnknownUser,
 ];
 
 impl Status {
@@ -49,6 +54,7 @@ impl Status {
             Self::NoKeysForUser => "NO_KEYS_FOR_USER",
             Self::BackendError => "BACKEND_ERROR",
             Self::Denied => "DENIED",
+            Self::UnknownUser => "UNKNOWN_USER",
         }
     }
 
@@ -63,6 +69,7 @@ impl Status {
             Self::NoKeysForUser => 5,
             Self::BackendError => 6,
             Self::Denied => 7,
+            Self::UnknownUser => 8,
         }
     }
 
@@ -111,14 +118,15 @@ mod tests {
                 "NOT_AUTHORIZED",
                 "NO_KEYS_FOR_USER",
                 "BACKEND_ERROR",
-                "DENIED"
+                "DENIED",
+                "UNKNOWN_USER"
             ]
         );
         for s in ALL {
             assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
             assert_eq!(Status::from_code(s.code()), Some(s));
         }
-        assert_eq!(Status::from_code(8), None);
+        assert_eq!(Status::from_code(9), None);
         assert!("ok".parse::<Status>().is_err());
     }
 }

@@ -162,7 +162,7 @@ fn unknown_kind_and_bad_status_are_errors() {
         Request::decode(&[0x7e]),
         Err(DecodeError::UnknownKind { kind: 0x7e })
     );
-    assert!(Response::decode(&[0x01, 8]).is_err());
+    assert!(Response::decode(&[0x01, ykhsm_proto::status::ALL.len() as u8]).is_err());
     assert!(Request::decode(&[]).is_err());
 }
 

@@ -148,7 +148,7 @@ pub struct Service {
     device: Option<DeviceQueue>,
     db: Db,
     started: Instant,
-    answered: [AtomicU64; 8],
+    answered: [AtomicU64; ALL_STATUS.len()],
 }
 
 impl std::fmt::Debug for Service {
