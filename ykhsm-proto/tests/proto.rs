@@ -162,7 +162,8 @@ fn unknown_kind_and_bad_status_are_errors() {
         Request::decode(&[0x7e]),
         Err(DecodeError::UnknownKind { kind: 0x7e })
     );
-    assert!(Response::decode(&[0x01, ykhsm_proto::status::ALL.len() as u8]).is_err());
+    let past_last = u8::try_from(ykhsm_proto::status::ALL.len()).unwrap();
+    assert!(Response::decode(&[0x01, past_last]).is_err());
     assert!(Request::decode(&[]).is_err());
 }
 
