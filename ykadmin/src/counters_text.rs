@@ -2,53 +2,67 @@
 //! export` / `counters merge`) and YK-VAL's `ykval-export` output
 //! (`ykadmin counters import-ykval`).
 //!
-//! # The ykhsm counters format, version 1
+//! # The ykhsm counters format, version 2
 //!
 //! Plain UTF-8 text, one item per line. Lines end with `\n`; a `\r` before
 //! the `\n` is accepted and ignored, so files that went through a Windows
 //! editor still read.
 //!
-//! - The **first line** is exactly `# ykhsm-counters 1`. A file whose first
-//!   line is anything else is refused as a whole (the error names what was
-//!   found); `# ykhsm-counters N` with another `N` is refused as an
-//!   unsupported version.
+//! - The **first line** is exactly `# ykhsm-counters 2` (or `1`, the format
+//!   of ykhsm before counters followed the public id; still read, below). A
+//!   file whose first line is anything else is refused as a whole (the error
+//!   names what was found); another version number is refused as
+//!   unsupported.
 //! - Every **later line** is either
 //!   - blank (empty or only spaces/tabs): ignored;
-//!   - a comment, starting with `#` in its first column: ignored (so the
-//!     output of `cat a.txt b.txt`, whose second header becomes a comment,
-//!     is still one valid file);
-//!   - a **record**: exactly seven fields separated by single spaces
+//!   - a header again (`# ykhsm-counters 1` or `2`): the lines after it are
+//!     read in that version — so the output of `cat a.txt b.txt`, even of
+//!     two versions, is still one valid file;
+//!   - any other comment, starting with `#` in its first column: ignored;
+//!   - a **record**: exactly nine fields separated by single spaces
 //!     (`' '`, no tabs, no leading or trailing space):
 //!
 //!     ```text
-//!     public_id fingerprint counter session_use ts_high ts_low modified
+//!     public_id generation counter session_use ts_high ts_low modified reset_at aeads
 //!     ```
 //!
 //! | field | form | range |
 //! |---|---|---|
 //! | `public_id` | lowercase modhex (`cbdefghijklnrtuv`) | even length, 2 to 16 characters |
-//! | `fingerprint` | hex, SHA-1 of the key's AEAD | exactly 40 characters; written lowercase, read in either case |
-//! | `counter` | decimal | 0 to 32767 (15-bit usage counter, caps-lock bit already dropped) |
-//! | `session_use` | decimal | 0 to 255 |
+//! | `generation` | decimal | 0 to 4294967295; 0 until the key's first reset, one more with each |
+//! | `counter` | decimal, or `-` | 0 to 32767 (15-bit usage counter, caps-lock bit already dropped); `-` when nothing was accepted in this generation |
+//! | `session_use` | decimal, or `-` | 0 to 255; `-` exactly when `counter` is |
 //! | `ts_high` | decimal | 0 to 255 (timer, high 8 bits) |
 //! | `ts_low` | decimal | 0 to 65535 (timer, low 16 bits) |
 //! | `modified` | decimal Unix seconds | 0 to 9223372036854775807 (the counter database stores a signed 64-bit integer) |
+//! | `reset_at` | decimal Unix seconds | as `modified`; when the generation began (0 for generation 0) |
+//! | `aeads` | `-`, or 40-hex-digit fingerprints joined by `,` | at most 64; `-` for generation 0. The AEADs the generation was started for (SHA-1 over key handle ‖ nonce ‖ AEAD): from generation 1 on, only an OTP decoded with one of them is accepted. Written lowercase and sorted, read in either case |
 //!
 //! Decimal numbers are ASCII digits only: no sign, no spaces, no `0x`
 //! (leading zeros are accepted). Records may come in any order, and the same
-//! (public id, fingerprint) may appear more than once: `counters merge`
-//! keeps, per (public id, fingerprint), the highest record by
-//! (counter, session_use, modified, ts_high, ts_low) and never lowers a
-//! stored one, so duplicates and order do not matter.
+//! public id may appear more than once: `counters merge` keeps, per public
+//! id, the record of the highest generation; within one generation the
+//! highest by (counter, session_use, modified, ts_high, ts_low), with the
+//! union of the bound AEADs. It never lowers a stored one, so duplicates
+//! and order do not matter.
 //!
-//! [`write_export`] writes the header, one comment line naming the columns
-//! (`# public_id fingerprint counter session_use ts_high ts_low modified`),
-//! then one record per line, each ended by `\n`. Example:
+//! A **version 1** record has seven fields,
+//! `public_id fingerprint counter session_use ts_high ts_low modified`,
+//! where `fingerprint` is 40 hex digits naming the AEAD the counters were
+//! kept for. It is read as generation 0 of the public id (the fingerprint is
+//! checked and dropped): counters follow the public id now, and a version 1
+//! host never reset a key.
+//!
+//! [`write_export`] writes the version 2 header, one comment line naming
+//! the columns (`# public_id generation counter session_use ts_high ts_low
+//! modified reset_at aeads`), then one record per line, each ended by `\n`.
+//! Example:
 //!
 //! ```text
-//! # ykhsm-counters 1
-//! # public_id fingerprint counter session_use ts_high ts_low modified
-//! cccccccccccb 5e8a0c1f7a5c13f1a3f7e0a1b2c3d4e5f6a7b8c9 2 1 4 32729 1359470658
+//! # ykhsm-counters 2
+//! # public_id generation counter session_use ts_high ts_low modified reset_at aeads
+//! cccccccccccb 0 2 1 4 32729 1359470658 0 -
+//! ccccccdbjrgf 1 - - 0 0 1767225600 1767225600 5e8a0c1f7a5c13f1a3f7e0a1b2c3d4e5f6a7b8c9
 //! ```
 //!
 //! [`parse_export`] is all-or-nothing: it returns every record, or every bad
@@ -113,15 +127,18 @@ use std::io;
 use ykhsm_core::counters::COUNTER_MAX;
 use ykhsm_core::modhex;
 use ykhsm_proto::CounterRecord;
-use ykhsm_proto::message::FINGERPRINT_LEN;
+use ykhsm_proto::message::{FINGERPRINT_LEN, MAX_BOUND_AEADS};
 
-/// The exact first line of the ykhsm counters format, version 1.
-pub const EXPORT_HEADER: &str = "# ykhsm-counters 1";
+/// The exact first line of the ykhsm counters format, version 2.
+pub const EXPORT_HEADER: &str = "# ykhsm-counters 2";
+
+/// The first line of version 1, still read.
+pub const EXPORT_HEADER_V1: &str = "# ykhsm-counters 1";
 
 /// The comment line [`write_export`] puts after the header, naming the
 /// columns. Readers ignore it like any comment.
 pub const EXPORT_COLUMNS: &str =
-    "# public_id fingerprint counter session_use ts_high ts_low modified";
+    "# public_id generation counter session_use ts_high ts_low modified reset_at aeads";
 
 /// The prefix of the header line, before the version number.
 const HEADER_PREFIX: &str = "# ykhsm-counters ";
@@ -266,29 +283,43 @@ fn parse_fingerprint(s: &str) -> Result<[u8; FINGERPRINT_LEN], String> {
 /// Checks that a record can be written and read back unchanged.
 fn check_record(r: &CounterRecord) -> Result<(), String> {
     check_public_id(&r.public_id)?;
-    if r.counter > COUNTER_MAX {
+    if let Some((counter, _)) = r.last
+        && counter > COUNTER_MAX
+    {
         return Err(format!(
-            "counter {} is out of range (0 to {COUNTER_MAX})",
-            r.counter
+            "counter {counter} is out of range (0 to {COUNTER_MAX})"
         ));
     }
-    if r.modified > MODIFIED_MAX {
+    for (name, v) in [("modified", r.modified), ("reset_at", r.reset_at)] {
+        if v > MODIFIED_MAX {
+            return Err(format!("{name} {v} is out of range (0 to {MODIFIED_MAX})"));
+        }
+    }
+    check_aeads(r.generation, &r.aeads)
+}
+
+fn check_aeads(generation: u32, aeads: &[[u8; FINGERPRINT_LEN]]) -> Result<(), String> {
+    if aeads.len() > MAX_BOUND_AEADS {
         return Err(format!(
-            "modified {} is out of range (0 to {MODIFIED_MAX})",
-            r.modified
+            "{} AEAD fingerprints (at most {MAX_BOUND_AEADS})",
+            aeads.len()
         ));
+    }
+    if generation == 0 && !aeads.is_empty() {
+        return Err("generation 0 is bound to no AEAD; aeads must be \"-\"".into());
     }
     Ok(())
 }
 
-/// Writes `records` in the ykhsm counters format, version 1 (see the
+/// Writes `records` in the ykhsm counters format, version 2 (see the
 /// module documentation): the header, a comment naming the columns, then
 /// one record per line, in the order given.
 ///
 /// Fails with [`io::ErrorKind::InvalidInput`] before writing anything if a
 /// record could not be read back (a public id that is not lowercase modhex
-/// of even length 2 to 16, a counter above 0x7fff, `modified` above
-/// `i64::MAX`), so the output always parses.
+/// of even length 2 to 16, a counter above 0x7fff, a time above
+/// `i64::MAX`, more than 64 AEADs or any for generation 0), so the output
+/// always parses.
 pub fn write_export(records: &[CounterRecord], out: &mut impl io::Write) -> io::Result<()> {
     for r in records {
         check_record(r).map_err(|reason| {
@@ -304,37 +335,54 @@ pub fn write_export(records: &[CounterRecord], out: &mut impl io::Write) -> io::
     writeln!(out, "{EXPORT_HEADER}")?;
     writeln!(out, "{EXPORT_COLUMNS}")?;
     for r in records {
+        let (counter, session_use) = r.last.map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |(c, u)| (c.to_string(), u.to_string()),
+        );
+        let mut aeads: Vec<String> = r.aeads.iter().map(hex::encode).collect();
+        aeads.sort_unstable();
+        aeads.dedup();
+        let aeads = if aeads.is_empty() {
+            "-".to_owned()
+        } else {
+            aeads.join(",")
+        };
         writeln!(
             out,
-            "{} {} {} {} {} {} {}",
-            r.public_id,
-            hex::encode(r.fingerprint),
-            r.counter,
-            r.session_use,
-            r.ts_high,
-            r.ts_low,
-            r.modified
+            "{} {} {counter} {session_use} {} {} {} {} {aeads}",
+            r.public_id, r.generation, r.ts_high, r.ts_low, r.modified, r.reset_at
         )?;
     }
     Ok(())
 }
 
-/// Checks the first line of a ykhsm counters file.
-fn check_header(first: Option<&str>) -> Result<(), String> {
+/// The version a header line names: `Ok(Some(v))` for a version this
+/// reader knows, `Ok(None)` for a line that is not a header, `Err` for an
+/// unknown version.
+fn header_version(line: &str) -> Result<Option<u8>, String> {
+    match line {
+        EXPORT_HEADER => Ok(Some(2)),
+        EXPORT_HEADER_V1 => Ok(Some(1)),
+        _ => match line.strip_prefix(HEADER_PREFIX) {
+            Some(version) => Err(format!(
+                "unsupported format version {} (header {}); this ykadmin reads versions 1 and 2",
+                shown(version),
+                shown(line)
+            )),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Checks the first line of a ykhsm counters file: its version.
+fn check_header(first: Option<&str>) -> Result<u8, String> {
     let Some(first) = first else {
         return Err(format!(
             "the input is empty; expected the header {EXPORT_HEADER:?}"
         ));
     };
-    if first == EXPORT_HEADER {
-        return Ok(());
-    }
-    if let Some(version) = first.strip_prefix(HEADER_PREFIX) {
-        return Err(format!(
-            "unsupported format version {} (header {}); this ykadmin reads {EXPORT_HEADER:?}",
-            shown(version),
-            shown(first)
-        ));
+    if let Some(v) = header_version(first)? {
+        return Ok(v);
     }
     let mut reason = format!(
         "missing header: the first line must be {EXPORT_HEADER:?}, found {}",
@@ -352,13 +400,12 @@ fn check_header(first: Option<&str>) -> Result<(), String> {
     Err(reason)
 }
 
-/// Parses one record line of the ykhsm counters format.
-fn parse_record(line: &str) -> Result<CounterRecord, String> {
+/// Splits a record line into exactly `n` single-space-separated fields.
+fn fields<'a>(line: &'a str, n: usize, names: &str) -> Result<Vec<&'a str>, String> {
     let fields: Vec<&str> = line.split(' ').collect();
-    if fields.len() != 7 {
+    if fields.len() != n {
         return Err(format!(
-            "expected 7 fields separated by single spaces \
-             (public_id fingerprint counter session_use ts_high ts_low modified), found {}",
+            "expected {n} fields separated by single spaces ({names}), found {}",
             fields.len()
         ));
     }
@@ -367,36 +414,111 @@ fn parse_record(line: &str) -> Result<CounterRecord, String> {
              with no leading or trailing space"
             .into());
     }
-    check_public_id(fields[0])?;
+    Ok(fields)
+}
+
+/// Parses one record line of version 1: generation 0 of the public id.
+fn parse_record_v1(line: &str) -> Result<CounterRecord, String> {
+    let f = fields(
+        line,
+        7,
+        "public_id fingerprint counter session_use ts_high ts_low modified",
+    )?;
+    check_public_id(f[0])?;
+    parse_fingerprint(f[1])?;
     Ok(CounterRecord {
-        public_id: fields[0].to_owned(),
-        fingerprint: parse_fingerprint(fields[1])?,
-        counter: parse_field("counter", fields[2], COUNTER_MAX)?,
-        session_use: parse_field("session_use", fields[3], u8::MAX)?,
-        ts_high: parse_field("ts_high", fields[4], u8::MAX)?,
-        ts_low: parse_field("ts_low", fields[5], u16::MAX)?,
-        modified: parse_decimal("modified", fields[6], MODIFIED_MAX)?,
+        public_id: f[0].to_owned(),
+        generation: 0,
+        last: Some((
+            parse_field("counter", f[2], COUNTER_MAX)?,
+            parse_field("session_use", f[3], u8::MAX)?,
+        )),
+        ts_high: parse_field("ts_high", f[4], u8::MAX)?,
+        ts_low: parse_field("ts_low", f[5], u16::MAX)?,
+        modified: parse_decimal("modified", f[6], MODIFIED_MAX)?,
+        reset_at: 0,
+        aeads: Vec::new(),
     })
 }
 
-/// Parses text in the ykhsm counters format, version 1 (see the module
-/// documentation).
+/// Parses one record line of version 2.
+fn parse_record_v2(line: &str) -> Result<CounterRecord, String> {
+    let f = fields(
+        line,
+        9,
+        "public_id generation counter session_use ts_high ts_low modified reset_at aeads",
+    )?;
+    check_public_id(f[0])?;
+    let generation = parse_field("generation", f[1], u32::MAX)?;
+    let last = match (f[2], f[3]) {
+        ("-", "-") => None,
+        ("-", _) | (_, "-") => {
+            return Err(
+                "counter and session_use are either both \"-\" (nothing accepted in this generation) or both numbers"
+                    .into(),
+            );
+        }
+        (c, u) => Some((
+            parse_field("counter", c, COUNTER_MAX)?,
+            parse_field("session_use", u, u8::MAX)?,
+        )),
+    };
+    let aeads = if f[8] == "-" {
+        Vec::new()
+    } else {
+        let mut v = f[8]
+            .split(',')
+            .map(parse_fingerprint)
+            .collect::<Result<Vec<_>, _>>()?;
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    check_aeads(generation, &aeads)?;
+    Ok(CounterRecord {
+        public_id: f[0].to_owned(),
+        generation,
+        last,
+        ts_high: parse_field("ts_high", f[4], u8::MAX)?,
+        ts_low: parse_field("ts_low", f[5], u16::MAX)?,
+        modified: parse_decimal("modified", f[6], MODIFIED_MAX)?,
+        reset_at: parse_decimal("reset_at", f[7], MODIFIED_MAX)?,
+        aeads,
+    })
+}
+
+/// Parses text in the ykhsm counters format, version 2 or 1 (see the
+/// module documentation).
 ///
 /// All or nothing: `Ok` with every record (in file order, duplicates kept),
 /// or `Err` with every bad line. A missing or unknown header is one error on
 /// line 1 naming what was found, and the rest is then not read.
 pub fn parse_export(text: &str) -> Result<Vec<CounterRecord>, Vec<LineError>> {
     let mut lines = numbered_lines(text);
-    if let Err(reason) = check_header(lines.next().map(|(_, l)| l)) {
-        return Err(vec![LineError::new(1, reason)]);
-    }
+    let mut version = match check_header(lines.next().map(|(_, l)| l)) {
+        Ok(v) => v,
+        Err(reason) => return Err(vec![LineError::new(1, reason)]),
+    };
     let mut records = Vec::new();
     let mut errors = Vec::new();
     for (n, line) in lines {
-        if is_blank(line) || line.starts_with('#') {
+        if is_blank(line) {
             continue;
         }
-        match parse_record(line) {
+        if line.starts_with('#') {
+            match header_version(line) {
+                Ok(Some(v)) => version = v,
+                Ok(None) => {}
+                Err(reason) => errors.push(LineError::new(n, reason)),
+            }
+            continue;
+        }
+        let parsed = if version == 1 {
+            parse_record_v1(line)
+        } else {
+            parse_record_v2(line)
+        };
+        match parsed {
             Ok(r) => records.push(r),
             Err(reason) => errors.push(LineError::new(n, reason)),
         }
@@ -454,16 +576,19 @@ impl YkvalKey {
         )
     }
 
-    /// The counter record to merge for the AEAD with this `fingerprint`.
-    pub fn to_record(&self, fingerprint: [u8; FINGERPRINT_LEN]) -> CounterRecord {
+    /// The counter record to merge: generation 0 of the public id (YK-VAL
+    /// never reset a key; a key reset here since is in a later generation
+    /// and left alone by the merge).
+    pub fn to_record(&self) -> CounterRecord {
         CounterRecord {
             public_id: self.public_id.clone(),
-            fingerprint,
-            counter: self.counter,
-            session_use: self.session_use,
+            generation: 0,
+            last: Some((self.counter, self.session_use)),
             ts_high: self.ts_high,
             ts_low: self.ts_low,
             modified: self.modified,
+            reset_at: 0,
+            aeads: Vec::new(),
         }
     }
 }
@@ -710,17 +835,23 @@ mod tests {
         f
     }
 
+    /// A generation-0 record, as a version 1 line reads.
     fn rec(id: &str, counter: u16, session_use: u8) -> CounterRecord {
         CounterRecord {
             public_id: id.into(),
-            fingerprint: fp(),
-            counter,
-            session_use,
+            generation: 0,
+            last: Some((counter, session_use)),
             ts_high: 4,
             ts_low: 32729,
             modified: 1_359_470_658,
+            reset_at: 0,
+            aeads: Vec::new(),
         }
     }
+
+    /// Version 1's header: most line tests below are of version 1 lines,
+    /// still read.
+    const V1: &str = EXPORT_HEADER_V1;
 
     fn export_text(records: &[CounterRecord]) -> String {
         let mut out = Vec::new();
@@ -730,7 +861,7 @@ mod tests {
 
     /// Parses a one-record body and returns its single error.
     fn record_error(body: &str) -> LineError {
-        let errs = parse_export(&format!("{EXPORT_HEADER}\n{body}\n")).unwrap_err();
+        let errs = parse_export(&format!("{V1}\n{body}\n")).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         errs.into_iter().next().unwrap()
     }
@@ -747,7 +878,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "{EXPORT_HEADER}\n{EXPORT_COLUMNS}\ncccccccccccb {FP_HEX} 2 1 4 32729 1359470658\n"
+                "{EXPORT_HEADER}\n{EXPORT_COLUMNS}\ncccccccccccb 0 2 1 4 32729 1359470658 0 -\n"
             )
         );
     }
@@ -769,6 +900,19 @@ mod tests {
             rec("cccc", 0x8000, 1),
             CounterRecord {
                 modified: u64::MAX,
+                ..rec("cccc", 1, 1)
+            },
+            CounterRecord {
+                reset_at: u64::MAX,
+                ..rec("cccc", 1, 1)
+            },
+            CounterRecord {
+                aeads: vec![fp()],
+                ..rec("cccc", 1, 1)
+            },
+            CounterRecord {
+                generation: 1,
+                aeads: vec![fp(); MAX_BOUND_AEADS + 1],
                 ..rec("cccc", 1, 1)
             },
         ] {
@@ -828,13 +972,15 @@ mod tests {
 
     #[test]
     fn unknown_version_is_named() {
-        let errs = parse_export("# ykhsm-counters 2\ncccc x\n").unwrap_err();
+        let errs = parse_export("# ykhsm-counters 3\ncccc x\n").unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(
             errs[0].to_string(),
-            "line 1: unsupported format version \"2\" (header \"# ykhsm-counters 2\"); \
-             this ykadmin reads \"# ykhsm-counters 1\""
+            "line 1: unsupported format version \"3\" (header \"# ykhsm-counters 3\"); \
+             this ykadmin reads versions 1 and 2"
         );
+        let later = parse_export(&format!("{EXPORT_HEADER}\n# ykhsm-counters 9\n")).unwrap_err();
+        assert_eq!(later[0].line, 2, "{later:?}");
     }
 
     #[test]
@@ -849,7 +995,7 @@ mod tests {
     #[test]
     fn comments_blank_lines_and_crlf_are_accepted() {
         let text = format!(
-            "{EXPORT_HEADER}\r\n# a comment\r\n\r\n   \r\n\t\r\ncccccccccccb {FP_HEX} 2 1 4 32729 1359470658\r\n#\r\n"
+            "{V1}\r\n# a comment\r\n\r\n   \r\n\t\r\ncccccccccccb {FP_HEX} 2 1 4 32729 1359470658\r\n#\r\n"
         );
         assert_eq!(
             parse_export(&text).unwrap(),
@@ -859,7 +1005,7 @@ mod tests {
 
     #[test]
     fn missing_final_newline_is_accepted() {
-        let text = format!("{EXPORT_HEADER}\ncccccccccccb {FP_HEX} 2 1 4 32729 1359470658");
+        let text = format!("{V1}\ncccccccccccb {FP_HEX} 2 1 4 32729 1359470658");
         assert_eq!(
             parse_export(&text).unwrap(),
             vec![rec("cccccccccccb", 2, 1)]
@@ -877,8 +1023,82 @@ mod tests {
     #[test]
     fn fingerprint_is_read_in_either_case() {
         let body = line_for(["cccc", &FP_HEX.to_uppercase(), "1", "2", "3", "4", "5"]);
-        let r = parse_export(&format!("{EXPORT_HEADER}\n{body}\n")).unwrap();
-        assert_eq!(r[0].fingerprint, fp());
+        let r = parse_export(&format!("{V1}\n{body}\n")).unwrap();
+        assert_eq!(
+            r,
+            vec![CounterRecord {
+                ts_high: 3,
+                ts_low: 4,
+                modified: 5,
+                ..rec("cccc", 1, 2)
+            }]
+        );
+        let v2 = format!(
+            "{EXPORT_HEADER}\ncccc 1 1 2 3 4 5 6 {}\n",
+            FP_HEX.to_uppercase()
+        );
+        assert_eq!(parse_export(&v2).unwrap()[0].aeads, vec![fp()]);
+    }
+
+    // ---- ykhsm format: version 2 ----
+
+    #[test]
+    fn version_2_records_read_back() {
+        let other = [0xab; 20];
+        let text = format!(
+            "{EXPORT_HEADER}\n\
+             cccccccccccb 0 2 1 4 32729 1359470658 0 -\n\
+             ccccccdbjrgf 3 - - 0 0 1767225600 1767225600 {},{FP_HEX},{FP_HEX}\n",
+            hex::encode(other)
+        );
+        let r = parse_export(&text).unwrap();
+        assert_eq!(r[0], rec("cccccccccccb", 2, 1));
+        assert_eq!(
+            r[1],
+            CounterRecord {
+                public_id: "ccccccdbjrgf".into(),
+                generation: 3,
+                last: None,
+                ts_high: 0,
+                ts_low: 0,
+                modified: 1_767_225_600,
+                reset_at: 1_767_225_600,
+                aeads: vec![fp(), other],
+            },
+            "sorted, duplicates dropped"
+        );
+        assert_eq!(parse_export(&export_text(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn version_2_errors() {
+        let v2_error = |body: &str| {
+            let errs = parse_export(&format!("{EXPORT_HEADER}\n{body}\n")).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            errs[0].reason.clone()
+        };
+        assert!(v2_error("cccc 0 - 1 0 0 0 0 -").contains("both"));
+        assert!(v2_error("cccc 0 1 - 0 0 0 0 -").contains("both"));
+        assert!(v2_error(&format!("cccc 0 1 1 0 0 0 0 {FP_HEX}")).contains("generation 0"));
+        assert!(v2_error("cccc 4294967296 1 1 0 0 0 0 -").contains("generation"));
+        assert!(v2_error("cccc 1 1 1 0 0 0 0 abc").contains("fingerprint"));
+        assert!(v2_error(&format!("cccc 1 1 1 0 0 0 0 {FP_HEX},")).contains("fingerprint"));
+        let many = (0..=MAX_BOUND_AEADS)
+            .map(|i| format!("{i:040x}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(v2_error(&format!("cccc 1 1 1 0 0 0 0 {many}")).contains("at most 64"));
+        assert!(v2_error(&format!("cccc {FP_HEX} 1 2 3 4 5")).contains("expected 9 fields"));
+    }
+
+    #[test]
+    fn a_later_header_switches_the_version() {
+        let v1 = format!("{V1}\ncccccccccccb {FP_HEX} 2 1 4 32729 1359470658\n");
+        let v2 = export_text(&[rec("cccccccccccd", 1, 1)]);
+        for text in [format!("{v1}{v2}"), format!("{v2}{v1}")] {
+            let r = parse_export(&text).unwrap();
+            assert_eq!(r.len(), 2, "{text}");
+        }
     }
 
     #[test]
@@ -892,11 +1112,11 @@ mod tests {
             "65535",
             "9223372036854775807",
         ]);
-        let r = parse_export(&format!("{EXPORT_HEADER}\n{body}\n")).unwrap();
-        assert_eq!(r[0].counter, 0x7fff);
+        let r = parse_export(&format!("{V1}\n{body}\n")).unwrap();
+        assert_eq!(r[0].last, Some((0x7fff, 255)));
         assert_eq!(r[0].modified, i64::MAX as u64);
         let body = line_for(["cc", FP_HEX, "0", "0", "0", "0", "0"]);
-        assert!(parse_export(&format!("{EXPORT_HEADER}\n{body}\n")).is_ok());
+        assert!(parse_export(&format!("{V1}\n{body}\n")).is_ok());
     }
 
     #[test]
@@ -1003,7 +1223,7 @@ mod tests {
     #[test]
     fn every_bad_line_is_reported_and_nothing_returned() {
         let text = format!(
-            "{EXPORT_HEADER}\ncccc {FP_HEX} 1 2 3 4 5\nbad\n# ok\ncccc {FP_HEX} 99999 2 3 4 5\ncccc {FP_HEX} 1 2 3 4 5\n"
+            "{V1}\ncccc {FP_HEX} 1 2 3 4 5\nbad\n# ok\ncccc {FP_HEX} 99999 2 3 4 5\ncccc {FP_HEX} 1 2 3 4 5\n"
         );
         let errs = parse_export(&text).unwrap_err();
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
@@ -1021,24 +1241,34 @@ mod tests {
 
     fn arb_record() -> impl Strategy<Value = CounterRecord> {
         (
-            "([cbdefghijklnrtuv]{2}){1,8}",
-            any::<[u8; 20]>(),
-            0u16..=0x7fff,
-            any::<u8>(),
-            any::<u8>(),
-            any::<u16>(),
-            0u64..=(i64::MAX as u64),
+            ("([cbdefghijklnrtuv]{2}){1,8}", any::<u32>()),
+            proptest::option::of((0u16..=0x7fff, any::<u8>())),
+            (any::<u8>(), any::<u16>()),
+            (0u64..=(i64::MAX as u64), 0u64..=(i64::MAX as u64)),
+            proptest::collection::btree_set(any::<[u8; 20]>(), 0..4),
         )
             .prop_map(
-                |(public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)| {
+                |(
+                    (public_id, generation),
+                    last,
+                    (ts_high, ts_low),
+                    (modified, reset_at),
+                    aeads,
+                )| {
                     CounterRecord {
                         public_id,
-                        fingerprint,
-                        counter,
-                        session_use,
+                        generation,
+                        last,
                         ts_high,
                         ts_low,
                         modified,
+                        reset_at,
+                        // Sorted and unique, as written; none in generation 0.
+                        aeads: if generation == 0 {
+                            Vec::new()
+                        } else {
+                            aeads.into_iter().collect()
+                        },
                     }
                 },
             )
@@ -1092,7 +1322,7 @@ mod tests {
                 active: true,
             }
         );
-        assert_eq!(k.to_record(fp()), rec("cccccccccccb", 2, 1));
+        assert_eq!(k.to_record(), rec("cccccccccccb", 2, 1));
     }
 
     #[test]

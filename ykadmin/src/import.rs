@@ -78,6 +78,9 @@ pub struct ImportReport {
     pub failures: Vec<ImportNote>,
     /// Each replacement, in input order.
     pub replacements: Vec<ImportNote>,
+    /// Each key started afresh because its AEAD now holds another secret
+    /// (a reprogrammed YubiKey), in input order.
+    pub resets: Vec<ImportNote>,
 }
 
 impl ImportReport {
@@ -181,11 +184,18 @@ pub enum ImportError {
     },
 }
 
-/// What happened to one key file.
+/// What happened to one key file. The fingerprint is that of the AEAD
+/// the file now holds with the line's secret.
 enum Outcome {
-    Imported,
-    Replaced(ImportNote),
-    Skipped,
+    Imported([u8; 20]),
+    Replaced {
+        note: ImportNote,
+        fingerprint: [u8; 20],
+        /// The file held another secret (known, not guessed): the key was
+        /// reprogrammed, and its counters must start afresh.
+        other_secret: bool,
+    },
+    Skipped(Option<[u8; 20]>),
     Failed(ImportNote),
 }
 
@@ -292,7 +302,7 @@ pub fn import_ykksm(
             let earlier: &YkksmRecord = &records[j];
             if earlier.secrets.ct_eq(&rec.secrets) {
                 for _ in key_handles {
-                    line_notes.push((rec.line, Outcome::Skipped));
+                    line_notes.push((rec.line, Outcome::Skipped(None)));
                 }
             } else {
                 line_notes.push((
@@ -366,6 +376,11 @@ pub fn import_ykksm(
         }
     });
     bar.finish_and_clear();
+    let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    results.sort_by_key(|(i, _)| *i);
+    // Keys whose AEAD now holds another secret start afresh — also when the
+    // import stopped half-way, for the files already replaced.
+    let resets = reset_replaced(config, &records, &work, &results);
     if let Some(e) = fatal.into_inner().unwrap_or_else(PoisonError::into_inner) {
         let done = done.load(Ordering::Relaxed);
         return Err(if done == 0 {
@@ -378,8 +393,12 @@ pub fn import_ykksm(
             }
         });
     }
-    let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
-    results.sort_by_key(|(i, _)| *i);
+    for (line, r) in resets {
+        match r {
+            Ok(note) => report.resets.push(note),
+            Err(note) => line_notes.push((line, Outcome::Failed(note))),
+        }
+    }
     line_notes.extend(
         results
             .into_iter()
@@ -390,13 +409,13 @@ pub fn import_ykksm(
     line_notes.sort_by_key(|(line, _)| *line);
     for (_, outcome) in line_notes {
         match outcome {
-            Outcome::Imported => report.imported += 1,
-            Outcome::Replaced(note) => {
+            Outcome::Imported(_) => report.imported += 1,
+            Outcome::Replaced { note, .. } => {
                 report.imported += 1;
                 report.replaced += 1;
                 report.replacements.push(note);
             }
-            Outcome::Skipped => report.skipped += 1,
+            Outcome::Skipped(_) => report.skipped += 1,
             Outcome::Failed(note) => {
                 report.failed += 1;
                 report.failures.push(note);
@@ -415,7 +434,7 @@ impl Job<'_> {
         let id = &rec.public_id;
         let Some(nonce) = self.nonces[r] else {
             // Not in the work list.
-            return Ok(Outcome::Skipped);
+            return Ok(Outcome::Skipped(None));
         };
         let note = |reason: String| ImportNote {
             line: rec.line,
@@ -432,6 +451,7 @@ impl Job<'_> {
             }
         };
         let write = |mode| store.write_v1(kh, id, &nonce, &aead, mode);
+        let fingerprint = aead.fingerprint(kh.value(), &nonce);
         // A write error fails this key, or the whole import when the
         // store cannot take files at all.
         let failed_write = |e: StoreError| {
@@ -441,19 +461,29 @@ impl Job<'_> {
                 Ok(Outcome::Failed(note(e.to_string())))
             }
         };
-        let replace = |what: String| -> Result<Outcome, ImportError> {
+        let replace = |what: String, other_secret: bool| -> Result<Outcome, ImportError> {
             match write(WriteMode::Replace) {
-                Ok(path) => Ok(Outcome::Replaced(note(format!(
-                    "{what}; replaced by {} (--force)",
-                    path.display()
-                )))),
+                Ok(path) => Ok(Outcome::Replaced {
+                    note: note(format!(
+                        "{what}; replaced by {} (--force){}",
+                        path.display(),
+                        if other_secret {
+                            ""
+                        } else {
+                            "; its counters were kept, as whether the secret changed is \
+                             unknown (if the key was reprogrammed: ykadmin counters reset)"
+                        }
+                    )),
+                    fingerprint,
+                    other_secret,
+                }),
                 Err(e) => failed_write(e),
             }
         };
         let existing = match store.lookup(id) {
             Ok(None) => {
                 return match write(WriteMode::CreateNew) {
-                    Ok(_) => Ok(Outcome::Imported),
+                    Ok(_) => Ok(Outcome::Imported(fingerprint)),
                     Err(StoreError::Exists { path }) => Ok(Outcome::Failed(note(format!(
                         "AEAD file {} appeared while importing; run the import again",
                         path.display()
@@ -462,22 +492,25 @@ impl Job<'_> {
                 };
             }
             Ok(Some(existing)) => existing,
-            Err(e) if self.force => return replace(e.to_string()),
+            Err(e) if self.force => return replace(e.to_string(), false),
             Err(e) => {
                 return Ok(Outcome::Failed(note(format!("{e}; --force replaces it"))));
             }
         };
         match self.same_secret(&existing, kh.value(), &nonce, &aead, &rec.secrets)? {
-            Ok(true) => Ok(Outcome::Skipped),
-            Ok(false) if self.force => replace(format!(
-                "the existing AEAD {} held a different secret",
-                existing.path.display()
-            )),
+            Ok(true) => Ok(Outcome::Skipped(Some(existing.fingerprint()))),
+            Ok(false) if self.force => replace(
+                format!(
+                    "the existing AEAD {} held a different secret",
+                    existing.path.display()
+                ),
+                true,
+            ),
             Ok(false) => Ok(Outcome::Failed(note(format!(
                 "the existing AEAD holds a different secret; --force replaces it ({})",
                 existing.path.display()
             )))),
-            Err(m) if self.force => replace(m),
+            Err(m) if self.force => replace(m, false),
             Err(m) => Ok(Outcome::Failed(note(format!("{m}; --force replaces it")))),
         }
     }
@@ -563,7 +596,78 @@ fn response_name(response: &Response) -> &'static str {
         Response::Wrapped { .. } => "wrapped",
         Response::Counters { .. } => "counters",
         Response::Merged { .. } => "merged",
+        Response::Reset { .. } => "reset",
     }
+}
+
+/// For every key one of whose AEAD files was replaced because it held
+/// another secret: asks the daemon to start the key's counters afresh,
+/// bound to the files that now hold the line's secret (the ones this import
+/// wrote or found equal; a file it could not replace keeps the old secret
+/// and is left unbound). The AEADs were written first, so between the two
+/// an OTP of the new secret is at worst refused, never an old one accepted.
+/// Per key: (its line, the note for the report or the failure).
+fn reset_replaced(
+    config: &Config,
+    records: &[YkksmRecord],
+    work: &[(usize, usize)],
+    results: &[(usize, Outcome)],
+) -> Vec<(usize, Result<ImportNote, ImportNote>)> {
+    let mut per_record: std::collections::BTreeMap<usize, (bool, Vec<[u8; 20]>)> =
+        std::collections::BTreeMap::new();
+    for (i, outcome) in results {
+        let (r, _) = work[*i];
+        let entry = per_record.entry(r).or_default();
+        match outcome {
+            Outcome::Imported(fp) | Outcome::Skipped(Some(fp)) => entry.1.push(*fp),
+            Outcome::Replaced {
+                fingerprint,
+                other_secret,
+                ..
+            } => {
+                entry.0 |= *other_secret;
+                entry.1.push(*fingerprint);
+            }
+            Outcome::Skipped(None) | Outcome::Failed(_) => {}
+        }
+    }
+    per_record
+        .into_iter()
+        .filter(|(_, (other_secret, _))| *other_secret)
+        .map(|(r, (_, aeads))| {
+            let rec = &records[r];
+            let id = rec.public_id.as_str().to_owned();
+            let note = |reason: String| ImportNote {
+                line: rec.line,
+                public_id: Some(id.clone()),
+                key_handle: None,
+                reason,
+            };
+            let request = Request::CountersReset {
+                public_id: id.clone(),
+                aeads,
+                reason: format!("import-ykksm --force, another secret (line {})", rec.line),
+            };
+            let result = match call(&config.socket, &request, TIMEOUT) {
+                Ok(Response::Reset { generation, aeads }) => Ok(note(format!(
+                    "another secret: counters reset, generation {generation}, bound to {aeads} AEAD file{}",
+                    if aeads == 1 { "" } else { "s" }
+                ))),
+                Ok(Response::Failed { status, message }) => Err(format!("{status}: {message}")),
+                Ok(other) => Err(format!("unexpected answer ({})", response_name(&other))),
+                Err(e) => Err(e.to_string()),
+            };
+            (
+                rec.line,
+                result.map_err(|m| {
+                    note(format!(
+                        "the AEAD now holds another secret, but its counters could not be reset \
+                         ({m}): the new key's OTPs are refused until `ykadmin counters reset {id}`"
+                    ))
+                }),
+            )
+        })
+        .collect()
 }
 
 /// Whether a write error stops the whole import (the store cannot take

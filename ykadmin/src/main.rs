@@ -178,16 +178,28 @@ enum AeadsCommand {
 
 #[derive(Subcommand, Debug)]
 enum CountersCommand {
-    /// Every key's last accepted counters, in ykhsm's text format
-    /// (`# ykhsm-counters 1`), to FILE or standard output.
+    /// Every key's generation and last accepted counters, in ykhsm's text
+    /// format (`# ykhsm-counters 2`), to FILE or standard output.
     Export { file: Option<PathBuf> },
-    /// Merges an export into the running daemon: per key the higher
-    /// counters win, nothing is lowered; safe while it verifies.
+    /// Merges an export (version 2 or 1) into the running daemon: per key
+    /// the higher generation wins, then the higher counters; nothing is
+    /// lowered; safe while it verifies.
     Merge { file: Option<PathBuf> },
     /// Reads `ykval-export` output so every key starts at the counters
     /// YK-VAL last accepted (an OTP YK-VAL accepted is then a replay here).
-    /// Import the keys first: counters attach to a key's AEAD.
+    /// Counters belong to the public id: the keys may be imported before
+    /// or after.
     ImportYkval { file: Option<PathBuf> },
+    /// Starts a key afresh, for a YubiKey reprogrammed with a new secret
+    /// (it keeps its public id but its counter starts again): the key's
+    /// generation goes up by one, its counters are forgotten, and the new
+    /// generation is bound to the AEAD files the store holds for it now —
+    /// so replace the AEAD first (`import-ykksm --force` does both). Every
+    /// OTP the key's current secret ever made can be accepted once more:
+    /// run it only for a new secret. Logged by the daemon; shown by `list`;
+    /// carried to other hosts by `counters export | counters merge`, where
+    /// an AEAD still holding the old secret is refused.
+    Reset { public_id: String },
 }
 
 /// A failure, with the exit code it means.
@@ -384,6 +396,35 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Counters(CountersCommand::ImportYkval { file }) => {
             import_ykval(cli, file.as_deref())
         }
+        Command::Counters(CountersCommand::Reset { public_id }) => {
+            let config = load_config(&cli.config)?;
+            let id = PublicId::parse(public_id)
+                .ok()
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| fail(2, format!("{public_id:?} is not a public id")))?;
+            let request = Request::CountersReset {
+                public_id: id.to_string(),
+                aeads: Vec::new(),
+                reason: "ykadmin counters reset".into(),
+            };
+            match ask(&config, &request)? {
+                Response::Reset { generation, aeads } => {
+                    if cli.json {
+                        println!(
+                            "{{\"public_id\":{},\"generation\":{generation},\"aeads\":{aeads}}}",
+                            json_string(id.as_str())
+                        );
+                    } else {
+                        println!(
+                            "{id}: counters reset; generation {generation}, bound to {aeads} AEAD file{}",
+                            if aeads == 1 { "" } else { "s" }
+                        );
+                    }
+                    Ok(0)
+                }
+                other => Err(unexpected(&other)),
+            }
+        }
         Command::Aeads(AeadsCommand::Check) => aeads_check(cli),
         Command::Hsm(HsmCommand::Unlock { otp_only, no_otp }) => {
             hsm_unlock(cli, !*otp_only, !*no_otp)
@@ -572,11 +613,9 @@ fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
         _ => None,
     };
     let last = |id: &str| {
-        records.as_ref().and_then(|r| {
-            r.iter()
-                .filter(|c| c.public_id == id)
-                .max_by_key(|c| (c.modified, c.counter, c.session_use))
-        })
+        records
+            .as_ref()
+            .and_then(|r| r.iter().find(|c| c.public_id == id))
     };
     let mut json = Vec::new();
     for (user, ids) in users.iter().filter(|(u, _)| only.is_none_or(|o| o == u)) {
@@ -591,19 +630,55 @@ fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
         for id in ids {
             match last(id) {
                 Some(c) => {
-                    if !cli.json {
-                        println!(
-                            "{user}  {id}  counter={} session_use={} last_used={}",
-                            c.counter, c.session_use, c.modified
-                        );
+                    // A reset key says so, with when, and how many AEADs
+                    // its generation is bound to.
+                    let reset = (c.generation > 0).then(|| {
+                        format!(
+                            "  generation={} reset_at={} bound_aeads={}",
+                            c.generation,
+                            c.reset_at,
+                            c.aeads.len()
+                        )
+                    });
+                    let reset_json = if c.generation > 0 {
+                        format!(
+                            ",\"reset_at\":{},\"bound_aeads\":{}",
+                            c.reset_at,
+                            c.aeads.len()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    match c.last {
+                        Some((counter, session_use)) => {
+                            if !cli.json {
+                                println!(
+                                    "{user}  {id}  counter={counter} session_use={session_use} last_used={}{}",
+                                    c.modified,
+                                    reset.unwrap_or_default()
+                                );
+                            }
+                            keys.push(format!(
+                                "{{\"public_id\":{},\"generation\":{},\"counter\":{counter},\"session_use\":{session_use},\"last_used\":{}{reset_json}}}",
+                                json_string(id),
+                                c.generation,
+                                c.modified
+                            ));
+                        }
+                        None => {
+                            if !cli.json {
+                                println!(
+                                    "{user}  {id}  never used since the reset{}",
+                                    reset.unwrap_or_default()
+                                );
+                            }
+                            keys.push(format!(
+                                "{{\"public_id\":{},\"generation\":{}{reset_json}}}",
+                                json_string(id),
+                                c.generation
+                            ));
+                        }
                     }
-                    keys.push(format!(
-                        "{{\"public_id\":{},\"counter\":{},\"session_use\":{},\"last_used\":{}}}",
-                        json_string(id),
-                        c.counter,
-                        c.session_use,
-                        c.modified
-                    ));
                 }
                 None => {
                     if !cli.json {
@@ -668,18 +743,22 @@ fn import_ykksm(
                 .join(",")
         };
         println!(
-            "{{\"imported\":{},\"replaced\":{},\"skipped\":{},\"failed\":{},\"failures\":[{}],\"replacements\":[{}]}}",
+            "{{\"imported\":{},\"replaced\":{},\"skipped\":{},\"failed\":{},\"failures\":[{}],\"replacements\":[{}],\"resets\":[{}]}}",
             report.imported,
             report.replaced,
             report.skipped,
             report.failed,
             notes(&report.failures),
-            notes(&report.replacements)
+            notes(&report.replacements),
+            notes(&report.resets)
         );
         return Ok(u8::from(!report.is_success()));
     }
     for note in &report.replacements {
         eprintln!("ykadmin: replaced: {note}");
+    }
+    for note in &report.resets {
+        eprintln!("ykadmin: reset: {note}");
     }
     for note in &report.failures {
         eprintln!("ykadmin: {}: {note}", shown(file));
@@ -848,20 +927,10 @@ fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
     let config = load_config(&cli.config)?;
     let text = read_in(file)?;
     let import = counters_text::parse_ykval(&text);
-    let store = AeadStore::new(&config.aead_dir, config.key_handles.clone());
-    let mut records = Vec::new();
-    let mut problems: Vec<String> = import.errors.iter().map(ToString::to_string).collect();
-    let mut without_aead = Vec::new();
-    for key in &import.keys {
-        let found = PublicId::parse(&key.public_id)
-            .map_err(|e| e.to_string())
-            .and_then(|id| store.lookup(&id).map_err(|e| e.to_string()));
-        match found {
-            Ok(Some(aead)) => records.push(key.to_record(aead.fingerprint())),
-            Ok(None) => without_aead.push(key.public_id.clone()),
-            Err(e) => problems.push(format!("line {}: {}: {e}", key.line, key.public_id)),
-        }
-    }
+    let problems: Vec<String> = import.errors.iter().map(ToString::to_string).collect();
+    // Counters belong to the public id, whichever key handles its AEADs
+    // are under (or whether they are imported yet).
+    let records: Vec<_> = import.keys.iter().map(|k| k.to_record()).collect();
     let n = records.len();
     let (raised, unchanged) = if records.is_empty() {
         (0, 0)
@@ -875,13 +944,6 @@ fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
         "counters of {n} keys merged: raised {raised}, unchanged {unchanged}; {} never used (skipped)",
         import.skipped_never_used.len()
     );
-    if !without_aead.is_empty() {
-        println!(
-            "{} keys have no AEAD here, so their counters were not imported (import the keys, then run this again): {}",
-            without_aead.len(),
-            without_aead.join(" ")
-        );
-    }
     let inactive = import.inactive_public_ids();
     if !inactive.is_empty() {
         println!(
@@ -893,7 +955,7 @@ fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
     for p in &problems {
         eprintln!("ykadmin: {}: {p}", shown(file));
     }
-    Ok(u8::from(!problems.is_empty() || !without_aead.is_empty()))
+    Ok(u8::from(!problems.is_empty()))
 }
 
 fn shown(file: Option<&Path>) -> String {

@@ -215,6 +215,20 @@ impl YubiKeyAead {
         Self::from_slice(&sealed).ok_or(AeadError::BadLength { len: sealed.len() })
     }
 
+    /// SHA-1 over key handle (u32 LE) ‖ nonce ‖ AEAD: names this AEAD —
+    /// and so, under one key handle and nonce, the secret it holds —
+    /// without revealing anything of the secret. The counter database binds
+    /// a key's generation to the fingerprints of the AEADs it was started
+    /// for. The same for a v0 and a v1 file of the same AEAD.
+    pub fn fingerprint(&self, key_handle: KeyHandle, nonce: &Nonce) -> [u8; 20] {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(key_handle.to_le_bytes());
+        h.update(nonce.0);
+        h.update(self.0);
+        h.finalize().into()
+    }
+
     /// Opens it back into the secrets.
     pub fn open(
         &self,

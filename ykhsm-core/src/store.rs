@@ -104,16 +104,10 @@ pub struct StoredAead {
 }
 
 impl StoredAead {
-    /// SHA-1 over key handle (u32 LE) ‖ nonce ‖ AEAD: names the secret the
-    /// AEAD holds without revealing it, so counters can follow a key's
-    /// secret rather than only its public id (docs/protocol.md).
+    /// [`YubiKeyAead::fingerprint`] of this AEAD with its key handle and
+    /// nonce.
     pub fn fingerprint(&self) -> [u8; 20] {
-        use sha1::{Digest, Sha1};
-        let mut h = Sha1::new();
-        h.update(self.key_handle.to_le_bytes());
-        h.update(self.nonce.0);
-        h.update(self.aead.0);
-        h.finalize().into()
+        self.aead.fingerprint(self.key_handle, &self.nonce)
     }
 }
 

@@ -10,56 +10,104 @@ use zeroize::Zeroizing;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::status::Status;
 
-/// Length of a counter fingerprint (SHA-1 of the AEAD it belongs to).
+/// Length of an AEAD fingerprint (SHA-1 over key handle ‖ nonce ‖ AEAD).
 pub const FINGERPRINT_LEN: usize = 20;
 /// Length of a YubiKey AEAD.
 pub const AEAD_LEN: usize = 30;
 /// Length of a YubiKey's secrets (AES key ‖ uid).
 pub const SECRETS_LEN: usize = 22;
+/// The most AEAD fingerprints one key's generation is bound to (one per key
+/// handle it was imported under; a store has a handful).
+pub const MAX_BOUND_AEADS: usize = 64;
 
-/// The last accepted counters of one key (one AEAD) — a row of the counter
-/// database, as exported and merged between hosts.
+/// One key's counter state — a row of the counter database, as exported
+/// and merged between hosts. Counters belong to the key's **public id**,
+/// whatever key handle, file format or host its AEAD is read from.
+///
+/// Records are ordered by (`generation`, `last`) first: a higher generation
+/// wins whatever its counters, so merging stays a max-merge and a reset
+/// (which starts a new generation with no counters) travels to other hosts
+/// without ever lowering a counter within a generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterRecord {
     /// The key's public id (modhex).
     pub public_id: String,
-    /// SHA-1 over the AEAD the counters belong to (key handle ‖ nonce ‖
-    /// AEAD): counters follow a key's secret, not only its public id.
-    pub fingerprint: [u8; FINGERPRINT_LEN],
-    /// The 15-bit usage counter.
-    pub counter: u16,
-    /// The 8-bit session use.
-    pub session_use: u8,
-    /// Timestamp high byte of that OTP.
+    /// 0 until the key is first reset; each explicit reset
+    /// (`ykadmin counters reset`, `import-ykksm --force` of another secret)
+    /// raises it by one.
+    pub generation: u32,
+    /// The last accepted (15-bit counter, session use) in this generation;
+    /// `None` when nothing was accepted since the generation began.
+    pub last: Option<(u16, u8)>,
+    /// Timestamp high byte of that OTP (0 when `last` is `None`).
     pub ts_high: u8,
-    /// Timestamp low 16 bits of that OTP.
+    /// Timestamp low 16 bits of that OTP (0 when `last` is `None`).
     pub ts_low: u16,
-    /// When it was accepted, Unix seconds.
+    /// When the record last changed, Unix seconds.
     pub modified: u64,
+    /// When this generation began, Unix seconds (0 for generation 0).
+    pub reset_at: u64,
+    /// The fingerprints of the AEADs this generation was started for: from
+    /// generation 1 on, only an OTP decoded with one of these AEADs may
+    /// raise the counters (an AEAD still holding the retired secret, on this
+    /// host or another, cannot). Empty for generation 0: any AEAD of the
+    /// public id. At most [`MAX_BOUND_AEADS`], sorted, no duplicates.
+    pub aeads: Vec<[u8; FINGERPRINT_LEN]>,
 }
 
 impl CounterRecord {
-    const MIN_LEN: usize = 2 + FINGERPRINT_LEN + 2 + 1 + 1 + 2 + 8;
+    const MIN_LEN: usize = 2 + 4 + 1 + 2 + 1 + 1 + 2 + 8 + 8 + 4;
 
     fn write(&self, w: &mut Writer) {
         w.str(&self.public_id);
-        w.raw(&self.fingerprint);
-        w.u16(self.counter);
-        w.u8(self.session_use);
+        w.u32(self.generation);
+        let (seen, (counter, session_use)) = match self.last {
+            Some(pair) => (1, pair),
+            None => (0, (0, 0)),
+        };
+        w.u8(seen);
+        w.u16(counter);
+        w.u8(session_use);
         w.u8(self.ts_high);
         w.u16(self.ts_low);
         w.u64(self.modified);
+        w.u64(self.reset_at);
+        w.count(self.aeads.len());
+        for fp in &self.aeads {
+            w.raw(fp);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let public_id = r.str("public_id")?.to_owned();
+        let generation = r.u32("generation")?;
+        let seen = r.u8("seen")?;
+        let pair = (r.u16("counter")?, r.u8("session_use")?);
+        let last = match seen {
+            0 => None,
+            1 => Some(pair),
+            _ => return Err(DecodeError::BadValue { field: "seen" }),
+        };
+        let ts_high = r.u8("ts_high")?;
+        let ts_low = r.u16("ts_low")?;
+        let modified = r.u64("modified")?;
+        let reset_at = r.u64("reset_at")?;
+        let n = r.count("aeads", FINGERPRINT_LEN)?;
+        if n > MAX_BOUND_AEADS {
+            return Err(DecodeError::BadValue { field: "aeads" });
+        }
+        let aeads = (0..n)
+            .map(|_| r.array("aead fingerprint"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            public_id: r.str("public_id")?.to_owned(),
-            fingerprint: r.array("fingerprint")?,
-            counter: r.u16("counter")?,
-            session_use: r.u8("session_use")?,
-            ts_high: r.u8("ts_high")?,
-            ts_low: r.u16("ts_low")?,
-            modified: r.u64("modified")?,
+            public_id,
+            generation,
+            last,
+            ts_high,
+            ts_low,
+            modified,
+            reset_at,
+            aeads,
         })
     }
 }
@@ -138,11 +186,25 @@ pub enum Request {
     },
     /// Every counter record. Admin.
     CountersExport,
-    /// Merge records: per (public id, fingerprint) keep the higher pair,
+    /// Merge records: per public id keep the higher (generation, counters),
     /// never lower one. Admin.
     CountersMerge {
         /// The records.
         records: Vec<CounterRecord>,
+    },
+    /// Start a key afresh: its generation goes up by one, with no counters,
+    /// bound to the AEADs named (or, with none named, to every AEAD the
+    /// daemon's store holds for the public id under its configured key
+    /// handles). For a reprogrammed YubiKey, which keeps its public id but
+    /// restarts its counter. Logged. Admin.
+    CountersReset {
+        /// The key.
+        public_id: String,
+        /// Fingerprints of the AEADs that hold the key's new secret; empty:
+        /// whatever the store holds now.
+        aeads: Vec<[u8; FINGERPRINT_LEN]>,
+        /// Why, for the log (e.g. `import-ykksm --force`).
+        reason: String,
     },
 }
 
@@ -165,6 +227,13 @@ impl fmt::Debug for Request {
             Self::CountersMerge { records } => {
                 write!(f, "CountersMerge {{ {} records }}", records.len())
             }
+            Self::CountersReset {
+                public_id, aeads, ..
+            } => write!(
+                f,
+                "CountersReset {{ public_id: {public_id:?}, {} AEADs }}",
+                aeads.len()
+            ),
         }
     }
 }
@@ -180,6 +249,7 @@ mod kind {
     pub(crate) const COUNTERS_MERGE: u8 = 0x15;
     pub(crate) const CHECK_AEAD: u8 = 0x16;
     pub(crate) const HSM_UNLOCK: u8 = 0x17;
+    pub(crate) const COUNTERS_RESET: u8 = 0x18;
 
     pub(crate) const VERDICT: u8 = 0x01;
     pub(crate) const FAILED: u8 = 0x02;
@@ -190,6 +260,7 @@ mod kind {
     pub(crate) const WRAPPED: u8 = 0x13;
     pub(crate) const COUNTERS: u8 = 0x14;
     pub(crate) const MERGED: u8 = 0x15;
+    pub(crate) const RESET: u8 = 0x16;
 }
 
 impl Request {
@@ -204,7 +275,8 @@ impl Request {
             | Self::CheckAead { .. }
             | Self::HsmUnlock { .. }
             | Self::CountersExport
-            | Self::CountersMerge { .. } => true,
+            | Self::CountersMerge { .. }
+            | Self::CountersReset { .. } => true,
         }
     }
 
@@ -221,6 +293,7 @@ impl Request {
             Self::HsmUnlock { .. } => "hsm-unlock",
             Self::CountersExport => "counters-export",
             Self::CountersMerge { .. } => "counters-merge",
+            Self::CountersReset { .. } => "counters-reset",
         }
     }
 
@@ -277,6 +350,19 @@ impl Request {
                 w.u8(kind::COUNTERS_MERGE);
                 write_records(&mut w, records);
             }
+            Self::CountersReset {
+                public_id,
+                aeads,
+                reason,
+            } => {
+                w.u8(kind::COUNTERS_RESET);
+                w.str(public_id);
+                w.count(aeads.len());
+                for fp in aeads {
+                    w.raw(fp);
+                }
+                w.str(reason);
+            }
         }
         Zeroizing::new(w.into_inner())
     }
@@ -317,6 +403,21 @@ impl Request {
             kind::COUNTERS_MERGE => Self::CountersMerge {
                 records: read_records(&mut r)?,
             },
+            kind::COUNTERS_RESET => {
+                let public_id = r.str("public_id")?.to_owned();
+                let n = r.count("aeads", FINGERPRINT_LEN)?;
+                if n > MAX_BOUND_AEADS {
+                    return Err(DecodeError::BadValue { field: "aeads" });
+                }
+                let aeads = (0..n)
+                    .map(|_| r.array("aead fingerprint"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Self::CountersReset {
+                    public_id,
+                    aeads,
+                    reason: r.str("reason")?.to_owned(),
+                }
+            }
             other => return Err(DecodeError::UnknownKind { kind: other }),
         };
         r.finish()?;
@@ -381,10 +482,18 @@ pub enum Response {
     },
     /// `CountersMerge`.
     Merged {
-        /// Records that raised (or created) a row.
+        /// Records that changed what a login reads: a higher generation,
+        /// higher counters, or more bound AEADs (or a new row).
         raised: u32,
         /// Records at or below what the daemon had.
         unchanged: u32,
+    },
+    /// `CountersReset`: the key's new generation.
+    Reset {
+        /// The generation now in force.
+        generation: u32,
+        /// How many AEADs it is bound to.
+        aeads: u32,
     },
 }
 
@@ -444,6 +553,11 @@ impl Response {
                 w.u32(*raised);
                 w.u32(*unchanged);
             }
+            Self::Reset { generation, aeads } => {
+                w.u8(kind::RESET);
+                w.u32(*generation);
+                w.u32(*aeads);
+            }
         }
         w.into_inner()
     }
@@ -492,6 +606,10 @@ impl Response {
             kind::MERGED => Self::Merged {
                 raised: r.u32("raised")?,
                 unchanged: r.u32("unchanged")?,
+            },
+            kind::RESET => Self::Reset {
+                generation: r.u32("generation")?,
+                aeads: r.u32("aeads")?,
             },
             other => return Err(DecodeError::UnknownKind { kind: other }),
         };

@@ -15,24 +15,22 @@ use zeroize::Zeroizing;
 
 fn record() -> impl Strategy<Value = CounterRecord> {
     (
-        "[cbdefghijklnrtuv]{0,16}",
-        any::<[u8; 20]>(),
-        any::<u16>(),
-        any::<u8>(),
-        any::<u8>(),
-        any::<u16>(),
-        any::<u64>(),
+        ("[cbdefghijklnrtuv]{0,16}", any::<u32>()),
+        proptest::option::of((any::<u16>(), any::<u8>())),
+        (any::<u8>(), any::<u16>(), any::<u64>(), any::<u64>()),
+        prop::collection::vec(any::<[u8; 20]>(), 0..4),
     )
         .prop_map(
-            |(public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)| {
+            |((public_id, generation), last, (ts_high, ts_low, modified, reset_at), aeads)| {
                 CounterRecord {
                     public_id,
-                    fingerprint,
-                    counter,
-                    session_use,
+                    generation,
+                    last,
                     ts_high,
                     ts_low,
                     modified,
+                    reset_at,
+                    aeads,
                 }
             },
         )
@@ -81,6 +79,16 @@ fn request() -> impl Strategy<Value = Request> {
         Just(()).prop_map(|()| Request::CountersExport),
         prop::collection::vec(record(), 0..5)
             .prop_map(|records| Request::CountersMerge { records }),
+        (
+            "[cbdefghijklnrtuv]{0,16}",
+            prop::collection::vec(any::<[u8; 20]>(), 0..4),
+            "\\PC{0,30}"
+        )
+            .prop_map(|(public_id, aeads, reason)| Request::CountersReset {
+                public_id,
+                aeads,
+                reason
+            }),
     ]
 }
 
@@ -111,6 +119,8 @@ fn response() -> impl Strategy<Value = Response> {
         prop::collection::vec(record(), 0..5).prop_map(|records| Response::Counters { records }),
         (any::<u32>(), any::<u32>())
             .prop_map(|(raised, unchanged)| Response::Merged { raised, unchanged }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(generation, aeads)| Response::Reset { generation, aeads }),
     ]
 }
 

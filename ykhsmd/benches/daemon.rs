@@ -475,11 +475,10 @@ impl SqliteFloor {
             .expect("synchronous");
         conn.execute_batch(
             "CREATE TABLE counters (
-                public_id TEXT NOT NULL, fingerprint BLOB NOT NULL,
+                public_id TEXT NOT NULL PRIMARY KEY, generation INTEGER NOT NULL,
                 counter INTEGER NOT NULL, session_use INTEGER NOT NULL,
                 ts_high INTEGER NOT NULL, ts_low INTEGER NOT NULL,
-                modified INTEGER NOT NULL,
-                PRIMARY KEY (public_id, fingerprint)) WITHOUT ROWID;",
+                modified INTEGER NOT NULL, reset_at INTEGER NOT NULL) WITHOUT ROWID;",
         )
         .expect("schema");
         let ids = (0..KEYS)
@@ -497,16 +496,15 @@ impl SqliteFloor {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .expect("begin");
         tx.prepare_cached(
-            "INSERT INTO counters (public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)
-             VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)
-             ON CONFLICT (public_id, fingerprint) DO UPDATE SET
+            "INSERT INTO counters (public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at)
+             VALUES (?1, 0, ?2, ?3, 0, 0, ?4, 0)
+             ON CONFLICT (public_id) DO UPDATE SET
                counter = excluded.counter, session_use = excluded.session_use,
                modified = excluded.modified",
         )
         .expect("prepare")
         .execute(params![
             id,
-            &[7u8; 20][..],
             i64::try_from(i / 256).unwrap_or(0),
             i64::try_from(i % 256).unwrap_or(0),
             i64::try_from(i).unwrap_or(0)

@@ -36,8 +36,8 @@ fn harden(log: &Log) {
     }
 }
 
-/// The state directory: created 0700 if missing; must be root's and not
-/// writable by anyone else.
+/// The state directory: created 0700 if missing; must be root's, with no
+/// permission bit for group or others.
 fn state_dir(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
@@ -59,9 +59,9 @@ fn state_dir(path: &Path) -> Result<()> {
             m.uid()
         );
     }
-    if m.mode() & 0o022 != 0 {
+    if m.mode() & 0o077 != 0 {
         bail!(
-            "state_dir {} has mode {:04o}: group or others could write the counter database (chmod 0700)",
+            "state_dir {} has mode {:04o}: it holds the counter database, which only root may read or write (chmod 0700)",
             path.display(),
             m.mode() & 0o7777
         );
@@ -101,6 +101,38 @@ fn authfile(config: &Config, log: &Log) -> Result<Authfile> {
     Ok(a)
 }
 
+/// Says what opening the database did besides opening it.
+fn report_opened(db: &Db, log: &Log) {
+    let opened = db.opened();
+    for (file, mode) in &opened.modes_fixed {
+        log.warn(&format!(
+            "counter database file {} had mode {mode:04o}; now 0600",
+            file.display()
+        ));
+    }
+    if let Some(m) = &opened.migration {
+        log.warn(&format!(
+            "counter database {}: migrated from schema {} to {} ({} rows, now {} keys: counters follow the public id); the old file is kept at {}",
+            db.path().display(),
+            m.from,
+            crate::db::SCHEMA_VERSION,
+            m.rows,
+            m.keys,
+            m.backup.display()
+        ));
+        if !m.merged.is_empty() {
+            const SHOWN: usize = 20;
+            let more = m.merged.len().saturating_sub(SHOWN);
+            log.warn(&format!(
+                "counter database: {} keys had counters for several AEADs (key handles, or a secret replaced with --force); each now has the highest, so nothing accepted before is accepted again. A key reprogrammed since (its new OTPs refused as REPLAYED_OTP) needs `ykadmin counters reset PUBID`: {}{}",
+                m.merged.len(),
+                m.merged.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(" "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ));
+        }
+    }
+}
+
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<()> {
     let log = Arc::new(Log::new(&config.syslog_socket, config.debug));
@@ -112,6 +144,10 @@ pub fn run(config: Config) -> Result<()> {
 
 fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     harden(log);
+    // What the daemon creates (the counter database, its copies, the lock
+    // file) is root's alone unless made otherwise on purpose (the socket,
+    // 0666, and its directory, 0755, are chmod'ed explicitly).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let backend = load_backend(&config)?;
     for kh in &config.key_handles {
         if let Err(e) = backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
@@ -124,6 +160,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     // The socket's lock first: a second daemon is told so plainly.
     let bound = server::bind(&config.socket, 0)?;
     let db = Db::open(&config.database())?;
+    report_opened(&db, log);
     // Root's logins are answered by the acceptor threads (server.rs);
     // this one event-loop thread holds everything slower: connections whose
     // request is not there yet, other uids, admin requests, signals.
@@ -269,12 +306,7 @@ pub fn check(config: &Config) -> bool {
     } else if config.database().exists() {
         report(
             "database",
-            Db::open(&config.database())
-                .map(|db| {
-                    db.close();
-                    config.database().display().to_string()
-                })
-                .map_err(anyhow::Error::from),
+            crate::db::inspect(&config.database()).map_err(anyhow::Error::from),
         );
     }
     ok

@@ -1,6 +1,14 @@
-//! The counter database: per key (public id and AEAD fingerprint) the last
+//! The counter database: per key — its public id, whatever key handle, file
+//! format or host its AEAD is read from — the generation and the last
 //! accepted (counter, session use), in SQLite with WAL and
 //! `synchronous=FULL`, so a commit is on disk before it returns.
+//!
+//! A key's generation is 0 until an operator starts the key afresh
+//! (`ykadmin counters reset`, or `import-ykksm --force` of another secret):
+//! the generation goes up by one, the counters start again from "never
+//! seen", and the new generation is bound to the fingerprints of the AEADs
+//! that hold the new secret, so an AEAD still holding the retired secret
+//! (left on this host, or on another that merged the reset) raises nothing.
 //!
 //! Verifies queue their check-and-set here. Whoever commits takes
 //! everything queued at that moment and runs it in one transaction — each
@@ -28,6 +36,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use ykhsm_core::counters::Counters;
 use ykhsm_proto::CounterRecord;
+use ykhsm_proto::message::{FINGERPRINT_LEN, MAX_BOUND_AEADS};
 
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -35,8 +44,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
 const PAGE_SIZE: i64 = 1024;
 /// WAL pages between automatic checkpoints.
 const WAL_CHECKPOINT_PAGES: i64 = 4096;
-/// The schema this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this code writes (`PRAGMA user_version`). 1: counters per
+/// (public id, AEAD fingerprint); 2: per public id, with a generation.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A database failure. The message names the file.
 #[derive(Debug, Clone, Error)]
@@ -48,13 +58,15 @@ pub struct DbError {
     pub message: String,
 }
 
-/// Which key a counter pair belongs to.
+/// Which key a counter pair belongs to, and the AEAD that decoded the OTP.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CounterKey {
-    /// The public id.
+    /// The public id: what the counters belong to.
     pub public_id: String,
-    /// SHA-1 of the AEAD (key handle ‖ nonce ‖ AEAD).
-    pub fingerprint: [u8; 20],
+    /// [`ykhsm_core::YubiKeyAead::fingerprint`] of the AEAD the OTP was
+    /// decoded with: from generation 1 on, it must be one the generation
+    /// is bound to.
+    pub aead: [u8; FINGERPRINT_LEN],
 }
 
 /// What a verify presents.
@@ -75,15 +87,32 @@ pub enum Accept {
     Fresh,
     /// Not above the stored pair: nothing written.
     Replayed,
+    /// The key was reset to `generation`, and the AEAD that decoded the OTP
+    /// is not one that generation was started for (it may hold the retired
+    /// secret): nothing written.
+    Unbound {
+        /// The key's generation.
+        generation: u32,
+    },
 }
 
 /// The outcome of a merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MergeOutcome {
-    /// Records that raised or created a row.
+    /// Records that changed what a login reads: a new row, a higher
+    /// generation, higher counters, more bound AEADs.
     pub raised: u32,
-    /// Records at or below the row.
+    /// Records that changed nothing a login reads.
     pub unchanged: u32,
+}
+
+/// A key's generation after a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetOutcome {
+    /// The generation now in force.
+    pub generation: u32,
+    /// How many AEADs it is bound to.
+    pub aeads: u32,
 }
 
 /// Where a result goes: called once, after the commit it depends on, on
@@ -103,6 +132,11 @@ enum Op {
     Export {
         reply: Reply<Vec<CounterRecord>>,
     },
+    Reset {
+        public_id: String,
+        aeads: Vec<[u8; FINGERPRINT_LEN]>,
+        reply: Reply<ResetOutcome>,
+    },
 }
 
 /// The counter database: a queue of check-and-sets and the connection
@@ -114,6 +148,8 @@ pub struct Db {
 
 #[derive(Debug)]
 struct Inner {
+    /// What opening did (a migration, modes fixed), for the log.
+    opened: Opened,
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
     queue: Mutex<Queue>,
@@ -158,6 +194,7 @@ impl std::fmt::Debug for Op {
             Op::Accept { .. } => "Accept",
             Op::Merge { .. } => "Merge",
             Op::Export { .. } => "Export",
+            Op::Reset { .. } => "Reset",
         })
     }
 }
@@ -168,65 +205,17 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // The daemon is the only owner of the counters: nothing may read or
-    // write them behind its back (ykadmin asks the daemon), and holding the
-    // lock saves a dozen lock calls per commit.
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
-    // A new file gets 1 KiB pages (an existing one keeps its own): a row
-    // is about 70 bytes, and each page a commit touches is written whole to
-    // the WAL before the fsync — a batch of logins on a dozen pages writes
-    // 12 KiB instead of 48. Measured: a batch commit's p50 from about
-    // 400 µs down to about 170 µs (docs/performance.md).
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidQuery);
-    }
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    // Checkpoint at the same WAL size as with SQLite's default pages (4 MiB).
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-    create_schema(&conn)?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version == 0 {
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    } else if version != SCHEMA_VERSION {
-        return Err(rusqlite::Error::InvalidQuery);
-    }
-    Ok(conn)
-}
+mod schema;
 
-fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS counters (
-            public_id   TEXT    NOT NULL,
-            fingerprint BLOB    NOT NULL,
-            counter     INTEGER NOT NULL,
-            session_use INTEGER NOT NULL,
-            ts_high     INTEGER NOT NULL,
-            ts_low      INTEGER NOT NULL,
-            modified    INTEGER NOT NULL,
-            PRIMARY KEY (public_id, fingerprint)
-        ) WITHOUT ROWID;",
-    )
-}
+pub use schema::{Migration, Opened, inspect};
 
 impl Db {
     /// Opens (creating if needed) the database. Nothing is committed until
     /// [`Db::run_committer`] runs on the daemon's runtime.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let conn = open(path).map_err(|e| DbError {
-            path: path.to_path_buf(),
-            message: match e {
-                rusqlite::Error::InvalidQuery => {
-                    "not a ykhsm counter database of this version, or WAL mode refused".into()
-                }
-                other => other.to_string(),
-            },
-        })?;
+        let (conn, opened) = schema::open(path)?;
         let inner = Arc::new(Inner {
+            opened,
             path: path.to_path_buf(),
             conn: Mutex::new(Some(conn)),
             queue: Mutex::new(Queue::default()),
@@ -248,6 +237,11 @@ impl Db {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// What opening the file did besides opening it.
+    pub fn opened(&self) -> &Opened {
+        &self.inner.opened
     }
 
     fn error(&self, message: impl Into<String>) -> DbError {
@@ -363,7 +357,27 @@ impl Db {
             .map_err(|_| self.error("the committer has stopped"))?
     }
 
-    /// Every record, sorted by public id then fingerprint.
+    /// Starts `public_id` afresh: the next generation, no counters, bound to
+    /// `aeads` (at least one). Committed before the reply.
+    pub async fn reset(
+        &self,
+        public_id: String,
+        aeads: Vec<[u8; FINGERPRINT_LEN]>,
+    ) -> Result<ResetOutcome, DbError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Op::Reset {
+                public_id,
+                aeads,
+                reply: to_oneshot(tx),
+            },
+            false,
+        );
+        rx.await
+            .map_err(|_| self.error("the committer has stopped"))?
+    }
+
+    /// Every record, sorted by public id.
     pub async fn export(&self) -> Result<Vec<CounterRecord>, DbError> {
         let (tx, rx) = oneshot::channel();
         self.submit(
@@ -440,102 +454,267 @@ fn answer(done: Vec<Done>) {
     }
 }
 
-/// The order that decides merges: (counter, session use) first, ties broken
-/// by the other fields, so the maximum is the same in any order.
-fn merge_rank(r: &CounterRecord) -> (u16, u8, u64, u8, u16) {
-    (r.counter, r.session_use, r.modified, r.ts_high, r.ts_low)
-}
-
+/// A key's row, as merges and exports see it.
 type Row = CounterRecord;
 
-fn read_row(tx: &Connection, public_id: &str, fp: &[u8; 20]) -> rusqlite::Result<Option<Row>> {
-    // Cached: the statement is parsed once per connection, not per verify.
-    tx.prepare_cached(
-        "SELECT counter, session_use, ts_high, ts_low, modified FROM counters
-         WHERE public_id = ?1 AND fingerprint = ?2",
-    )?
-    .query_row(params![public_id, &fp[..]], |r| {
-        Ok(Row {
-            public_id: public_id.to_owned(),
-            fingerprint: *fp,
-            counter: r.get(0)?,
-            session_use: r.get(1)?,
-            ts_high: r.get(2)?,
-            ts_low: r.get(3)?,
-            modified: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-        })
-    })
-    .optional()
+/// The order that decides merges within one generation: (counter, session
+/// use) first — "never seen" below every pair — then the other fields, so
+/// the maximum is the same in any order.
+fn merge_rank(r: &CounterRecord) -> (i32, i32, u64, u8, u16) {
+    let (c, u) = r
+        .last
+        .map_or((-1, -1), |(c, u)| (i32::from(c), i32::from(u)));
+    (c, u, r.modified, r.ts_high, r.ts_low)
 }
 
+fn opt_pair(counter: i64, session_use: i64) -> Option<(u16, u8)> {
+    Some((
+        u16::try_from(counter).ok()?,
+        u8::try_from(session_use).ok()?,
+    ))
+}
+
+fn sql_pair(last: Option<(u16, u8)>) -> (i64, i64) {
+    last.map_or((-1, -1), |(c, u)| (i64::from(c), i64::from(u)))
+}
+
+fn read_row(tx: &Connection, public_id: &str) -> rusqlite::Result<Option<Row>> {
+    // Cached: the statement is parsed once per connection, not per verify.
+    let row = tx
+        .prepare_cached(
+            "SELECT generation, counter, session_use, ts_high, ts_low, modified, reset_at
+             FROM counters WHERE public_id = ?1",
+        )?
+        .query_row(params![public_id], |r| {
+            Ok(Row {
+                public_id: public_id.to_owned(),
+                generation: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
+                last: opt_pair(r.get(1)?, r.get(2)?),
+                ts_high: r.get(3)?,
+                ts_low: r.get(4)?,
+                modified: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                reset_at: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                aeads: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut row) = row else {
+        return Ok(None);
+    };
+    row.aeads = bound_aeads(tx, public_id, row.generation)?;
+    Ok(Some(row))
+}
+
+fn bound_aeads(
+    tx: &Connection,
+    public_id: &str,
+    generation: u32,
+) -> rusqlite::Result<Vec<[u8; FINGERPRINT_LEN]>> {
+    let mut st = tx.prepare_cached(
+        "SELECT fingerprint FROM bound_aeads WHERE public_id = ?1 AND generation = ?2
+         ORDER BY fingerprint",
+    )?;
+    let fps = st.query_map(params![public_id, generation], |r| {
+        let fp: Vec<u8> = r.get(0)?;
+        Ok(<[u8; FINGERPRINT_LEN]>::try_from(fp.as_slice()).ok())
+    })?;
+    // A malformed fingerprint binds nothing (fails closed).
+    Ok(fps.filter_map(|f| f.ok().flatten()).collect())
+}
+
+/// Writes a whole row and its bound AEADs (replacing older generations').
 fn write_row(tx: &Connection, r: &Row) -> rusqlite::Result<()> {
+    let (counter, session_use) = sql_pair(r.last);
     tx.prepare_cached(
-        "INSERT INTO counters (public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (public_id, fingerprint) DO UPDATE SET
-           counter = excluded.counter, session_use = excluded.session_use,
-           ts_high = excluded.ts_high, ts_low = excluded.ts_low, modified = excluded.modified",
+        "INSERT INTO counters (public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (public_id) DO UPDATE SET
+           generation = excluded.generation, counter = excluded.counter,
+           session_use = excluded.session_use, ts_high = excluded.ts_high,
+           ts_low = excluded.ts_low, modified = excluded.modified, reset_at = excluded.reset_at",
     )?
     .execute(params![
-            r.public_id,
-            &r.fingerprint[..],
-            r.counter,
-            r.session_use,
-            r.ts_high,
-            r.ts_low,
-            i64::try_from(r.modified).unwrap_or(i64::MAX)
+        r.public_id,
+        r.generation,
+        counter,
+        session_use,
+        r.ts_high,
+        r.ts_low,
+        i64::try_from(r.modified).unwrap_or(i64::MAX),
+        i64::try_from(r.reset_at).unwrap_or(i64::MAX),
     ])?;
+    bind(tx, &r.public_id, r.generation, &r.aeads)
+}
+
+/// Binds `generation` of `public_id` to exactly `aeads`; bindings of other
+/// generations go (the row's generation only ever rises).
+fn bind(
+    tx: &Connection,
+    public_id: &str,
+    generation: u32,
+    aeads: &[[u8; FINGERPRINT_LEN]],
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM bound_aeads WHERE public_id = ?1")?
+        .execute(params![public_id])?;
+    let mut ins = tx.prepare_cached(
+        "INSERT OR IGNORE INTO bound_aeads (public_id, generation, fingerprint) VALUES (?1, ?2, ?3)",
+    )?;
+    for fp in aeads {
+        ins.execute(params![public_id, generation, &fp[..]])?;
+    }
     Ok(())
 }
 
-/// The check-and-set of one verify, as one statement: insert the pair, or
-/// raise the stored one — only if the new pair is strictly above it,
-/// (counter, session use) compared as a row value, which is exactly
-/// `ykhsm_core::counters::is_fresh` (`sql_rule_is_is_fresh` checks this on
-/// random pairs). One row changed: fresh; none: a replay.
+/// The check-and-set of one verify, as one statement: insert the pair (a
+/// key never seen is generation 0), or raise the stored one — only if the
+/// new pair is strictly above it, (counter, session use) compared as a row
+/// value, which is exactly `ykhsm_core::counters::is_fresh`
+/// (`sql_rule_is_is_fresh` checks this on random pairs; "never seen" is
+/// stored as (-1, -1)), and, from generation 1 on, only if the AEAD that
+/// decoded the OTP is one the generation is bound to. One row changed:
+/// fresh; none: a replay or an unbound AEAD ([`classify_refusal`]).
 const ACCEPT_SQL: &str =
-    "INSERT INTO counters (public_id, fingerprint, counter, session_use, ts_high, ts_low, modified)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-     ON CONFLICT (public_id, fingerprint) DO UPDATE SET
+    "INSERT INTO counters (public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at)
+     VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, 0)
+     ON CONFLICT (public_id) DO UPDATE SET
        counter = excluded.counter, session_use = excluded.session_use,
        ts_high = excluded.ts_high, ts_low = excluded.ts_low, modified = excluded.modified
-     WHERE (excluded.counter, excluded.session_use) > (counters.counter, counters.session_use)";
+     WHERE (excluded.counter, excluded.session_use) > (counters.counter, counters.session_use)
+       AND (counters.generation = 0 OR EXISTS (
+             SELECT 1 FROM bound_aeads b
+             WHERE b.public_id = ?1 AND b.generation = counters.generation AND b.fingerprint = ?7))";
 
 fn accept_in(conn: &Connection, key: &CounterKey, p: &Presented) -> rusqlite::Result<Accept> {
     let changed = conn.prepare_cached(ACCEPT_SQL)?.execute(params![
         key.public_id,
-        &key.fingerprint[..],
         p.counters.counter(),
         p.counters.session_use(),
         p.ts_high,
         p.ts_low,
-        i64::try_from(now()).unwrap_or(i64::MAX)
+        i64::try_from(now()).unwrap_or(i64::MAX),
+        &key.aead[..],
     ])?;
-    Ok(if changed == 1 {
-        Accept::Fresh
+    if changed == 1 {
+        Ok(Accept::Fresh)
     } else {
-        Accept::Replayed
+        classify_refusal(conn, key)
+    }
+}
+
+/// Why the check-and-set changed nothing: the AEAD is not bound to the
+/// key's generation, or the pair is not above the stored one. Read on the
+/// same connection right after, with no other writer in between.
+fn classify_refusal(conn: &Connection, key: &CounterKey) -> rusqlite::Result<Accept> {
+    let Some(row) = read_row(conn, &key.public_id)? else {
+        // The insert changed nothing and there is no row: cannot happen;
+        // refuse all the same.
+        return Ok(Accept::Replayed);
+    };
+    if row.generation > 0 && !row.aeads.contains(&key.aead) {
+        Ok(Accept::Unbound {
+            generation: row.generation,
+        })
+    } else {
+        Ok(Accept::Replayed)
+    }
+}
+
+/// Starts a key afresh: the next generation (1 for a key never seen), no
+/// counters, bound to `aeads`.
+fn reset_in(
+    conn: &Connection,
+    public_id: &str,
+    aeads: &[[u8; FINGERPRINT_LEN]],
+) -> rusqlite::Result<ResetOutcome> {
+    let at = i64::try_from(now()).unwrap_or(i64::MAX);
+    let generation: i64 = conn
+        .prepare_cached(
+            "INSERT INTO counters (public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at)
+             VALUES (?1, 1, -1, -1, 0, 0, ?2, ?2)
+             ON CONFLICT (public_id) DO UPDATE SET
+               generation = counters.generation + 1, counter = -1, session_use = -1,
+               ts_high = 0, ts_low = 0, modified = ?2, reset_at = ?2
+             WHERE counters.generation < 4294967295
+             RETURNING generation",
+        )?
+        .query_row(params![public_id, at], |r| r.get(0))?;
+    let generation = u32::try_from(generation).map_err(|_| rusqlite::Error::InvalidQuery)?;
+    bind(conn, public_id, generation, aeads)?;
+    Ok(ResetOutcome {
+        generation,
+        aeads: u32::try_from(bound_aeads(conn, public_id, generation)?.len()).unwrap_or(u32::MAX),
     })
 }
 
+/// Whether a record can stand for a key's state: counters within 15 bits,
+/// a bounded, bound-to-something-only-after-a-reset AEAD list.
+fn record_is_sane(rec: &CounterRecord) -> bool {
+    let counters_ok = rec.last.is_none_or(|(c, u)| Counters::new(c, u).is_some());
+    let aeads_ok =
+        rec.aeads.len() <= MAX_BOUND_AEADS && (rec.generation > 0 || rec.aeads.is_empty());
+    counters_ok && aeads_ok
+}
+
+/// `a ∪ b`, sorted, at most [`MAX_BOUND_AEADS`] (the smallest kept: the
+/// same whatever the order of merges).
+fn union(a: &[[u8; FINGERPRINT_LEN]], b: &[[u8; FINGERPRINT_LEN]]) -> Vec<[u8; FINGERPRINT_LEN]> {
+    let mut all: Vec<_> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all.truncate(MAX_BOUND_AEADS);
+    all
+}
+
+/// Merges records into the rows: per public id, a higher generation
+/// replaces the row (with its bound AEADs); within the same generation the
+/// higher record by [`merge_rank`] wins and the bound AEADs are the union.
+/// Nothing is ever lowered, and merging is order-free and idempotent (a
+/// join of a semilattice). `raised` counts records that changed what a
+/// login reads; a record that only wins a tie-break updates the row and
+/// counts as unchanged.
 fn merge_in(tx: &Connection, records: &[CounterRecord]) -> rusqlite::Result<MergeOutcome> {
     let mut out = MergeOutcome::default();
     for rec in records {
-        // A counter above 15 bits cannot come from a YubiKey: such a
-        // record is counted as unchanged and never stored.
-        if Counters::new(rec.counter, rec.session_use).is_none() {
+        // Counters above 15 bits cannot come from a YubiKey: such a record
+        // is counted as unchanged and never stored.
+        if !record_is_sane(rec) {
             out.unchanged += 1;
             continue;
         }
-        let current = read_row(tx, &rec.public_id, &rec.fingerprint)?;
-        if current
-            .as_ref()
-            .is_none_or(|c| merge_rank(rec) > merge_rank(c))
-        {
-            write_row(tx, rec)?;
+        let mut rec = rec.clone();
+        rec.aeads = union(&rec.aeads, &[]);
+        let Some(cur) = read_row(tx, &rec.public_id)? else {
+            write_row(tx, &rec)?;
+            out.raised += 1;
+            continue;
+        };
+        if rec.generation > cur.generation {
+            write_row(tx, &rec)?;
+            out.raised += 1;
+            continue;
+        }
+        if rec.generation < cur.generation {
+            out.unchanged += 1;
+            continue;
+        }
+        let winner = if merge_rank(&rec) > merge_rank(&cur) {
+            &rec
+        } else {
+            &cur
+        };
+        let merged = Row {
+            aeads: union(&cur.aeads, &rec.aeads),
+            reset_at: cur.reset_at.max(rec.reset_at),
+            ..winner.clone()
+        };
+        let login_reads = |r: &Row| (sql_pair(r.last), r.aeads.clone());
+        if login_reads(&merged) != login_reads(&cur) {
             out.raised += 1;
         } else {
             out.unchanged += 1;
+        }
+        if merged != cur {
+            write_row(tx, &merged)?;
         }
     }
     Ok(out)
@@ -543,22 +722,28 @@ fn merge_in(tx: &Connection, records: &[CounterRecord]) -> rusqlite::Result<Merg
 
 fn export_all(conn: &Connection) -> rusqlite::Result<Vec<CounterRecord>> {
     let mut st = conn.prepare(
-        "SELECT public_id, fingerprint, counter, session_use, ts_high, ts_low, modified
-         FROM counters ORDER BY public_id, fingerprint",
+        "SELECT public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at
+         FROM counters ORDER BY public_id",
     )?;
     let rows = st.query_map([], |r| {
-        let fp: Vec<u8> = r.get(1)?;
         Ok(CounterRecord {
             public_id: r.get(0)?,
-            fingerprint: fp.try_into().unwrap_or([0; 20]),
-            counter: r.get(2)?,
-            session_use: r.get(3)?,
+            generation: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+            last: opt_pair(r.get(2)?, r.get(3)?),
             ts_high: r.get(4)?,
             ts_low: r.get(5)?,
             modified: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+            reset_at: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+            aeads: Vec::new(),
         })
     })?;
-    rows.collect()
+    let mut records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    for rec in &mut records {
+        if rec.generation > 0 {
+            rec.aeads = bound_aeads(conn, &rec.public_id, rec.generation)?;
+        }
+    }
+    Ok(records)
 }
 
 /// A result with the reply it goes to.
@@ -569,6 +754,7 @@ enum Done {
         Reply<Vec<CounterRecord>>,
         Result<Vec<CounterRecord>, DbError>,
     ),
+    Reset(Reply<ResetOutcome>, Result<ResetOutcome, DbError>),
 }
 
 impl Done {
@@ -577,6 +763,7 @@ impl Done {
             Done::Accept(reply, r) => reply(r),
             Done::Merge(reply, r) => reply(r),
             Done::Export(reply, r) => reply(r),
+            Done::Reset(reply, r) => reply(r),
         }
     }
 
@@ -586,6 +773,7 @@ impl Done {
             Done::Accept(reply, _) => Done::Accept(reply, Err(e.clone())),
             Done::Merge(reply, _) => Done::Merge(reply, Err(e.clone())),
             Done::Export(reply, r) => Done::Export(reply, r),
+            Done::Reset(reply, _) => Done::Reset(reply, Err(e.clone())),
         }
     }
 }
@@ -660,9 +848,19 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
                 Done::Merge(reply, merge_in(tx.conn, &records).map_err(|e| err(&e)))
             }
             Op::Export { reply } => Done::Export(reply, export_all(tx.conn).map_err(|e| err(&e))),
+            Op::Reset {
+                public_id,
+                aeads,
+                reply,
+            } => Done::Reset(
+                reply,
+                reset_in(tx.conn, &public_id, &aeads).map_err(|e| err(&e)),
+            ),
         };
         let broke = match &d {
-            Done::Accept(_, Err(e)) | Done::Merge(_, Err(e)) => Some(e.clone()),
+            Done::Accept(_, Err(e)) | Done::Merge(_, Err(e)) | Done::Reset(_, Err(e)) => {
+                Some(e.clone())
+            }
             _ => None,
         };
         done.push(d);
@@ -699,6 +897,7 @@ fn failed(ops: Vec<Op>, e: &DbError) -> Vec<Done> {
             Op::Accept { reply, .. } => Done::Accept(reply, Err(e.clone())),
             Op::Merge { reply, .. } => Done::Merge(reply, Err(e.clone())),
             Op::Export { reply } => Done::Export(reply, Err(e.clone())),
+            Op::Reset { reply, .. } => Done::Reset(reply, Err(e.clone())),
         })
         .collect()
 }
@@ -718,7 +917,7 @@ mod tests {
     fn key() -> CounterKey {
         CounterKey {
             public_id: "ccccccdbjrgf".into(),
-            fingerprint: [7; 20],
+            aead: [7; 20],
         }
     }
 
@@ -730,14 +929,110 @@ mod tests {
         }
     }
 
+    /// After a reset, only an OTP decoded with a bound AEAD raises the
+    /// counters; any other AEAD is refused and nothing is written.
+    #[test]
+    fn after_a_reset_only_a_bound_aead_is_accepted() {
+        let conn = Connection::open_in_memory().unwrap();
+        schema::create_schema(&conn).unwrap();
+        let p = |c, u| presented(Counters::new(c, u).unwrap());
+        let old = key();
+        assert_eq!(accept_in(&conn, &old, &p(50, 0)).unwrap(), Accept::Fresh);
+        let new = CounterKey {
+            aead: [8; 20],
+            ..key()
+        };
+        let r = reset_in(&conn, &old.public_id, &[new.aead]).unwrap();
+        assert_eq!(
+            r,
+            ResetOutcome {
+                generation: 1,
+                aeads: 1
+            }
+        );
+        assert_eq!(
+            accept_in(&conn, &old, &p(60, 0)).unwrap(),
+            Accept::Unbound { generation: 1 }
+        );
+        assert_eq!(accept_in(&conn, &new, &p(1, 0)).unwrap(), Accept::Fresh);
+        assert_eq!(accept_in(&conn, &new, &p(1, 0)).unwrap(), Accept::Replayed);
+        let row = read_row(&conn, &old.public_id).unwrap().unwrap();
+        assert_eq!((row.generation, row.last), (1, Some((1, 0))));
+    }
+
+    fn arb_record() -> impl Strategy<Value = CounterRecord> {
+        (
+            0u32..3,
+            proptest::option::of((0u16..4, 0u8..3)),
+            (0u64..3, 0u8..2, 0u16..2),
+            proptest::collection::vec(0u8..4, 0..3),
+        )
+            .prop_map(|(generation, last, (modified, ts_high, ts_low), fps)| {
+                CounterRecord {
+                    public_id: "ccccccdbjrgf".into(),
+                    generation,
+                    last,
+                    ts_high,
+                    ts_low,
+                    modified,
+                    reset_at: u64::from(generation) * 10,
+                    aeads: if generation == 0 {
+                        Vec::new()
+                    } else {
+                        fps.into_iter().map(|b| [b; 20]).collect()
+                    },
+                }
+            })
+    }
+
+    fn merged(records: &[CounterRecord]) -> Vec<CounterRecord> {
+        let conn = Connection::open_in_memory().unwrap();
+        schema::create_schema(&conn).unwrap();
+        for r in records {
+            merge_in(&conn, std::slice::from_ref(r)).unwrap();
+        }
+        export_all(&conn).unwrap()
+    }
+
     proptest! {
+        /// Merging is a join: the same result in any order, merging twice
+        /// changes nothing, and the result is at or above every record by
+        /// (generation, counters) — a reset travels, nothing is lowered.
+        #[test]
+        fn merge_is_order_free_idempotent_and_never_lowers(
+            records in proptest::collection::vec(arb_record(), 1..6),
+            seed in any::<u64>(),
+        ) {
+            let forward = merged(&records);
+            let mut shuffled = records.clone();
+            // A deterministic shuffle from the seed.
+            let n = shuffled.len();
+            for i in 0..n {
+                let j = usize::try_from((seed >> (i % 60)) % (n as u64)).unwrap();
+                shuffled.swap(i, j);
+            }
+            prop_assert_eq!(&merged(&shuffled), &forward);
+            let twice: Vec<_> = records.iter().chain(&records).cloned().collect();
+            prop_assert_eq!(&merged(&twice), &forward);
+            let top = &forward[0];
+            for r in &records {
+                let key = |x: &CounterRecord| (x.generation, sql_pair(x.last));
+                prop_assert!(key(top) >= key(r), "{top:?} below {r:?}");
+                if r.generation == top.generation {
+                    for fp in &r.aeads {
+                        prop_assert!(top.aeads.contains(fp));
+                    }
+                }
+            }
+        }
+
         /// The freshness rule lives in core (`is_fresh`); the SQL statement
         /// states it again as a row-value comparison. They must agree on
         /// every pair, including the first sight of a key.
         #[test]
         fn sql_rule_is_is_fresh(a in (0u16..=0x7fff, any::<u8>()), b in (0u16..=0x7fff, any::<u8>())) {
             let conn = Connection::open_in_memory().unwrap();
-            create_schema(&conn).unwrap();
+            schema::create_schema(&conn).unwrap();
             let a = Counters::new(a.0, a.1).unwrap();
             let b = Counters::new(b.0, b.1).unwrap();
             prop_assert_eq!(accept_in(&conn, &key(), &presented(a)).unwrap(), Accept::Fresh);

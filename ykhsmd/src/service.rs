@@ -3,6 +3,7 @@
 //! in a decoded request and the peer's credentials, and gets a response.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -122,18 +123,35 @@ struct Decoded {
     public_id: PublicId,
     key: CounterKey,
     counters: OtpCounters,
+    /// The AEAD file that decoded it, for the log.
+    path: PathBuf,
+}
+
+/// What the outcome of a check-and-set reports.
+struct Settling {
+    public_id: PublicId,
+    pair: Counters,
+    path: PathBuf,
 }
 
 impl Decoded {
     /// What the database needs, and what the outcome reports.
-    fn into_parts(self) -> (CounterKey, Presented, PublicId, Counters) {
+    fn into_parts(self) -> (CounterKey, Presented, Settling) {
         let pair = self.counters.counters();
         let presented = Presented {
             counters: pair,
             ts_high: self.counters.ts_high,
             ts_low: self.counters.ts_low,
         };
-        (self.key, presented, self.public_id, pair)
+        (
+            self.key,
+            presented,
+            Settling {
+                public_id: self.public_id,
+                pair,
+                path: self.path,
+            },
+        )
     }
 }
 
@@ -363,6 +381,11 @@ impl Service {
                 Ok(records) => Response::Counters { records },
                 Err(e) => self.failed(&e.to_string()),
             },
+            Request::CountersReset {
+                public_id,
+                aeads,
+                reason,
+            } => self.counters_reset(&public_id, aeads, &reason, &peer).await,
             Request::CountersMerge { records } => {
                 if let Some(bad) = records
                     .iter()
@@ -492,6 +515,88 @@ impl Service {
         result
     }
 
+    /// `ykadmin counters reset` (and `import-ykksm --force` of another
+    /// secret): the key's next generation, bound to `aeads`, or with none
+    /// given to every AEAD the store holds for it now. Written to the log
+    /// like a verification.
+    async fn counters_reset(
+        self: &Arc<Self>,
+        public_id: &str,
+        aeads: Vec<[u8; ykhsm_proto::message::FINGERPRINT_LEN]>,
+        reason: &str,
+        peer: &Peer,
+    ) -> Response {
+        let id = match PublicId::parse(public_id) {
+            Ok(id) if !id.is_empty() => id,
+            _ => {
+                return Response::Failed {
+                    status: Status::BadOtp,
+                    message: format!("{:?} is not a public id", escape(public_id)),
+                };
+            }
+        };
+        let aeads = if aeads.is_empty() {
+            let this = Arc::clone(self);
+            let id_c = id.clone();
+            match blocking(move || this.current_aeads(&id_c)).await {
+                Ok(found) => found,
+                Err(response) => return response,
+            }
+        } else {
+            aeads
+        };
+        match self.db.reset(id.to_string(), aeads).await {
+            Ok(r) => {
+                self.log.info(&format!(
+                    "counters-reset pubid={id} generation={} aeads={} reason=\"{}\" peer_uid={} peer_pid={}",
+                    r.generation,
+                    r.aeads,
+                    escape(reason),
+                    peer.uid,
+                    pid(peer)
+                ));
+                Response::Reset {
+                    generation: r.generation,
+                    aeads: r.aeads,
+                }
+            }
+            Err(e) => self.failed(&e.to_string()),
+        }
+    }
+
+    /// The fingerprints of every AEAD the store holds for `id`, one per
+    /// configured key handle that has one. None, or one that cannot be
+    /// read, refuses the reset.
+    fn current_aeads(
+        &self,
+        id: &PublicId,
+    ) -> Result<Vec<[u8; ykhsm_proto::message::FINGERPRINT_LEN]>, Response> {
+        let mut found = Vec::new();
+        for kh in &self.config.key_handles {
+            let store = AeadStore::new(self.config.aead_dir.clone(), vec![kh.clone()]);
+            match store.lookup(id) {
+                Ok(Some(a)) => found.push(a.fingerprint()),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Response::Failed {
+                        status: Status::BackendError,
+                        message: format!("{e}; nothing was reset"),
+                    });
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(Response::Failed {
+                status: Status::NoSuchKey,
+                message: format!(
+                    "no AEAD for {id} under any configured key handle in {}: import the key's new secret first (a reset binds the key to the AEADs it finds); nothing was reset",
+                    self.config.aead_dir.display()
+                ),
+            });
+        }
+        Ok(found)
+    }
+
     /// Writes an audit line from [`Handled::audit`].
     pub fn write_audit(&self, line: &str) {
         self.log.info(line);
@@ -530,14 +635,14 @@ impl Service {
         let finish = move |here: bool| match this.decode_in_time(&pending, queued) {
             Err(outcome) => done(this.verdict(&user, &outcome, &peer, start)),
             Ok(d) => {
-                let (key, presented, public_id, pair) = d.into_parts();
+                let (key, presented, settling) = d.into_parts();
                 let svc = Arc::clone(&this);
                 this.db.accept_here(
                     key,
                     presented,
                     here,
                     Box::new(move |r| {
-                        let outcome = svc.settle(public_id, pair, r);
+                        let outcome = svc.settle(settling, r);
                         done(svc.verdict(&user, &outcome, &peer, start));
                     }),
                 );
@@ -712,21 +817,27 @@ impl Service {
             public_id: public_id.clone(),
             key: CounterKey {
                 public_id: public_id.to_string(),
-                fingerprint: found.fingerprint(),
+                aead: found.fingerprint(),
             },
             counters,
+            path: found.path.clone(),
         })
     }
 
     /// Checks 6 and 7: fresh, and durably committed.
     async fn commit(&self, d: Decoded) -> Outcome {
-        let (key, presented, public_id, pair) = d.into_parts();
+        let (key, presented, settling) = d.into_parts();
         let r = self.db.accept(key, presented).await;
-        self.settle(public_id, pair, r)
+        self.settle(settling, r)
     }
 
     /// The outcome of a check-and-set.
-    fn settle(&self, public_id: PublicId, pair: Counters, r: Result<Accept, DbError>) -> Outcome {
+    fn settle(&self, settling: Settling, r: Result<Accept, DbError>) -> Outcome {
+        let Settling {
+            public_id,
+            pair,
+            path,
+        } = settling;
         let status = match r {
             Ok(Accept::Fresh) => {
                 if pair.is_exhausted() {
@@ -737,6 +848,13 @@ impl Service {
                 Status::Ok
             }
             Ok(Accept::Replayed) => Status::ReplayedOtp,
+            Ok(Accept::Unbound { generation }) => {
+                self.log.error(&format!(
+                    "pubid={public_id}: AEAD {} is not one the key's counter generation {generation} was started for (by a reset); it may hold the retired secret. Bring the AEAD store up to date, or, if this file holds the key's current secret, run `ykadmin counters reset {public_id}` here",
+                    path.display()
+                ));
+                Status::BackendError
+            }
             Err(e) => {
                 self.log.error(&e.to_string());
                 Status::BackendError
@@ -940,6 +1058,12 @@ impl FailClosed for Response {
 impl FailClosed for Vec<(String, String)> {
     fn fail_closed() -> Self {
         vec![("error".into(), "internal error".into())]
+    }
+}
+
+impl<T> FailClosed for Result<T, Response> {
+    fn fail_closed() -> Self {
+        Err(Response::fail_closed())
     }
 }
 

@@ -289,7 +289,7 @@ fn admin_requests_work_for_root() {
         panic!()
     };
     assert_eq!(records.len(), 1);
-    assert_eq!((records[0].counter, records[0].session_use), (1, 0));
+    assert_eq!(records[0].last, Some((1, 0)));
     let Response::StatusInfo { items } = d.request(&Request::Status) else {
         panic!()
     };
@@ -310,9 +310,9 @@ fn counters_merge_never_lowers_and_is_idempotent() {
         panic!()
     };
     let mut lower = records[0].clone();
-    lower.counter = 4;
+    lower.last = Some((4, 3));
     let mut higher = records[0].clone();
-    higher.counter = 9;
+    higher.last = Some((9, 3));
     assert_eq!(
         d.request(&Request::CountersMerge {
             records: vec![lower.clone()]
@@ -341,15 +341,31 @@ fn counters_merge_never_lowers_and_is_idempotent() {
 }
 
 #[test]
-fn key_reimported_with_a_new_secret_starts_afresh() {
+fn key_reimported_with_a_new_secret_starts_afresh_only_after_an_explicit_reset() {
     let env = Env::new();
     let mut old = env.key("ccccccdbjrgf");
     env.set_authfile("alice:ccccccdbjrgf\n");
     let d = env.start();
     old.set_counters(100, 0);
     assert_eq!(d.verify("alice", &env.otp(&mut old)), Status::Ok);
-    // Reprogrammed YubiKey: new secret, counters from 1 again.
+    // Reprogrammed YubiKey: new secret, counters from 1 again. Its AEAD
+    // replaced by hand, the counters still belong to the public id.
     let mut new = env.key("ccccccdbjrgf");
+    assert_eq!(d.verify("alice", &env.otp(&mut new)), Status::ReplayedOtp);
+    // The operator starts the key afresh: logged, and the new key logs in.
+    let r = d.request(&Request::CountersReset {
+        public_id: "ccccccdbjrgf".into(),
+        aeads: vec![],
+        reason: "test".into(),
+    });
+    assert_eq!(
+        r,
+        Response::Reset {
+            generation: 1,
+            aeads: 1
+        }
+    );
+    env.wait_log("counters-reset pubid=ccccccdbjrgf generation=1 aeads=1");
     assert_eq!(d.verify("alice", &env.otp(&mut new)), Status::Ok);
     // The old key's OTPs no longer decrypt.
     assert_eq!(d.verify("alice", &env.otp(&mut old)), Status::BadOtp);
