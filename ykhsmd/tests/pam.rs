@@ -440,14 +440,21 @@ fn an_unprivileged_application_asking_for_someone_else_is_denied() {
 
 /// Receives what the module sends to syslog during one test: /dev/log is
 /// ours for the test (in a private mount namespace when a syslogd owns it).
+/// One capture at a time: one made while another owns /dev/log would mount
+/// over a socket the other removes when it ends.
 struct SyslogCapture {
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     socket: PathBuf,
     own_dev_log: bool,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl SyslogCapture {
     fn start(dir: &std::path::Path) -> Self {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one_at_a_time = LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let own_dev_log = !std::path::Path::new("/dev/log").exists();
         let socket = if own_dev_log {
             PathBuf::from("/dev/log")
@@ -469,6 +476,7 @@ impl SyslogCapture {
             lines,
             socket,
             own_dev_log,
+            _one_at_a_time: one_at_a_time,
         }
     }
 
