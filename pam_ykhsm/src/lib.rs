@@ -5,8 +5,20 @@
 //! [token_id_length=N]` (interface.md). The module holds no secret and
 //! opens nothing but the daemon's socket; it keeps no state between calls.
 //! Every path that is not the daemon's `OK` returns something other than
-//! `PAM_SUCCESS`.
+//! `PAM_SUCCESS`: the answer must come from a server running as root
+//! (checked with `SO_PEERCRED` before the user name or the OTP is sent),
+//! and only its `Verdict` of `OK` lets the user in.
+//!
+//! No log line carries the OTP's token: of the OTP only its public id is
+//! logged, and a user name shaped like an OTP (typed at the login prompt)
+//! is withheld, by the daemon's rule ([`ykhsm_proto::user_name`]).
 #![deny(unsafe_code)]
+// A panic inside sshd's PAM stack is at best PAM_ABORT: no unwrap, expect
+// or panic outside tests (as kanidm's PAM module).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod args;
 mod ffi;
@@ -18,10 +30,10 @@ use pam::constants::{PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PamFlag, PamResult
 use pam::conv::Conv;
 use pam::items::AuthTok;
 use pam::module::{PamHandle, PamHooks};
-use ykhsm_proto::{ClientError, Request, Response, Status, Zeroizing, call};
+use ykhsm_proto::{ClientError, Request, ServerUid, Status, Zeroizing, call, user_name};
 
 use crate::args::{Args, FirstPass};
-use crate::verdict::{loggable_public_id, pam_code, split};
+use crate::verdict::{loggable_public_id, pam_code, split, status_of};
 
 /// The module, for pam-bindings' hooks.
 #[derive(Debug)]
@@ -47,8 +59,13 @@ fn log(priority: i32, message: &str) {
     ffi::syslog(priority, &format!("pam_ykhsm: {message}"));
 }
 
-/// A user name fit for a log line.
+/// A user name fit for a log line: withheld if it looks like an OTP (the
+/// daemon's rule), else at most 64 characters, control characters
+/// replaced. Every line that names the user goes through here.
 fn shown(user: &str) -> String {
+    if user_name::looks_like_otp(user) {
+        return user_name::WITHHELD.to_owned();
+    }
     user.chars()
         .take(64)
         .map(|c| if c.is_control() { '?' } else { c })
@@ -197,23 +214,25 @@ fn obtain(
     }
 }
 
-/// Asks the daemon, within the timeout; the status word of its answer.
+/// Asks the daemon — a server running as root, or nothing is sent —
+/// within the timeout; the status word of its answer.
 fn ask(args: &Args, request: Request) -> Result<Status, ClientError> {
-    let response = call(&args.socket, &request, args.timeout)?;
-    Ok(match response {
-        Response::Verdict { status } | Response::Failed { status, .. } => status,
-        // An answer that is no verdict: the daemon cannot decide.
-        _ => Status::BackendError,
-    })
+    let response = call(&args.socket, ServerUid::ROOT, &request, args.timeout)?;
+    Ok(status_of(&response))
 }
 
 fn unavailable(user: &str, e: &ClientError) -> PamResultCode {
+    let what = match e {
+        // Someone else's server on the socket path: say so, with the path
+        // and its uid (in the error's text).
+        ClientError::WrongServer { .. } | ClientError::PeerCredentials { .. } => {
+            "refusing the server"
+        }
+        _ => "no answer from ykhsmd",
+    };
     log(
         LOG_ERR,
-        &format!(
-            "user {}: no answer from ykhsmd: {e}: PAM_AUTHINFO_UNAVAIL",
-            shown(user)
-        ),
+        &format!("user {}: {what}: {e}: PAM_AUTHINFO_UNAVAIL", shown(user)),
     );
     PamResultCode::PAM_AUTHINFO_UNAVAIL
 }
@@ -224,5 +243,22 @@ fn not_success(code: PamResultCode) -> PamResultCode {
         PamResultCode::PAM_AUTH_ERR
     } else {
         code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn an_otp_typed_as_the_user_name_is_withheld() {
+        let otp = "ccccccdbjrgfkljjucgrvddcgfhldbibefkvdvijhhjf";
+        assert_eq!(shown(otp), "<withheld:looks-like-an-otp>");
+        assert_eq!(
+            shown(&otp.to_ascii_uppercase()),
+            "<withheld:looks-like-an-otp>"
+        );
+        assert_eq!(shown("alice"), "alice");
+        assert_eq!(shown("a\nb"), "a?b");
     }
 }

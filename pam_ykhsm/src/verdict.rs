@@ -2,7 +2,29 @@
 //! typed. No I/O here.
 
 use pam::constants::PamResultCode;
-use ykhsm_proto::Status;
+use ykhsm_proto::{Response, Status};
+
+/// The status word of the daemon's answer to `HasUser` or `Verify`. One
+/// exhaustive match: only a `Verdict` carries the daemon's decision, so
+/// only `Verdict{OK}` gives [`Status::Ok`]; a refusal (`Failed`) keeps its
+/// word but never `OK` (the decoder already refuses `Failed{OK}`; this
+/// refuses it again), and any other answer means the daemon did not decide.
+pub fn status_of(response: &Response) -> Status {
+    match response {
+        Response::Verdict { status } => *status,
+        Response::Failed {
+            status: Status::Ok, ..
+        } => Status::BackendError,
+        Response::Failed { status, .. } => *status,
+        Response::ProtocolError { .. }
+        | Response::StatusInfo { .. }
+        | Response::Decrypted { .. }
+        | Response::Consumed { .. }
+        | Response::Wrapped { .. }
+        | Response::Counters { .. }
+        | Response::Merged { .. } => Status::BackendError,
+    }
+}
 
 /// The PAM code for a status word (interface.md, "Status words"). One
 /// exhaustive match: only `OK` is `PAM_SUCCESS`, and a new status word
@@ -73,6 +95,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every answer the daemon could give, with every word where it has one.
+    fn every_response() -> Vec<Response> {
+        let mut all = Vec::new();
+        for status in ALL {
+            all.push(Response::Verdict { status });
+            all.push(Response::Failed {
+                status,
+                message: String::new(),
+            });
+            all.push(Response::Consumed {
+                status,
+                public_id: String::new(),
+                counter: 0,
+                session_use: 0,
+            });
+        }
+        all.extend([
+            Response::ProtocolError {
+                message: String::new(),
+            },
+            Response::StatusInfo { items: Vec::new() },
+            Response::Decrypted {
+                line: "OK counter=0001 low=8d40 high=0f use=00".into(),
+                public_id: String::new(),
+            },
+            Response::Wrapped { aead: [0; 30] },
+            Response::Counters {
+                records: Vec::new(),
+            },
+            Response::Merged {
+                raised: 0,
+                unchanged: 0,
+            },
+        ]);
+        all
+    }
+
+    #[test]
+    fn only_a_verdict_of_ok_is_success() {
+        for r in every_response() {
+            for nullok in [false, true] {
+                let code = pam_code(status_of(&r), nullok);
+                assert_eq!(
+                    code == PamResultCode::PAM_SUCCESS,
+                    r == Response::Verdict { status: Status::Ok },
+                    "{r:?} nullok={nullok} -> {code:?}"
+                );
+            }
+        }
+        let failed_ok = Response::Failed {
+            status: Status::Ok,
+            message: String::new(),
+        };
+        assert_eq!(status_of(&failed_ok), Status::BackendError);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::store::{AeadStore, WriteMode};
 use ykhsm_core::{Nonce, YubiKeyAead, modhex, serial};
-use ykhsm_proto::{Request, Response, Zeroizing, call};
+use ykhsm_proto::{Request, Response, ServerUid, Zeroizing, call};
 
 /// How the public ids are chosen.
 #[derive(Debug, Clone)]
@@ -169,7 +169,7 @@ pub fn generate(
             nonce: nonce.0,
             secrets,
         };
-        let aead = match call(socket, &request, Duration::from_secs(30)) {
+        let aead = match call(socket, ServerUid::ROOT, &request, Duration::from_secs(30)) {
             Ok(Response::Wrapped { aead }) => YubiKeyAead(aead),
             Ok(Response::Failed { message, .. } | Response::ProtocolError { message }) => {
                 return Err(GenerateError::Daemon {

@@ -42,7 +42,7 @@ use ykhsm_core::otp::YubiKeySecrets;
 use ykhsm_core::store::{AeadStore, StoreError, StoredAead, WriteMode};
 use ykhsm_core::ykksm::{self, YkksmRecord};
 use ykhsm_core::{Nonce, YubiKeyAead};
-use ykhsm_proto::{ClientError, Request, Response, Status, Zeroizing, call};
+use ykhsm_proto::{ClientError, Request, Response, ServerUid, Status, Zeroizing, call};
 
 /// How long one wrap request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -558,7 +558,7 @@ fn wrap(
         nonce: nonce.0,
         secrets: plaintext,
     };
-    match call(&config.socket, &request, TIMEOUT) {
+    match call(&config.socket, ServerUid::ROOT, &request, TIMEOUT) {
         Ok(Response::Wrapped { aead }) => Ok(Wrap::Aead(YubiKeyAead(aead))),
         Ok(Response::Failed {
             status: Status::BackendError,

@@ -27,7 +27,7 @@ use ykhsm_core::otp::Otp;
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::serial;
 use ykhsm_core::store::AeadStore;
-use ykhsm_proto::{Request, Response, Status, Zeroizing, call};
+use ykhsm_proto::{Request, Response, ServerUid, Status, Zeroizing, call};
 
 /// How long ykadmin waits for the daemon.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -236,7 +236,7 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 }
 
 fn ask(config: &Config, request: &Request) -> Result<Response, Failure> {
-    match call(&config.socket, request, TIMEOUT) {
+    match call(&config.socket, ServerUid::ROOT, request, TIMEOUT) {
         Ok(Response::Failed { status, message }) => {
             let code = if status == Status::BackendError { 3 } else { 1 };
             Err(fail(code, format!("{status}: {message}")))
@@ -313,7 +313,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 user: user.clone(),
                 otp: Zeroizing::new(otp.clone()),
             };
-            let status = match call(&config.socket, &request, TIMEOUT) {
+            let status = match call(&config.socket, ServerUid::ROOT, &request, TIMEOUT) {
                 Ok(Response::Verdict { status } | Response::Failed { status, .. }) => status,
                 Ok(other) => return Err(unexpected(&other)),
                 Err(e) => {
@@ -608,7 +608,12 @@ fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
     };
     let users = authfile_edit::list(&text);
     // Counters, if the daemon is there (listing works without it).
-    let records = match call(&config.socket, &Request::CountersExport, TIMEOUT) {
+    let records = match call(
+        &config.socket,
+        ServerUid::ROOT,
+        &Request::CountersExport,
+        TIMEOUT,
+    ) {
         Ok(Response::Counters { records }) => Some(records),
         _ => None,
     };
@@ -870,7 +875,7 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
                     nonce: found.nonce.0,
                     aead: found.aead.0,
                 };
-                match call(&config.socket, &request, TIMEOUT) {
+                match call(&config.socket, ServerUid::ROOT, &request, TIMEOUT) {
                     Ok(Response::Verdict { status: Status::Ok }) => Ok(()),
                     Ok(Response::Verdict { .. }) => Err(format!(
                         "does not authenticate under key handle {}",

@@ -2,6 +2,13 @@
 //! connect, write and read: whatever the daemon does (not running, hung with
 //! a full backlog, accepting and never answering), a call returns by then.
 //! No threads, no async runtime: this runs inside sshd's PAM stack.
+//!
+//! The socket's path alone does not say who answers: a path left free (the
+//! daemon stopped, its directory not yet made) or a wrong `socket=` can be
+//! taken by any local user's process. So the client reads the server's uid
+//! from the connected socket (`SO_PEERCRED`) and sends nothing — no user
+//! name, no OTP — unless it is the uid the caller expects ([`ServerUid`];
+//! root for ykhsmd).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -10,6 +17,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use socket2::{Domain, SockAddr, Socket, Type};
 use thiserror::Error;
 
@@ -23,6 +31,16 @@ const SMALL_REQUEST: usize = 4096;
 /// How long to wait before retrying a connect refused for a full backlog.
 const BACKLOG_RETRY: Duration = Duration::from_millis(5);
 
+/// The uid the server on the socket must run as. ykhsmd runs as root, so
+/// the PAM module and ykadmin ask for [`ServerUid::ROOT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerUid(pub u32);
+
+impl ServerUid {
+    /// Root: the daemon.
+    pub const ROOT: Self = Self(0);
+}
+
 /// Why a call did not produce a response.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -34,6 +52,29 @@ pub enum ClientError {
         path: String,
         /// The error.
         source: io::Error,
+    },
+    /// The credentials of the process on the socket could not be read;
+    /// nothing was sent.
+    #[error("cannot read who serves {path}: {source}")]
+    PeerCredentials {
+        /// The socket path.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The process on the socket runs as another uid than the caller
+    /// expects: not the daemon. Nothing was sent.
+    #[error(
+        "{path} is served by uid {uid}, not uid {expected}: not ykhsmd; nothing was sent to it"
+    )]
+    WrongServer {
+        /// The socket path.
+        path: String,
+        /// The uid the server runs as (`SO_PEERCRED`: the uid that made
+        /// the listening socket).
+        uid: u32,
+        /// The uid expected.
+        expected: u32,
     },
     /// The deadline passed.
     #[error("no answer from the daemon within {0:?}")]
@@ -62,9 +103,15 @@ fn remaining(deadline: Instant, total: Duration) -> Result<Duration, ClientError
     }
 }
 
-/// Connects to `path` before `deadline`. A full listen backlog (`EAGAIN` on
-/// a non-blocking connect) is retried until the deadline.
-fn connect(path: &Path, deadline: Instant, total: Duration) -> Result<UnixStream, ClientError> {
+/// Connects to `path` before `deadline` and checks that the server runs as
+/// `server`. A full listen backlog (`EAGAIN` on a non-blocking connect) is
+/// retried until the deadline.
+fn connect(
+    path: &Path,
+    server: ServerUid,
+    deadline: Instant,
+    total: Duration,
+) -> Result<UnixStream, ClientError> {
     let err = |source| ClientError::Connect {
         path: path.display().to_string(),
         source,
@@ -82,14 +129,38 @@ fn connect(path: &Path, deadline: Instant, total: Duration) -> Result<UnixStream
             Err(e) => return Err(err(e)),
         }
     }
+    // Before anything is written: a server of another uid must not even
+    // see the request. (A Unix socket is connected once `connect`
+    // returns; the kernel recorded the server's credentials at `listen`.)
+    let uid = getsockopt(&socket, PeerCredentials)
+        .map_err(|e| ClientError::PeerCredentials {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?
+        .uid();
+    if uid != server.0 {
+        return Err(ClientError::WrongServer {
+            path: path.display().to_string(),
+            uid,
+            expected: server.0,
+        });
+    }
     socket.set_nonblocking(false).map_err(err)?;
     Ok(UnixStream::from(OwnedFd::from(socket)))
 }
 
-/// Sends one request and reads one response, all within `timeout`.
-pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+/// Sends one request to the server on `path` and reads one response, all
+/// within `timeout`. The server must run as `server`
+/// ([`ServerUid::ROOT`] for ykhsmd), or nothing is sent
+/// ([`ClientError::WrongServer`]).
+pub fn call(
+    path: &Path,
+    server: ServerUid,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect(path, deadline, timeout)?;
+    let mut stream = connect(path, server, deadline, timeout)?;
     let body = request.encode();
     let framed = frame::frame(&body)?;
     let timed = |e: io::Error| {

@@ -37,6 +37,10 @@ pub enum DecodeError {
         /// The field.
         field: &'static str,
     },
+    /// A `Failed` response that says `OK`: a refusal cannot be the
+    /// verdict that lets a user in (only a `Verdict` can say `OK`).
+    #[error("a Failed answer with status OK (only a Verdict can say OK)")]
+    FailedWithOk,
     /// A field value outside its range.
     #[error("{field} has an invalid value")]
     BadValue {

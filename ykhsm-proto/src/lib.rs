@@ -1,6 +1,7 @@
 //! The protocol between `pam_ykhsm.so`, `ykadmin` and `ykhsmd`: versioned,
 //! length-framed messages with a hard size limit, the status words of the
-//! interface, and a blocking client with one deadline.
+//! interface, a blocking client with one deadline that talks only to a
+//! server of the expected uid, and the rule for user names in log lines.
 //!
 //! This crate is shared by the PAM module, so it stays small: no crypto, no
 //! async runtime, no global state. docs/protocol.md describes the bytes well
@@ -13,8 +14,9 @@ pub mod codec;
 pub mod frame;
 pub mod message;
 pub mod status;
+pub mod user_name;
 
-pub use client::{ClientError, call};
+pub use client::{ClientError, ServerUid, call};
 pub use message::{CounterRecord, Request, Response};
 pub use status::Status;
 /// The wrapper the requests keep OTPs in (wiped on drop), for callers that

@@ -435,9 +435,12 @@ pub enum Response {
         status: Status,
     },
     /// A request that failed, with a reason for the operator (never a
-    /// secret).
+    /// secret). A refusal: its status is never `OK` — a `Failed` with `OK`
+    /// does not decode ([`DecodeError::FailedWithOk`]), so only a
+    /// `Verdict` can let a user in. Never build one with `OK`: its bytes
+    /// would be refused by every client.
     Failed {
-        /// The word (`DENIED`, `BACKEND_ERROR`, …).
+        /// The word (`DENIED`, `BACKEND_ERROR`, …), never `OK`.
         status: Status,
         /// Why.
         message: String,
@@ -572,9 +575,12 @@ impl Response {
             kind::VERDICT => Self::Verdict {
                 status: status(&mut r)?,
             },
-            kind::FAILED => Self::Failed {
-                status: status(&mut r)?,
-                message: r.str("message")?.to_owned(),
+            kind::FAILED => match status(&mut r)? {
+                Status::Ok => return Err(DecodeError::FailedWithOk),
+                status => Self::Failed {
+                    status,
+                    message: r.str("message")?.to_owned(),
+                },
             },
             kind::PROTOCOL_ERROR => Self::ProtocolError {
                 message: r.str("message")?.to_owned(),

@@ -3,14 +3,16 @@
 //! the client returns by its deadline whatever the server does.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use ykhsm_proto::codec::DecodeError;
 use ykhsm_proto::frame::{self, FrameError, HEADER_LEN, MAX_UNPRIVILEGED_FRAME, VERSION};
-use ykhsm_proto::{ClientError, CounterRecord, Request, Response, Status, call, status};
+use ykhsm_proto::{ClientError, CounterRecord, Request, Response, ServerUid, Status, call, status};
 use zeroize::Zeroizing;
 
 fn record() -> impl Strategy<Value = CounterRecord> {
@@ -38,6 +40,16 @@ fn record() -> impl Strategy<Value = CounterRecord> {
 
 fn status() -> impl Strategy<Value = Status> {
     prop::sample::select(status::ALL.to_vec())
+}
+
+/// A refusal's word: any status but `OK`.
+fn refusal() -> impl Strategy<Value = Status> {
+    prop::sample::select(
+        status::ALL
+            .into_iter()
+            .filter(|&s| s != Status::Ok)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -95,7 +107,8 @@ fn request() -> impl Strategy<Value = Request> {
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         status().prop_map(|status| Response::Verdict { status }),
-        (status(), "\\PC{0,80}").prop_map(|(status, message)| Response::Failed { status, message }),
+        (refusal(), "\\PC{0,80}")
+            .prop_map(|(status, message)| Response::Failed { status, message }),
         "\\PC{0,80}".prop_map(|message| Response::ProtocolError { message }),
         prop::collection::vec(("\\PC{0,10}", "\\PC{0,20}"), 0..5)
             .prop_map(|items| Response::StatusInfo { items }),
@@ -177,6 +190,25 @@ fn unknown_kind_and_bad_status_are_errors() {
     assert!(Request::decode(&[]).is_err());
 }
 
+/// A refusal cannot say OK: only a Verdict lets a user in (issue 12,
+/// item 8).
+#[test]
+fn failed_with_status_ok_does_not_decode() {
+    // kind Failed, status OK, message "ok".
+    let body = [0x02, 0x00, 0x00, 0x02, b'o', b'k'];
+    assert_eq!(Response::decode(&body), Err(DecodeError::FailedWithOk));
+    for s in status::ALL.into_iter().filter(|&s| s != Status::Ok) {
+        let body = [0x02, s.code(), 0x00, 0x02, b'o', b'k'];
+        assert_eq!(
+            Response::decode(&body),
+            Ok(Response::Failed {
+                status: s,
+                message: "ok".into()
+            })
+        );
+    }
+}
+
 #[test]
 fn secrets_are_not_in_debug_output() {
     let req = Request::Verify {
@@ -217,6 +249,76 @@ fn frame_round_trips() {
 
 // ------------------------------------------------------------------ client
 
+/// The uid this test runs as: servers it starts run as that uid.
+fn this_uid() -> ServerUid {
+    ServerUid(std::fs::metadata("/proc/self").unwrap().uid())
+}
+
+/// A server that takes one connection and returns everything it received.
+fn recording_server(path: &Path) -> thread::JoinHandle<Vec<u8>> {
+    let listener = UnixListener::bind(path).unwrap();
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let resp = Response::Verdict { status: Status::Ok };
+        let _ = frame::write_frame(&mut s, &resp.encode());
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    })
+}
+
+/// A server of another uid than the caller expects gets nothing: not the
+/// user name, not the OTP (issue 12, item 8).
+#[test]
+fn client_sends_nothing_to_a_server_of_another_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let server = recording_server(&path);
+    let other = ServerUid(this_uid().0.wrapping_add(1));
+    let err = call(
+        &path,
+        other,
+        &Request::Verify {
+            user: "alice".into(),
+            otp: Zeroizing::new("ccccccdbjrgfkljjucgrvddcgfhldbibefkvdvijhhjf".into()),
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap_err();
+    match &err {
+        ClientError::WrongServer {
+            path: p,
+            uid,
+            expected,
+        } => {
+            assert_eq!(
+                (p.as_str(), *uid, *expected),
+                (path.to_str().unwrap(), this_uid().0, other.0)
+            );
+        }
+        e => panic!("{e}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(path.to_str().unwrap()) && text.contains(&format!("uid {}", this_uid().0)),
+        "{text}"
+    );
+    assert_eq!(server.join().unwrap(), b"", "the server received something");
+}
+
+#[test]
+fn client_talks_to_a_server_of_the_expected_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let server = recording_server(&path);
+    let resp = call(&path, this_uid(), &Request::Status, Duration::from_secs(5)).unwrap();
+    assert_eq!(resp, Response::Verdict { status: Status::Ok });
+    let got = server.join().unwrap();
+    let body = frame::read_frame(&mut &got[..], 100).unwrap();
+    assert_eq!(Request::decode(&body).unwrap(), Request::Status);
+}
+
 #[test]
 fn client_gets_the_servers_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -234,6 +336,7 @@ fn client_gets_the_servers_answer() {
     });
     let resp = call(
         &path,
+        this_uid(),
         &Request::HasUser { user: "bob".into() },
         Duration::from_secs(5),
     )
@@ -252,6 +355,7 @@ fn client_fails_fast_when_no_daemon_listens() {
     let dir = tempfile::tempdir().unwrap();
     let err = call(
         &dir.path().join("absent.sock"),
+        this_uid(),
         &Request::Status,
         Duration::from_secs(5),
     )
@@ -275,7 +379,13 @@ fn client_returns_by_its_deadline_when_the_server_never_answers() {
         let _ = s.write_all(b"");
     });
     let start = Instant::now();
-    let err = call(&path, &Request::Status, Duration::from_millis(300)).unwrap_err();
+    let err = call(
+        &path,
+        this_uid(),
+        &Request::Status,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
     let took = start.elapsed();
     assert!(matches!(err, ClientError::Timeout(_)), "{err}");
     assert!(took >= Duration::from_millis(300), "{took:?}");
@@ -310,7 +420,13 @@ fn client_returns_by_its_deadline_when_the_backlog_is_full() {
         "the backlog never filled, so this test would not test it"
     );
     let start = Instant::now();
-    let err = call(&path, &Request::Status, Duration::from_millis(300)).unwrap_err();
+    let err = call(
+        &path,
+        this_uid(),
+        &Request::Status,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
     let took = start.elapsed();
     assert!(matches!(err, ClientError::Timeout(_)), "{err}");
     assert!(took < Duration::from_secs(3), "{took:?}");

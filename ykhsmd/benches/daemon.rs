@@ -78,7 +78,7 @@ use ykhsm_core::yubihsm::permission;
 use ykhsm_core::{Nonce, Token, YubiKeyAead};
 use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link};
-use ykhsm_proto::{Request, Response, Status, call, frame};
+use ykhsm_proto::{Request, Response, ServerUid, Status, call, frame};
 use ykhsm_yubihsm::YubiHsm;
 use zeroize::Zeroizing;
 
@@ -361,9 +361,12 @@ impl Daemon {
         });
         let end = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Response::StatusInfo { .. }) =
-                call(&inst.socket, &Request::Status, Duration::from_secs(2))
-            {
+            if let Ok(Response::StatusInfo { .. }) = call(
+                &inst.socket,
+                ServerUid::ROOT,
+                &Request::Status,
+                Duration::from_secs(2),
+            ) {
                 break;
             }
             if let Ok(Some(st)) = child.try_wait() {
@@ -600,7 +603,7 @@ fn client(
             otp: Zeroizing::new(otp.to_string()),
         };
         let t = Instant::now();
-        let answer = call(socket, &req, CALL_TIMEOUT);
+        let answer = call(socket, ServerUid::ROOT, &req, CALL_TIMEOUT);
         out.lat.push(nanos(t.elapsed()));
         match answer {
             Ok(Response::Verdict { status: Status::Ok }) => {}
@@ -718,7 +721,7 @@ fn framed_socket_floor(dir: &Path, dur: Duration) -> Samples {
     let start = Instant::now();
     while start.elapsed() < dur {
         let t = Instant::now();
-        let r = call(&path, &req, CALL_TIMEOUT);
+        let r = call(&path, ServerUid::ROOT, &req, CALL_TIMEOUT);
         lat.push(nanos(t.elapsed()));
         assert!(
             matches!(r, Ok(Response::Verdict { status: Status::Ok })),
@@ -743,7 +746,7 @@ fn no_commit_probe(socket: &Path, dur: Duration) -> (Samples, u64) {
     let start = Instant::now();
     while start.elapsed() < dur {
         let t = Instant::now();
-        let answer = call(socket, &req, CALL_TIMEOUT);
+        let answer = call(socket, ServerUid::ROOT, &req, CALL_TIMEOUT);
         lat.push(nanos(t.elapsed()));
         if !matches!(answer, Ok(Response::Verdict { status: Status::Ok })) {
             errors += 1;

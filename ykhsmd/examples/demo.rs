@@ -20,7 +20,7 @@ use ykhsm_core::keys_file::KeysFile;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::store::{AeadStore, WriteMode};
-use ykhsm_proto::{Request, Response, call};
+use ykhsm_proto::{Request, Response, ServerUid, call};
 
 const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
 
@@ -173,7 +173,12 @@ fn main() {
     let mut daemon = Some(Daemon(child));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(
-        call(&socket, &Request::Status, Duration::from_secs(1)),
+        call(
+            &socket,
+            ServerUid::ROOT,
+            &Request::Status,
+            Duration::from_secs(1)
+        ),
         Ok(Response::StatusInfo { .. })
     ) {
         assert!(

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use ykhsm_core::counters::Counters;
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_proto::frame::FrameError;
-use ykhsm_proto::{ClientError, Request, Response, Status, call};
+use ykhsm_proto::{ClientError, Request, Response, ServerUid, Status, call};
 use zeroize::Zeroizing;
 
 const MODHEX: &[u8; 16] = b"cbdefghijklnrtuv";
@@ -154,7 +154,12 @@ fn client(
             pair: pair_of(&keys[j], &otp),
             cycle,
         };
-        match call(socket, &verify_request(&issued.otp), CLIENT_TIMEOUT) {
+        match call(
+            socket,
+            ServerUid::ROOT,
+            &verify_request(&issued.otp),
+            CLIENT_TIMEOUT,
+        ) {
             Ok(Response::Verdict { status: Status::Ok }) => run.accepted.push(issued),
             Ok(other) => run.unexpected.push(format!("{issued:?}: {other:?}")),
             // The daemon is dead (or dying): no answer, as a kill allows.
@@ -226,7 +231,12 @@ fn verify_all(socket: &Path, otps: &[Issued]) -> Vec<Status> {
                 s.spawn(move || {
                     part.iter()
                         .map(|o| {
-                            match call(socket, &verify_request(&o.otp), Duration::from_secs(10)) {
+                            match call(
+                                socket,
+                                ServerUid::ROOT,
+                                &verify_request(&o.otp),
+                                Duration::from_secs(10),
+                            ) {
                                 Ok(Response::Verdict { status }) => status,
                                 other => panic!("{o:?}: {other:?}"),
                             }
@@ -330,7 +340,12 @@ fn retry_unanswered(
         } else {
             Status::ReplayedOtp
         };
-        let got = match call(&d.socket, &verify_request(&o.otp), Duration::from_secs(10)) {
+        let got = match call(
+            &d.socket,
+            ServerUid::ROOT,
+            &verify_request(&o.otp),
+            Duration::from_secs(10),
+        ) {
             Ok(Response::Verdict { status }) => status,
             other => panic!("{when}: {o:?}: {other:?}"),
         };

@@ -440,14 +440,21 @@ fn an_unprivileged_application_asking_for_someone_else_is_denied() {
 
 /// Receives what the module sends to syslog during one test: /dev/log is
 /// ours for the test (in a private mount namespace when a syslogd owns it).
+/// One capture at a time: one made while another owns /dev/log would mount
+/// over a socket the other removes when it ends.
 struct SyslogCapture {
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     socket: PathBuf,
     own_dev_log: bool,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl SyslogCapture {
     fn start(dir: &std::path::Path) -> Self {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one_at_a_time = LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let own_dev_log = !std::path::Path::new("/dev/log").exists();
         let socket = if own_dev_log {
             PathBuf::from("/dev/log")
@@ -469,16 +476,23 @@ impl SyslogCapture {
             lines,
             socket,
             own_dev_log,
+            _one_at_a_time: one_at_a_time,
         }
     }
 
     /// pamtester, with its syslog going to this capture.
     fn pamtester(&self, services: &Services, user: &str, input: &str) -> Outcome {
+        self.pamtester_on(services, "yk", user, input)
+    }
+
+    /// pamtester on the stack `service`, with its syslog going to this
+    /// capture.
+    fn pamtester_on(&self, services: &Services, service: &str, user: &str, input: &str) -> Outcome {
         if self.own_dev_log {
-            return pamtester(services, "yk", user, input, &[]);
+            return pamtester(services, service, user, input, &[]);
         }
         let script = format!(
-            "mount --bind {} /dev/log && exec pamtester -v yk {user} authenticate",
+            "mount --bind {} /dev/log && exec pamtester -v {service} {user} authenticate",
             self.socket.display()
         );
         let mut cmd = Command::new("unshare");
@@ -563,4 +577,252 @@ fn openssh_stand_in_answer_is_a_bad_otp() {
     assert_eq!(d.verify("alice", pattern), ykhsm_proto::Status::BadOtp);
     drop(d);
     drop(env);
+}
+
+/// Someone typed their OTP at the login prompt: the user name is a whole,
+/// unused OTP. Every line the module writes about that user withholds the
+/// name, by the rule the daemon's log uses (issue 12, item 7): the answer
+/// before the prompt, a verdict and its debug line, `use_first_pass` with
+/// nothing on the stack, and no daemon.
+#[test]
+fn a_user_name_that_is_an_otp_is_withheld_from_every_log_line() {
+    let (env, mut key, mut d, s) = setup(&["auth required MODULE debug"]);
+    s.add(&env, "yk-use", &["auth required MODULE use_first_pass"]);
+    let capture = SyslogCapture::start(env.dir.path());
+    let name = env.otp(&mut key);
+    // No line for it: answered before the prompt.
+    let r = capture.pamtester(&s, &name, "");
+    assert!(!r.ok && !r.prompted(), "{r:?}");
+    // A line for it: prompted, a verdict, and with `debug` the PAM code.
+    env.set_authfile(&format!("alice:ccccccdbjrgf\n{name}:ccccccdbjrgf\n"));
+    let r = capture.pamtester(&s, &name, &line("garbage"));
+    assert!(!r.ok && r.prompted(), "{r:?}");
+    let r = capture.pamtester_on(&s, "yk-use", &name, "");
+    assert!(!r.ok && !r.prompted(), "{r:?}");
+    d.terminate();
+    let r = capture.pamtester(&s, &name, "");
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL), "{r:?}");
+    let wanted = [
+        "before the prompt",
+        "pubid=-: BAD_OTP",
+        "PAM_AUTH_ERR",
+        "use_first_pass and no password on the stack",
+        "no answer from ykhsmd",
+    ];
+    let has = |lines: &[String], w: &str| lines.iter().any(|l| l.contains(w));
+    common::wait_for(
+        "the module's lines about the user",
+        Duration::from_secs(10),
+        || {
+            let lines = capture.lines();
+            wanted.iter().all(|w| has(&lines, w))
+        },
+    );
+    let lines = capture.lines();
+    let token = &name[name.len() - 32..];
+    for l in &lines {
+        for part in token.as_bytes().windows(8) {
+            let part = std::str::from_utf8(part).unwrap();
+            assert!(!l.contains(part), "part of the token ({part}) in: {l}");
+        }
+    }
+}
+
+proptest::proptest! {
+    /// The module withholds exactly the user names the daemon withholds:
+    /// one rule (`ykhsm_proto::user_name`) against the daemon's own
+    /// (`ykhsmd::log::user`, which asks the OTP parser).
+    #[test]
+    fn the_module_and_the_daemon_withhold_the_same_user_names(
+        name in proptest::prop_oneof![
+            "[cbdefghijklnrtuvCBDEFGHIJKLNRTUV]{28,52}",
+            "[jxe.uidchtnbpygkJXEUIDCHTNBPYGK]{28,52}",
+            "[cbdefghijklnrtuvjxe.uidchtnbpygk]{30,50}",
+            "[cbdefghijklnrtuv]{30,50}[^cbdefghijklnrtuv]",
+            "\\PC{0,60}",
+        ]
+    ) {
+        let daemon = ykhsmd::log::user(&name) == ykhsm_proto::user_name::WITHHELD;
+        proptest::prop_assert_eq!(ykhsm_proto::user_name::looks_like_otp(&name), daemon);
+    }
+}
+
+const NOBODY: u32 = 65534;
+
+/// Not a test: a fake daemon for the tests below, run by re-executing this
+/// test binary (`--ignored --exact fake_server`), as another uid where a
+/// test needs one. It answers every connection at once with the bytes in
+/// `YKHSM_FAKE_ANSWER` (hex), then prints `FAKE RECEIVED <hex>` with all
+/// the client sent. Does nothing unless `YKHSM_FAKE_SERVER` is set.
+#[test]
+#[ignore = "helper process for the tests in this file"]
+fn fake_server() {
+    use std::io::Read;
+    let Ok(path) = std::env::var("YKHSM_FAKE_SERVER") else {
+        return;
+    };
+    let answer = hex::decode(std::env::var("YKHSM_FAKE_ANSWER").unwrap()).unwrap();
+    let listener = UnixListener::bind(&path).unwrap();
+    println!("FAKE LISTENING");
+    for conn in listener.incoming() {
+        let mut conn = conn.unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = conn.write_all(&answer);
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        println!("FAKE RECEIVED {}", hex::encode(&got));
+    }
+}
+
+/// The helper above, serving `socket`; killed on drop.
+struct FakeServer {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeServer {
+    /// Starts it as `uid` (and the group of the same number), or as this
+    /// process's user, and waits until it listens.
+    fn start(socket: &std::path::Path, answer: &[u8], uid: Option<u32>) -> Self {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--ignored",
+            "--exact",
+            "fake_server",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("YKHSM_FAKE_SERVER", socket)
+        .env("YKHSM_FAKE_ANSWER", hex::encode(answer))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                sink.lock().unwrap().push(l);
+            }
+        });
+        let fake = Self { child, lines };
+        common::wait_for(
+            "the fake server to listen",
+            Duration::from_secs(10),
+            // libtest prints "test fake_server ... " before the first line.
+            || fake.lines().iter().any(|l| l.ends_with("FAKE LISTENING")),
+        );
+        fake
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// What each connection sent, hex.
+    fn received(&self) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.split_once("FAKE RECEIVED"))
+            .map(|(_, hex)| hex.trim().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stack `name` whose only line is the module on `socket`.
+fn module_on(s: &Services, name: &str, socket: &std::path::Path) {
+    fs::write(
+        s.dir.join(name),
+        format!(
+            "auth required {} socket={}\n",
+            module().display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// Something other than the daemon listening on the module's socket path
+/// (another user's process on a path left free, a wrong `socket=`) that
+/// says `OK` to everything. The module reads the server's uid (SO_PEERCRED)
+/// before it sends anything: such a server never sees a user name or an
+/// OTP, and the login is PAM_AUTHINFO_UNAVAIL, logged with the socket and
+/// the uid (issue 12, item 8).
+#[test]
+fn a_server_not_running_as_root_gets_nothing_and_never_logs_anyone_in() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    // nobody's own directory, which nobody can reach.
+    fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = env.dir.path().join("nobody");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let socket = dir.join("ykhsmd.sock");
+    let ok = ykhsm_proto::frame::frame(
+        &ykhsm_proto::Response::Verdict {
+            status: ykhsm_proto::Status::Ok,
+        }
+        .encode(),
+    )
+    .unwrap();
+    let fake = FakeServer::start(&socket, &ok, Some(NOBODY));
+    let s = Services::new(&env);
+    module_on(&s, "fake", &socket);
+    let capture = SyslogCapture::start(env.dir.path());
+    let otp = env.otp(&mut key);
+    let r = capture.pamtester_on(&s, "fake", "alice", &line(&otp));
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL) && !r.prompted(), "{r:?}");
+    // The module did connect, and sent nothing at all.
+    common::wait_for(
+        "the fake server to see the module's connection",
+        Duration::from_secs(10),
+        || !fake.received().is_empty(),
+    );
+    for got in fake.received() {
+        assert!(got.is_empty(), "the fake server received {got}");
+    }
+    let named = |l: &String| l.contains(&socket.display().to_string()) && l.contains("65534");
+    common::wait_for(
+        "a log line naming the socket and the server's uid",
+        Duration::from_secs(10),
+        || capture.lines().iter().any(named),
+    );
+}
+
+/// `Failed` is a refusal: `Failed{status: OK}` does not decode, so even a
+/// root server that sends it logs no one in (issue 12, item 8). The frame
+/// is written by hand: nothing in ykhsm should make one.
+#[test]
+fn failed_with_status_ok_is_never_success() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let socket = env.dir.path().join("failed-ok.sock");
+    let failed_ok = [
+        1, 0, 0, 0, 6,    // version 1, a body of 6 bytes
+        0x02, // Failed
+        0x00, // OK
+        0x00, 0x02, b'o', b'k', // message "ok"
+    ];
+    let _fake = FakeServer::start(&socket, &failed_ok, None);
+    let s = Services::new(&env);
+    module_on(&s, "fake", &socket);
+    let r = pamtester(&s, "fake", "alice", &line(&env.otp(&mut key)), &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL), "{r:?}");
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 use ykhsm_proto::frame::{self, VERSION};
-use ykhsm_proto::{Request, Response, Status, call};
+use ykhsm_proto::{Request, Response, ServerUid, Status, call};
 use zeroize::Zeroizing;
 
 const NOBODY: u32 = 65534;
@@ -36,7 +36,7 @@ fn helper_client() {
     let socket = Path::new(&socket);
     let arg = std::env::var("YKHSM_ARG").unwrap_or_default();
     let arg2 = std::env::var("YKHSM_ARG2").unwrap_or_default();
-    let answer = |req: Request| match call(socket, &req, Duration::from_secs(10)) {
+    let answer = |req: Request| match call(socket, ServerUid::ROOT, &req, Duration::from_secs(10)) {
         Ok(Response::Verdict { status }) | Ok(Response::Failed { status, .. }) => {
             status.to_string()
         }
@@ -240,6 +240,7 @@ fn bad_frames_get_an_error_or_a_closed_connection_while_others_are_served() {
             for otp in otps {
                 let r = call(
                     &socket,
+                    ServerUid::ROOT,
                     &Request::Verify {
                         user: "alice".into(),
                         otp: Zeroizing::new(otp),

@@ -376,6 +376,7 @@ fn login_held_by_a_slow_device(
 fn verify_at(socket: &std::path::Path, user: &str, otp: &str) -> Status {
     match ykhsm_proto::call(
         socket,
+        ykhsm_proto::ServerUid::ROOT,
         &Request::Verify {
             user: user.into(),
             otp: ykhsm_proto::Zeroizing::new(otp.into()),

@@ -38,7 +38,7 @@ use ykhsm_core::yubihsm::permission;
 use ykhsm_core::{Nonce, modhex};
 use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link};
-use ykhsm_proto::{Request, Response, Status, call};
+use ykhsm_proto::{Request, Response, ServerUid, Status, call};
 use zeroize::Zeroizing;
 
 /// The key-handle key of key handle 1 in every test keys.json (AES-256).
@@ -538,7 +538,12 @@ impl Daemon {
     pub fn wait_ready(&self) {
         wait_for("ykhsmd to answer", Duration::from_secs(20), || {
             matches!(
-                call(&self.socket, &Request::Status, Duration::from_secs(2)),
+                call(
+                    &self.socket,
+                    ServerUid::ROOT,
+                    &Request::Status,
+                    Duration::from_secs(2)
+                ),
                 Ok(Response::StatusInfo { .. })
             )
         });
@@ -546,7 +551,8 @@ impl Daemon {
 
     /// One request.
     pub fn request(&self, req: &Request) -> Response {
-        call(&self.socket, req, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{req:?}: {e}"))
+        call(&self.socket, ServerUid::ROOT, req, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{req:?}: {e}"))
     }
 
     /// Verifies and returns the status word.
