@@ -22,7 +22,8 @@ pub fn status_of(response: &Response) -> Status {
         | Response::Consumed { .. }
         | Response::Wrapped { .. }
         | Response::Counters { .. }
-        | Response::Merged { .. } => Status::BackendError,
+        | Response::Merged { .. }
+        | Response::Reset { .. } => Status::BackendError,
     }
 }
 

@@ -648,7 +648,7 @@ fn reset_replaced(
                 aeads,
                 reason: format!("import-ykksm --force, another secret (line {})", rec.line),
             };
-            let result = match call(&config.socket, &request, TIMEOUT) {
+            let result = match call(&config.socket, ServerUid::ROOT, &request, TIMEOUT) {
                 Ok(Response::Reset { generation, aeads }) => Ok(note(format!(
                     "another secret: counters reset, generation {generation}, bound to {aeads} AEAD file{}",
                     if aeads == 1 { "" } else { "s" }
