@@ -5,3 +5,4 @@ pub mod counters_text;
 pub mod digest;
 pub mod generate;
 pub mod import;
+pub mod otp_input;

@@ -21,6 +21,7 @@ use ykadmin::counters_text;
 use ykadmin::digest;
 use ykadmin::generate;
 use ykadmin::import;
+use ykadmin::otp_input;
 use ykhsm_config::Config;
 use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
@@ -74,8 +75,17 @@ enum Command {
     /// Add a key to USER's line of the authfile. KEY is a public id (2–16
     /// modhex characters) or a whole OTP touched from the key: an OTP is
     /// verified by the daemon first and its counter recorded, so it cannot
-    /// be used again.
-    Enroll { user: String, key: String },
+    /// be used again. KEY `-` reads it from standard input (one line);
+    /// without KEY a terminal prompts for it (no echo).
+    ///
+    /// An OTP given as an argument is visible to every local user (ps)
+    /// until used, and stays in the shell's history.
+    Enroll {
+        user: String,
+        /// A public id or an OTP; `-`: read from standard input; left out:
+        /// prompted for.
+        key: Option<String>,
+    },
     /// Remove a key (or all of USER's keys) from the authfile. USER's line
     /// stays, empty — USER then needs a key and is refused, also under
     /// `nullok` — unless --purge removes it.
@@ -112,9 +122,27 @@ enum Command {
     /// Users, their keys, each key's last counter and when it was last used.
     List { user: Option<String> },
     /// The check a login makes (consumes the OTP); prints the status word.
-    Verify { user: String, otp: String },
+    /// OTP `-` reads it from standard input (one line); without OTP a
+    /// terminal prompts for it (no echo).
+    ///
+    /// Given as an argument the OTP is visible to every local user (ps)
+    /// until used, and stays in the shell's history.
+    Verify {
+        user: String,
+        /// The OTP; `-`: read from standard input; left out: prompted for.
+        otp: Option<String>,
+    },
     /// What yubikey-ksm would answer for OTP, byte for byte; consumes nothing.
-    Decrypt { otp: String },
+    /// OTP `-` reads it from standard input (one line); without OTP a
+    /// terminal prompts for it (no echo).
+    ///
+    /// Given as an argument the OTP is visible to every local user (ps), and
+    /// stays in the shell's history: decrypt does not consume it, so it
+    /// would still log in.
+    Decrypt {
+        /// The OTP; `-`: read from standard input; left out: prompted for.
+        otp: Option<String>,
+    },
     /// Daemon, backend and store health.
     Status,
     /// The public id of a key programmed from its serial number.
@@ -311,7 +339,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             let config = load_config(&cli.config)?;
             let request = Request::Verify {
                 user: user.clone(),
-                otp: Zeroizing::new(otp.clone()),
+                otp: otp_from(otp.as_deref(), "OTP", OTP_PROMPT)?,
             };
             let status = match call(&config.socket, ServerUid::ROOT, &request, TIMEOUT) {
                 Ok(Response::Verdict { status } | Response::Failed { status, .. }) => status,
@@ -333,7 +361,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Decrypt { otp } => {
             let config = load_config(&cli.config)?;
             let request = Request::Decrypt {
-                otp: Zeroizing::new(otp.clone()),
+                otp: otp_from(otp.as_deref(), "OTP", OTP_PROMPT)?,
             };
             match ask(&config, &request)? {
                 Response::Decrypted { line, public_id } => {
@@ -521,7 +549,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             clap_complete::generate(*shell, &mut cmd, "ykadmin", &mut io::stdout());
             Ok(0)
         }
-        Command::Enroll { user, key } => enroll(cli, user, key),
+        Command::Enroll { user, key } => enroll(cli, user, key.as_deref()),
         Command::Revoke { user, pubid, purge } => {
             let config = load_config(&cli.config)?;
             let edit = authfile_edit::rewrite(&config.authfile, |text| {
@@ -547,15 +575,31 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
     }
 }
 
-fn enroll(cli: &Cli, user: &str, key: &str) -> Result<u8, Failure> {
+/// The prompt of `verify` and `decrypt` without their OTP argument.
+const OTP_PROMPT: &str = "YubiKey OTP (touch the key): ";
+
+/// An OTP argument as [`otp_input::get`] reads it, its errors with their
+/// exit codes.
+fn otp_from(
+    arg: Option<&str>,
+    what: &'static str,
+    prompt: &str,
+) -> Result<Zeroizing<String>, Failure> {
+    otp_input::get(arg, what, prompt).map_err(|e| fail(e.exit_code(), e.to_string()))
+}
+
+fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
     let config = load_config(&cli.config)?;
+    let key = otp_from(
+        key,
+        "public id or OTP",
+        "Public id, or an OTP (touch the key): ",
+    )?;
     let public_id = if key.len() > 16 {
         // A whole OTP: the daemon checks it and records its counter.
         let parsed =
-            Otp::parse(key).map_err(|e| fail(1, format!("not a public id, nor an OTP: {e}")))?;
-        let request = Request::ConsumeOtp {
-            otp: Zeroizing::new(key.to_owned()),
-        };
+            Otp::parse(&key).map_err(|e| fail(1, format!("not a public id, nor an OTP: {e}")))?;
+        let request = Request::ConsumeOtp { otp: key };
         match ask(&config, &request)? {
             Response::Consumed {
                 status: Status::Ok,
@@ -577,7 +621,7 @@ fn enroll(cli: &Cli, user: &str, key: &str) -> Result<u8, Failure> {
             other => return Err(unexpected(&other)),
         }
     } else {
-        key.to_owned()
+        key.as_str().to_owned()
     };
     if public_id.len() != 12 {
         eprintln!(

@@ -158,13 +158,16 @@ pub fn seal(
         });
     }
     let n13 = Array::from(nonce.ccm_nonce(key_handle));
-    let mut out = Vec::with_capacity(plaintext.len() + MAC_LEN);
+    // Encrypted in place, with room for the tag so it never reallocates; a
+    // wiped buffer while it may still hold plaintext (an error return).
+    let mut out = Zeroizing::new(Vec::with_capacity(plaintext.len() + MAC_LEN));
     out.extend_from_slice(plaintext);
     let tag = with_ccm!(key, c => c
         .encrypt_inout_detached(&n13, &[], out.as_mut_slice().into())
         .map_err(|_| AeadError::PlaintextTooLong { len: plaintext.len() })?);
     out.extend_from_slice(&tag);
-    Ok(out)
+    // Ciphertext and tag only by now.
+    Ok(std::mem::take(&mut *out))
 }
 
 /// Opens an AEAD; the plaintext comes back in a buffer wiped on drop.
@@ -242,5 +245,26 @@ impl YubiKeyAead {
             .try_into()
             .map_err(|_| AeadError::BadLength { len: self.0.len() })?;
         Ok(YubiKeySecrets::from_plaintext(plain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles only if `T` wipes itself when dropped.
+    fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+
+    /// Issue 12, item 9: the AES key schedule inside every CCM instance (its
+    /// first round key is the key itself) and the CTR mode CCM runs are
+    /// wiped on drop. This does not compile unless the `zeroize` features
+    /// of `aes` and `ctr` (which turns on `cipher`'s) are on.
+    #[test]
+    fn key_schedules_and_ctr_state_are_wiped_on_drop() {
+        wiped_on_drop::<Aes128>();
+        wiped_on_drop::<Aes192>();
+        wiped_on_drop::<Aes256>();
+        wiped_on_drop::<ctr::Ctr64BE<Aes128>>();
+        wiped_on_drop::<KeyHandleKey>();
     }
 }

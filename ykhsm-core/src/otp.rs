@@ -8,7 +8,7 @@
 use std::fmt;
 
 use aes::Aes128;
-use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -258,13 +258,13 @@ impl YubiKeySecrets {
 
     /// Reads the 22-byte AEAD plaintext (key || uid).
     pub fn from_plaintext(plaintext: &[u8; Self::PLAINTEXT_LEN]) -> Self {
-        let mut key = [0u8; KEY_LEN];
-        let mut uid = [0u8; UID_LEN];
-        key.copy_from_slice(&plaintext[..KEY_LEN]);
-        uid.copy_from_slice(&plaintext[KEY_LEN..]);
-        let s = Self { key, uid };
-        key.zeroize();
-        uid.zeroize();
+        // Filled in place: no array outside the wiped struct holds them.
+        let mut s = Self {
+            key: [0u8; KEY_LEN],
+            uid: [0u8; UID_LEN],
+        };
+        s.key.copy_from_slice(&plaintext[..KEY_LEN]);
+        s.uid.copy_from_slice(&plaintext[KEY_LEN..]);
         s
     }
 
@@ -307,7 +307,7 @@ impl YubiKeySecrets {
 
     /// Decrypts a token without checking it (diagnostics and tests).
     pub fn decrypt(&self, token: &Token) -> OtpPlaintext {
-        OtpPlaintext(aes128_ecb_decrypt(&self.key, token.as_bytes()))
+        aes128_ecb_decrypt(&self.key, token.as_bytes())
     }
 
     /// Encrypts a plaintext block into a token (the YubiKey's side; used by
@@ -330,21 +330,27 @@ impl fmt::Debug for YubiKeySecrets {
 pub struct OtpInvalid;
 
 /// Decrypts one AES-128 block in ECB mode (yubico-otp.md §3).
-pub fn aes128_ecb_decrypt(key: &[u8; KEY_LEN], block: &[u8; 16]) -> [u8; 16] {
-    let cipher = Aes128::new(&Array::from(*key));
-    let mut b = Array::from(*block);
-    cipher.decrypt_block(&mut b);
-    let out: [u8; 16] = b.into();
-    b.zeroize();
-    out
+///
+/// Built so that nothing secret is left behind: the key reaches the cipher
+/// by reference (no temporary copy of it), the cipher's key schedule is
+/// wiped when it drops (`aes`'s `zeroize` feature), and the ciphertext is
+/// copied into the [`OtpPlaintext`] that is returned and decrypted there,
+/// so the plaintext never exists outside a type wiped on drop.
+pub fn aes128_ecb_decrypt(key: &[u8; KEY_LEN], block: &[u8; 16]) -> OtpPlaintext {
+    let cipher = Aes128::new(key.into());
+    let mut plain = OtpPlaintext(*block);
+    cipher.decrypt_block((&mut plain.0).into());
+    plain
 }
 
-/// Encrypts one AES-128 block in ECB mode.
+/// Encrypts one AES-128 block in ECB mode. The key reaches the cipher by
+/// reference and the block is encrypted in place in the array returned, so
+/// no copy of the key or of the plaintext is left behind.
 pub fn aes128_ecb_encrypt(key: &[u8; KEY_LEN], block: &[u8; 16]) -> [u8; 16] {
-    let cipher = Aes128::new(&Array::from(*key));
-    let mut b = Array::from(*block);
-    cipher.encrypt_block(&mut b);
-    b.into()
+    let cipher = Aes128::new(key.into());
+    let mut out = *block;
+    cipher.encrypt_block((&mut out).into());
+    out
 }
 
 /// A decrypted token, 16 bytes, fields little-endian (yubico-otp.md §4).
@@ -391,7 +397,9 @@ impl OtpPlaintext {
     /// Builds a plaintext with its CRC: the stored value is the ones'
     /// complement of the CRC over bytes 0..14, little-endian (§5).
     pub fn from_fields(f: &OtpFields) -> Self {
-        let mut b = [0u8; 16];
+        // Built in place: no unwiped array holds the uid.
+        let mut p = Self([0u8; 16]);
+        let b = &mut p.0;
         b[..6].copy_from_slice(&f.uid);
         b[6..8].copy_from_slice(&f.use_counter.to_le_bytes());
         b[8..10].copy_from_slice(&f.ts_low.to_le_bytes());
@@ -400,7 +408,7 @@ impl OtpPlaintext {
         b[12..14].copy_from_slice(&f.random.to_le_bytes());
         let crc = !crc16(&b[..14]);
         b[14..16].copy_from_slice(&crc.to_le_bytes());
-        Self(b)
+        p
     }
 
     /// The raw bytes.
@@ -527,6 +535,28 @@ mod tests {
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
         let s = YubiKeySecrets::new([1; 16], [2; 6]);
         assert!(!format!("{s:?}").contains('1'));
+    }
+
+    /// Compiles only if `T` wipes itself when dropped.
+    fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+
+    /// Compiles only if `f` hands back a type that wipes itself on drop.
+    fn returns_wiped<T: ZeroizeOnDrop>(_f: fn(&[u8; KEY_LEN], &[u8; 16]) -> T) {}
+
+    /// Issue 12, item 9: ECB decryption leaves no unwiped copy behind. The
+    /// key goes to the cipher by reference (no temporary holds it), the
+    /// cipher's key schedule is wiped on drop (`aes`'s `zeroize` feature),
+    /// and the plaintext is decrypted in place inside the wiped type it is
+    /// returned in, so no plain array of it ever exists. Before the fix
+    /// this did not compile: the result was a `[u8; 16]`.
+    #[test]
+    fn ecb_decryption_leaves_only_wiped_values() {
+        wiped_on_drop::<Aes128>();
+        returns_wiped(aes128_ecb_decrypt);
+        let key = [7u8; KEY_LEN];
+        let block = [9u8; 16];
+        let plain = aes128_ecb_decrypt(&key, &block);
+        assert_eq!(aes128_ecb_encrypt(&key, plain.as_bytes()), block);
     }
 
     #[test]

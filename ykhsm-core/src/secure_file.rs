@@ -163,10 +163,8 @@ pub fn read_checked(
         .open(path)
         .map_err(io_err)?;
     check(path, &file, policy)?;
-    let mut buf = Zeroizing::new(Vec::new());
-    file.take(policy.max_len + 1)
-        .read_to_end(&mut buf)
-        .map_err(io_err)?;
+    let expected = file.metadata().map_err(io_err)?.len();
+    let buf = read_wiped(&file, expected, policy.max_len + 1).map_err(io_err)?;
     let len = buf.len() as u64;
     if len > policy.max_len {
         return Err(SecureFileError::TooLarge {
@@ -175,6 +173,38 @@ pub fn read_checked(
             max: policy.max_len,
         });
     }
+    Ok(buf)
+}
+
+/// Reads `reader` to its end, or to `limit` bytes, into a buffer wiped on
+/// drop. `Read::read_to_end` grows its vector as it goes, and every
+/// reallocation frees a copy of what was read so far (keys.json's keys)
+/// without wiping it; here the buffer is sized from `expected` (the length
+/// fstat gave) and, should the file have grown since, replaced by a bigger
+/// one, the old one wiped.
+fn read_wiped(mut reader: impl Read, expected: u64, limit: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+    let size = |n: u64| usize::try_from(n.min(limit)).unwrap_or(usize::MAX);
+    // One byte more than expected, so that reaching the end needs no growth.
+    let mut buf = Zeroizing::new(vec![0u8; size(expected.saturating_add(1)).max(1)]);
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            if filled as u64 >= limit {
+                break;
+            }
+            let mut bigger = Zeroizing::new(vec![0u8; size((filled as u64).saturating_mul(2))]);
+            bigger[..filled].copy_from_slice(&buf[..filled]);
+            buf = bigger;
+        }
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Shrinks the length only: the capacity, wiped on drop, stays.
+    buf.truncate(filled);
     Ok(buf)
 }
 
@@ -223,4 +253,58 @@ pub fn check_metadata(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out at most `step` bytes per read, like a pipe or a slow file.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn wiped_read_returns_all_bytes_whether_the_file_is_as_long_as_stat_said_or_grew() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for expected in [0, 1, 999, 1000, 5000] {
+            let got = read_wiped(
+                Trickle {
+                    data: &data,
+                    step: 7,
+                },
+                expected,
+                1 << 20,
+            )
+            .unwrap();
+            assert_eq!(&got[..], &data[..], "stat said {expected}");
+        }
+    }
+
+    #[test]
+    fn wiped_read_stops_at_the_limit() {
+        let data = vec![1u8; 1000];
+        let got = read_wiped(
+            Trickle {
+                data: &data,
+                step: 64,
+            },
+            10,
+            101,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 101);
+        let got = read_wiped(&data[..], 5000, 101).unwrap();
+        assert_eq!(got.len(), 101);
+    }
 }

@@ -32,7 +32,6 @@
 
 use std::fmt;
 
-use hmac::digest::array::Array;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use thiserror::Error;
@@ -1809,15 +1808,21 @@ fn check_nonce_kh(
 /// for `YSM_HMAC_SHA1_GENERATE` with `RESET | FINAL` (vector R4). The device
 /// stores keys zero-padded to 32 bytes; HMAC pads short keys with zeros to
 /// the 64-byte block anyway, so the padding does not change the result.
-pub fn soft_hmac_sha1(key: &KeyHandleKey, data: &[u8]) -> [u8; SHA1_HASH_SIZE] {
+///
+/// The hash comes back wiped on drop: with `TO_BUFFER` the device keeps it
+/// as a secret in its buffer.
+pub fn soft_hmac_sha1(key: &KeyHandleKey, data: &[u8]) -> Zeroizing<[u8; SHA1_HASH_SIZE]> {
     // Keys are at most 32 bytes, shorter than SHA-1's 64-byte block: padding
     // them to the block here is what HMAC does, and leaves no error path.
     let mut block = Zeroizing::new([0u8; 64]);
     copy_into(&mut *block, key.as_bytes());
-    let mut mac = <Hmac<Sha1> as KeyInit>::new(&Array::from(*block));
+    // The padded key goes by reference: a by-value array would be a copy
+    // that nothing wipes.
+    let mut mac = <Hmac<Sha1> as KeyInit>::new((&*block).into());
     mac.update(data);
-    let mut out = [0u8; SHA1_HASH_SIZE];
-    copy_into(&mut out, &mac.finalize().into_bytes());
+    let mut out = Zeroizing::new([0u8; SHA1_HASH_SIZE]);
+    // as_bytes: into_bytes would return a copy that nothing wipes.
+    copy_into(&mut *out, mac.finalize().as_bytes());
     out
 }
 

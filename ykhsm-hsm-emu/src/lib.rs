@@ -544,7 +544,7 @@ impl Emulator {
             let Some(slot) = self.keys.get(&kh.0) else {
                 return fail(Status::KeyHandleInvalid);
             };
-            hash.copy_from_slice(&yubihsm::soft_hmac_sha1(&slot.key, &self.hmac_data));
+            hash.copy_from_slice(&*yubihsm::soft_hmac_sha1(&slot.key, &self.hmac_data));
             self.hmac_data.clear();
             if flags & hmac_flags::TO_BUFFER != 0 {
                 self.buffer_write(0, &hash);

@@ -3,10 +3,14 @@
 
 mod common;
 
-use std::fs;
-use std::process::Command;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
-use common::{Env, ykadmin, ykadmin_bin};
+use common::{Env, ykadmin, ykadmin_bin, ykadmin_with_input};
 use ykhsm_proto::Status;
 
 /// Copies one host's AEAD store to another, as rsync would.
@@ -626,4 +630,224 @@ fn generate_seals_new_keys_and_writes_the_programming_lines_0600_only() {
         env.secret(w[w.len() - 1]);
         env.secret(w[w.iter().position(|x| *x == "--private-id").unwrap() + 1]);
     }
+}
+
+// Issue 12, item 11: OTPs off the command line. `-` reads the OTP (for
+// `enroll`, the key) from standard input, and without the argument a
+// terminal prompts for it; the argument form stays for scripts.
+
+/// `ykadmin --config <env's> args…` with its standard input a pipe the test
+/// holds, so ykadmin blocks reading it until the test writes.
+fn ykadmin_waiting_on_stdin(env: &Env, args: &[&str]) -> Child {
+    Command::new(ykadmin_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn verify_reads_the_otp_from_standard_input_for_dash_and_consumes_it() {
+    let (env, mut key, d) = common::alice();
+    let otp = env.otp(&mut key);
+    let o = ykadmin_with_input(&env, &["verify", "alice", "-"], &format!("{otp}\n"));
+    assert_eq!((o.code, o.stdout.as_str()), (0, "OK\n"), "{}", o.stderr);
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp, "not consumed");
+    // A line as a Windows or terminal program ends it, and one with no end.
+    let crlf = env.otp(&mut key);
+    let o = ykadmin_with_input(&env, &["verify", "alice", "-"], &format!("{crlf}\r\n"));
+    assert_eq!((o.code, o.stdout.as_str()), (0, "OK\n"), "{}", o.stderr);
+    let bare = env.otp(&mut key);
+    let o = ykadmin_with_input(&env, &["verify", "alice", "-"], &bare);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "OK\n"), "{}", o.stderr);
+    // Only the first line is the OTP.
+    let o = ykadmin_with_input(
+        &env,
+        &["verify", "alice", "-"],
+        &format!("{bare}\n{}\n", env.otp(&mut key)),
+    );
+    assert_eq!((o.code, o.stdout.as_str()), (1, "REPLAYED_OTP\n"));
+}
+
+#[test]
+fn decrypt_reads_the_otp_from_standard_input_for_dash_and_consumes_nothing() {
+    let (env, mut key, d) = common::alice();
+    let otp = env.otp(&mut key);
+    let o = ykadmin_with_input(&env, &["decrypt", "-"], &format!("{otp}\n"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("OK counter=0001 low="), "{}", o.stdout);
+    assert_eq!(d.verify("alice", &otp), Status::Ok, "decrypt consumed it");
+}
+
+#[test]
+fn enroll_reads_an_otp_or_a_public_id_from_standard_input_for_dash() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    let d = env.start();
+    // An OTP: verified and consumed first.
+    let otp = env.otp(&mut key);
+    let o = ykadmin_with_input(&env, &["enroll", "alice", "-"], &format!("{otp}\n"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        fs::read_to_string(&env.authfile).unwrap(),
+        "alice:ccccccdbjrgf\n"
+    );
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp, "not consumed");
+    // A public id.
+    let o = ykadmin_with_input(&env, &["enroll", "bob", "-"], "ccccccdbjrgf\n");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        fs::read_to_string(&env.authfile)
+            .unwrap()
+            .contains("bob:ccccccdbjrgf\n")
+    );
+    assert_eq!(d.verify("bob", &env.otp(&mut key)), Status::Ok);
+}
+
+#[test]
+fn an_otp_read_from_standard_input_is_not_on_the_command_line() {
+    let (env, mut key, d) = common::alice();
+    let otp = env.otp(&mut key);
+    let mut child = ykadmin_waiting_on_stdin(&env, &["verify", "alice", "-"]);
+    // What `ps` shows every local user; ykadmin waits on the pipe the test
+    // holds, so it is read while ykadmin runs.
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    let mut args = Vec::new();
+    common::wait_for(
+        "ykadmin's own command line",
+        Duration::from_secs(10),
+        || {
+            args = fs::read(&cmdline).unwrap_or_default();
+            args.split(|&b| b == 0).any(|a| a == b"verify")
+        },
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ykadmin did not wait for standard input"
+    );
+    let args = String::from_utf8_lossy(&args).to_ascii_lowercase();
+    assert!(args.ends_with("verify\0alice\0-\0"), "{args:?}");
+    assert!(
+        !args.contains(&otp[otp.len() - 32..]),
+        "the OTP is in {cmdline}"
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{otp}").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+}
+
+#[test]
+fn an_over_long_line_on_standard_input_is_refused_without_reading_it_all() {
+    let (env, _key, _d) = common::alice();
+    let mut child = ykadmin_waiting_on_stdin(&env, &["verify", "alice", "-"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let total = 16 << 20;
+    // No newline in 16 MiB: ykadmin must stop reading long before.
+    let writer = thread::spawn(move || {
+        let chunk = vec![b'c'; 1 << 16];
+        let mut sent = 0usize;
+        while sent < total {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    let out = child.wait_with_output().unwrap();
+    let sent = writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("standard input") && stderr.contains("longer than"),
+        "{stderr}"
+    );
+    assert!(sent < total, "ykadmin read all {total} bytes");
+}
+
+#[test]
+fn without_the_argument_and_without_a_terminal_ykadmin_says_how_to_give_it() {
+    let (env, _key, _d) = common::alice();
+    for args in [&["verify", "alice"][..], &["decrypt"], &["enroll", "bob"]] {
+        let o = ykadmin(&env, args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("not a terminal") && o.stderr.contains("`-`"),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+    // An empty line is no OTP either.
+    let o = ykadmin_with_input(&env, &["verify", "alice", "-"], "\n");
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("standard input"), "{}", o.stderr);
+}
+
+#[test]
+fn without_the_argument_verify_prompts_on_the_terminal_without_echo() {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    let (env, mut key, d) = common::alice();
+    let otp = env.otp(&mut key);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    let mut master = File::from(pty.master);
+    // ykadmin in a session of its own whose controlling terminal is the
+    // pseudo-terminal (setsid --ctty), as on an operator's terminal.
+    let mut child = Command::new("setsid")
+        .args(["--ctty", "--wait"])
+        .arg(ykadmin_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["verify", "alice"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let screen = Arc::clone(&screen);
+        let mut from = master.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            // Ends with EIO once the last descriptor of the slave closes.
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let shown = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    common::wait_for("the prompt", Duration::from_secs(10), || {
+        shown().contains("OTP")
+    });
+    common::wait_for("echo to be off", Duration::from_secs(10), || {
+        !tcgetattr(&slave)
+            .unwrap()
+            .local_flags
+            .contains(LocalFlags::ECHO)
+    });
+    drop(slave);
+    // A YubiKey types the OTP and Enter.
+    master.write_all(format!("{otp}\r").as_bytes()).unwrap();
+    let mut code = None;
+    common::wait_for("ykadmin to answer", Duration::from_secs(20), || {
+        code = child.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    });
+    reader.join().unwrap();
+    let screen = shown();
+    assert_eq!(code, Some(Some(0)), "{screen}");
+    assert!(screen.contains("OK"), "{screen}");
+    let lower = screen.to_ascii_lowercase();
+    assert!(!lower.contains(&otp[otp.len() - 32..]), "echoed: {screen}");
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
 }
