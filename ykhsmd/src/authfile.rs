@@ -197,13 +197,21 @@ impl Parsed {
     }
 
     /// Ties each name of the file to its account, and reports names that
-    /// are another name of an account, and names NSS could not resolve.
+    /// are another name of an account, and the first name NSS could not
+    /// resolve. After a failure NSS is not asked again in this pass (a
+    /// backend that is down could cost its timeout per name); the names
+    /// left count as failed too.
     fn resolve(&mut self, resolve: Resolver) {
         let mut names: Vec<(&String, &Entry)> = self.users.iter().collect();
         names.sort_by_key(|(n, e)| (e.line, n.as_str()));
+        let total = names.len();
         let mut notes = Vec::new();
-        for (name, entry) in names {
-            let account = resolve(name);
+        for (i, (name, entry)) in names.into_iter().enumerate() {
+            let account = if self.nss_failed {
+                Account::Failed("not asked: NSS failed for an earlier name".to_owned())
+            } else {
+                resolve(name)
+            };
             match &account {
                 Account::Known {
                     name: canonical, ..
@@ -227,14 +235,17 @@ impl Parsed {
                     }
                 }
                 Account::Unknown => {}
+                Account::Failed(_) if self.nss_failed => {}
                 Account::Failed(why) => {
                     self.nss_failed = true;
                     notes.push(Problem {
                         line: entry.line,
                         user: Some(name.clone()),
                         reason: format!(
-                            "the system's user database (NSS) could not resolve the user name {}: {why}; until it can, names without a line of their own get BACKEND_ERROR",
-                            log::user(name)
+                            "the system's user database (NSS) could not resolve the user name {}: {why}; {} of the file's {total} names are not tied to a user, and until they are (at a use {}s later, or SIGHUP) names without a line of their own get BACKEND_ERROR",
+                            log::user(name),
+                            total - i,
+                            NSS_RETRY.as_secs()
                         ),
                         fails_closed: false,
                     });
@@ -660,6 +671,30 @@ mod tests {
         assert_eq!(p.lookup("ALICE", &down), Lookup::Unresolved);
         assert_eq!(p.account_of("ldap-down"), None);
         assert!(p.problems.iter().any(|x| x.line == 2 && !x.fails_closed));
+    }
+
+    #[test]
+    fn after_one_nss_failure_the_other_names_are_not_asked() {
+        let p = Parsed::parse_resolving(
+            b"ldap-down:cccccccccccb\nALICE:cccccccccccd\nbob:cccccccccccf\n",
+            sssd,
+        );
+        assert!(p.nss_failed());
+        // ALICE was not tied to alice: alice is not "without keys", and
+        // ALICE's own line still counts as written.
+        assert_eq!(p.lookup("alice", &sssd("alice")), Lookup::Unresolved);
+        assert_eq!(
+            p.lookup("ALICE", &sssd("ALICE")),
+            Lookup::Keys(ids(&["cccccccccccd"]))
+        );
+        assert_eq!(p.account_of("bob"), None);
+        // One report, for the first name.
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert!(
+            p.problems[0].reason.contains("3 of the file's 3 names"),
+            "{:?}",
+            p.problems[0]
+        );
     }
 
     /// A revocation written in place, to the same size, moments after the

@@ -670,3 +670,27 @@ fn when_the_user_database_fails_no_user_is_without_keys() {
     nss.set_failing(false);
     assert_eq!(has_user(&d, "ALICE"), Status::Ok);
 }
+
+/// The authfile's names are resolved when it is read; an NSS change to them
+/// (here: the user `dana` appears, and `DANA:…` was written before) is
+/// picked up by SIGHUP, without an edit of the file.
+#[test]
+fn nss_changes_to_the_authfiles_names_are_picked_up_on_sighup() {
+    let env = Env::new();
+    let nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("DANA:ccccccdbjrgf\n");
+    let d = env.start();
+    // The system does not know DANA: matched as written.
+    assert_eq!(has_user(&d, "DANA"), Status::Ok);
+    assert_eq!(has_user(&d, "dana"), Status::UnknownUser);
+    let mut accounts = ACCOUNTS.to_vec();
+    accounts.push(("dana", 2004));
+    nss.set_accounts(&accounts);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    env.wait_log("authfile re-read");
+    common::wait_for("dana to have DANA's line", Duration::from_secs(10), || {
+        has_user(&d, "dana") == Status::Ok
+    });
+    assert_eq!(d.verify("dana@corp", &env.otp(&mut key)), Status::Ok);
+}
