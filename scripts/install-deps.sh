@@ -9,6 +9,7 @@ packages=(
     gcc               # cc builds of the bundled C parts of some crates
     libpam0g-dev      # libpam.so, which pam_ykhsm.so links against
     libpam-wrapper    # PAM stacks from a temporary directory (tests/pam.rs)
+    libnss-wrapper    # the daemon's NSS in tests: sssd-like user-name aliases (tests/common/nss_alias.c)
     pamtester         # a real PAM application for the module's tests
     openssh-server    # the end-to-end login test (tests/sshd.rs)
     openssh-client

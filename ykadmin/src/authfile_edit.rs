@@ -34,6 +34,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::unistd::{Gid, Uid};
 use thiserror::Error;
 use ykhsm_core::otp::PublicId;
+use ykhsm_core::username;
 
 /// The largest authfile read or written (ykhsmd refuses larger ones).
 pub const MAX_AUTHFILE_LEN: u64 = 16 << 20;
@@ -171,7 +172,8 @@ impl EditError {
 }
 
 /// Checks a user name: not empty, at most [`MAX_USER_LEN`] bytes, no `:`,
-/// no white space or control character, not starting with `#`.
+/// no white space, control or invisible character (a byte-order mark, a
+/// zero-width space: [`username::is_invisible`]), not starting with `#`.
 pub fn validate_user(user: &str) -> Result<(), EditError> {
     let bad = |reason| {
         Err(EditError::InvalidUser {
@@ -188,8 +190,10 @@ pub fn validate_user(user: &str) -> Result<(), EditError> {
     if user.contains(':') {
         return bad("it contains ':', the authfile's field separator");
     }
-    if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return bad("it contains white space or a control character");
+    if username::first_invisible(user).is_some() {
+        return bad(
+            "it contains white space, a control or an invisible character (a byte-order mark, a zero-width space…)",
+        );
     }
     if user.starts_with('#') {
         return bad("it starts with '#', which makes the line a comment");
@@ -280,9 +284,20 @@ fn pam_users(content: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Whether ykhsmd or pam_yubico reads the line as (also) belonging to `user`.
+/// Whether ykhsmd or pam_yubico reads the line as (also) belonging to
+/// `user`: ykhsmd fails a name with invisible characters closed for the
+/// name without them too (`\u{feff}bob` is bob's line, and refused).
 fn belongs_to(content: &[u8], user: &str) -> bool {
-    daemon_user(content) == Some(user) || pam_users(content).any(|u| u == user.as_bytes())
+    daemon_user(content).is_some_and(|u| u == user || username::visible_part(u) == user)
+        || pam_users(content).any(|u| u == user.as_bytes())
+}
+
+/// Why a name with an invisible character is refused.
+fn invisible(at: usize, c: char) -> String {
+    format!(
+        "it contains white space, a control or an invisible character ({})",
+        username::describe(at, c)
+    )
 }
 
 /// A line of the user, checked to be plainly `user:id:id…`.
@@ -313,8 +328,8 @@ fn parse_user_line<'a>(content: &'a [u8], user: &str) -> Result<Vec<(&'a str, Pu
     let Ok(text) = std::str::from_utf8(content) else {
         return Err("it is not valid UTF-8".to_owned());
     };
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("it contains white space or a control character".to_owned());
+    if let Some((at, c)) = username::first_invisible(text) {
+        return Err(invisible(at, c));
     }
     let mut fields = text.split(':');
     if fields.next() != Some(user) {
@@ -909,7 +924,20 @@ mod tests {
     #[test]
     fn invalid_inputs() {
         for user in [
-            "", "a:b", "a b", "a\tb", "a\nb", "a\0b", "#root", " bob", "bob\r",
+            "",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\0b",
+            "#root",
+            " bob",
+            "bob\r",
+            "\u{feff}bob",
+            "bo\u{200b}b",
+            "bob\u{200d}",
+            "bob\u{7f}",
+            "bob\u{85}",
         ] {
             let e = enroll(b"", user, A).unwrap_err();
             assert!(matches!(e, EditError::InvalidUser { .. }), "{user:?}: {e}");
@@ -962,6 +990,11 @@ mod tests {
             ("::bob\n", 1),
             ("bob\t:cccccccccccb\n", 1),
             ("bob:cccccccccccb\nbob:\u{a0}\n", 2),
+            // Issue 12, item 4: ykhsmd fails these closed for bob.
+            ("\u{feff}bob:cccccccccccb\n", 1),
+            ("x:y\nbob\u{200b}:cccccccccccb\n", 2),
+            ("b\u{2060}ob:cccccccccccb\n", 1),
+            ("bob\u{7f}:cccccccccccb\n", 1),
         ];
         for (text, line) in cases {
             for result in [

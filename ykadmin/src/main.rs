@@ -667,7 +667,27 @@ fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
             .and_then(|r| r.iter().find(|c| c.public_id == id))
     };
     let mut json = Vec::new();
-    for (user, ids) in users.iter().filter(|(u, _)| only.is_none_or(|o| o == u)) {
+    let wanted =
+        |u: &str| only.is_none_or(|o| o == u || ykhsm_core::username::visible_part(u) == o);
+    for (user, ids) in users.iter().filter(|(u, _)| wanted(u)) {
+        // A name that is not what it looks like (`\u{feff}alice`): ykhsmd
+        // refuses the line and fails the user it meant closed.
+        if let Some((at, c)) = ykhsm_core::username::first_invisible(user) {
+            let meant = ykhsm_core::username::visible_part(user);
+            if cli.json {
+                json.push(format!(
+                    "{{\"user\":{},\"fails_closed_for\":{},\"keys\":[]}}",
+                    json_string(user),
+                    json_string(&meant)
+                ));
+            } else {
+                println!(
+                    "{user:?}  (refused: an invisible or control character in the name, {}; ykhsmd fails {meant:?} closed)",
+                    ykhsm_core::username::describe(at, c)
+                );
+            }
+            continue;
+        }
         if ids.is_empty() {
             if !cli.json {
                 println!("{user}  (no key: refused)");

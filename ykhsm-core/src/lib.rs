@@ -17,7 +17,8 @@
 //! - [`serial`]: public ids made from serial numbers;
 //! - [`softkey`]: a software YubiKey for tests and the demo;
 //! - [`yubihsm`]: the YubiHSM 1 serial protocol as bytes, both directions;
-//! - [`secure_file`]: opening files whose owner and mode matter.
+//! - [`secure_file`]: opening files whose owner and mode matter;
+//! - [`username`]: user names with characters a reader does not see.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -35,6 +36,7 @@ pub mod secure_file;
 pub mod serial;
 pub mod softkey;
 pub mod store;
+pub mod username;
 pub mod ykksm;
 pub mod yubihsm;
 

@@ -8,21 +8,88 @@
 //! names (`BACKEND_ERROR`) instead of being half-read. The file is re-read
 //! whenever it changes (device, inode, size, mtime or ctime differ), so an
 //! edit takes effect at the next login without a restart.
+//!
+//! **User names are the system's.** pam_yubico compares the PAM user
+//! string with the line's name; with NSS backends that alias names (sssd's
+//! case-insensitive names, `alice@corp` for `alice`) that made `ALICE` "a
+//! user without keys", skipped under `nullok`. Here a name is the account
+//! NSS gives it (`getpwnam`'s `pw_name`): each line's name is resolved when
+//! the file is parsed (at start, when it changes, on SIGHUP), and lines are
+//! found by their name as written and by that account, so a line written
+//! under an alias counts for the user, and several lines that are one user
+//! add up, as pam_yubico's duplicate lines do. So NSS changes to the names
+//! *in the file* take effect when the file is next parsed (a `SIGHUP` forces
+//! it); the name a login gives is resolved at the login (see
+//! [`Parsed::account_of`]). A name NSS does not know is looked up as
+//! written; with no line it is [`Lookup::UnknownUser`], never "without
+//! keys". A user name with a byte-order mark, white space, a control or a
+//! zero-width character fails closed for the name as written and for the
+//! name with those characters removed (the user the operator meant).
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use thiserror::Error;
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::secure_file::{self, FilePolicy, FileVersion, SETTLED, SecureFileError};
+use ykhsm_core::username;
+
+use crate::log;
 
 /// The largest authfile read.
 pub const MAX_AUTHFILE_LEN: u64 = 16 << 20;
 /// pam_yubico reads lines into 1024 bytes: longer lines are cut there, so a
 /// longer line is refused here rather than misread.
 pub const MAX_LINE_LEN: usize = 1023;
+/// After NSS failed to resolve a name of the file, how long the parse is
+/// kept before the next use resolves the names again (a transient sssd
+/// outage heals by itself; until then users with no line of their own get
+/// `BACKEND_ERROR`, see [`Lookup::Unresolved`]).
+pub const NSS_RETRY: Duration = Duration::from_secs(10);
+
+/// What the system's user database (NSS) says about a user name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Account {
+    /// A user: its canonical name (`pw_name`, e.g. `alice` for `ALICE` with
+    /// sssd's case-insensitive names) and uid.
+    Known {
+        /// `pw_name`.
+        name: String,
+        /// `pw_uid`.
+        uid: u32,
+    },
+    /// NSS has no such user.
+    Unknown,
+    /// NSS could not answer (sssd unreachable, …): why.
+    Failed(String),
+}
+
+impl Account {
+    /// Asks NSS (`getpwnam_r`, which may block: sssd, LDAP). "Not found"
+    /// is `Ok(None)`, or one of the errors getpwnam_r(3) lists for it
+    /// (`ENOENT`, `ESRCH`, `EBADF`, `EPERM`: nss_wrapper, some modules);
+    /// anything else is [`Account::Failed`].
+    pub fn lookup(name: &str) -> Self {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Self::Known {
+                name: u.name,
+                uid: u.uid.as_raw(),
+            },
+            Ok(None) | Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => {
+                Self::Unknown
+            }
+            Err(e) => Self::Failed(e.desc().to_owned()),
+        }
+    }
+}
+
+/// How names are resolved: [`Account::lookup`] in the daemon, a table in
+/// unit tests.
+pub type Resolver = fn(&str) -> Account;
 
 /// Why the authfile cannot be used at all.
 #[derive(Debug, Error)]
@@ -54,29 +121,65 @@ pub struct Entry {
     /// A line naming this user could not be trusted: the user gets
     /// `BACKEND_ERROR` until it is fixed.
     pub broken: bool,
+    /// The first line naming the user (1-based).
+    pub line: usize,
+}
+
+impl Entry {
+    /// Adds another line's keys and state (a duplicate line, or a line of
+    /// another name of the same account).
+    fn absorb(&mut self, other: &Entry) {
+        self.broken |= other.broken;
+        for k in &other.keys {
+            if !self.keys.contains(k) {
+                self.keys.push(k.clone());
+            }
+        }
+        if self.line == 0 || (other.line != 0 && other.line < self.line) {
+            self.line = other.line;
+        }
+    }
 }
 
 /// A parsed authfile.
 #[derive(Debug, Default)]
 pub struct Parsed {
+    /// By the name as written (and, for a name with invisible characters,
+    /// also by its visible part).
     users: HashMap<String, Entry>,
-    /// Lines that failed or drew a warning, in order.
+    /// What NSS said about each name of `users` when the file was parsed.
+    accounts: HashMap<String, Account>,
+    /// By account (`pw_name`): every name of `users` NSS resolved to it.
+    by_account: HashMap<String, Entry>,
+    /// NSS failed for some name of the file: a user may have a line that
+    /// could not be tied to them.
+    nss_failed: bool,
+    /// Lines that failed or drew a warning, in line order.
     pub problems: Vec<Problem>,
 }
 
 /// What the authfile says about a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup<'a> {
-    /// No line for the user.
+pub enum Lookup {
+    /// The system knows the user and no line names it under any of its
+    /// names: a user without keys (`NO_KEYS_FOR_USER`).
     NoLine,
+    /// The system does not know the name and no line names it
+    /// (`UNKNOWN_USER`): not a user without keys.
+    UnknownUser,
+    /// No line names it as written, and who it is could not be learned: NSS
+    /// failed for the name now, or for a name of the file when it was
+    /// parsed (that line may be this user's). Fails closed.
+    Unresolved,
     /// A line of the user could not be trusted.
     Broken,
     /// The user's keys (possibly none: an empty line matches nothing).
-    Keys(&'a [PublicId]),
+    Keys(Vec<PublicId>),
 }
 
 impl Parsed {
-    /// Parses the file's bytes.
+    /// Parses the file's bytes, without asking NSS: every name is looked
+    /// up as written (see [`Parsed::parse_resolving`]).
     pub fn parse(bytes: &[u8]) -> Self {
         let mut p = Self::default();
         for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -85,13 +188,110 @@ impl Parsed {
         p
     }
 
+    /// Parses the file's bytes and resolves every user name in it through
+    /// `resolve` (NSS), once per name.
+    pub fn parse_resolving(bytes: &[u8], resolve: Resolver) -> Self {
+        let mut p = Self::parse(bytes);
+        p.resolve(resolve);
+        p
+    }
+
+    /// Ties each name of the file to its account, and reports names that
+    /// are another name of an account, and the first name NSS could not
+    /// resolve. After a failure NSS is not asked again in this pass (a
+    /// backend that is down could cost its timeout per name); the names
+    /// left count as failed too.
+    fn resolve(&mut self, resolve: Resolver) {
+        let mut names: Vec<(&String, &Entry)> = self.users.iter().collect();
+        names.sort_by_key(|(n, e)| (e.line, n.as_str()));
+        let total = names.len();
+        let mut notes = Vec::new();
+        for (i, (name, entry)) in names.into_iter().enumerate() {
+            let account = if self.nss_failed {
+                Account::Failed("not asked: NSS failed for an earlier name".to_owned())
+            } else {
+                resolve(name)
+            };
+            match &account {
+                Account::Known {
+                    name: canonical, ..
+                } => {
+                    self.by_account
+                        .entry(canonical.clone())
+                        .or_default()
+                        .absorb(entry);
+                    if canonical != name {
+                        notes.push(Problem {
+                            line: entry.line,
+                            user: Some(name.clone()),
+                            reason: format!(
+                                "the user name {} is the system's user {} (NSS): its keys count for {} under every name",
+                                log::user(name),
+                                log::user(canonical),
+                                log::user(canonical)
+                            ),
+                            fails_closed: false,
+                        });
+                    }
+                }
+                Account::Unknown => {}
+                Account::Failed(_) if self.nss_failed => {}
+                Account::Failed(why) => {
+                    self.nss_failed = true;
+                    notes.push(Problem {
+                        line: entry.line,
+                        user: Some(name.clone()),
+                        reason: format!(
+                            "the system's user database (NSS) could not resolve the user name {}: {why}; {} of the file's {total} names are not tied to a user, and until they are (at a use {}s later, or SIGHUP) names without a line of their own get BACKEND_ERROR",
+                            log::user(name),
+                            total - i,
+                            NSS_RETRY.as_secs()
+                        ),
+                        fails_closed: false,
+                    });
+                }
+            }
+            self.accounts.insert(name.clone(), account);
+        }
+        self.problems.extend(notes);
+        self.problems.sort_by_key(|p| p.line);
+    }
+
+    /// Whether NSS failed for some name of the file when it was parsed.
+    pub fn nss_failed(&self) -> bool {
+        self.nss_failed
+    }
+
+    /// What NSS said about `user` when the file was parsed, if a line
+    /// names it as written and NSS answered: a login under that name needs
+    /// no NSS call (the file's names follow NSS when the file is parsed).
+    pub fn account_of(&self, user: &str) -> Option<&Account> {
+        self.accounts
+            .get(user)
+            .filter(|a| !matches!(a, Account::Failed(_)))
+    }
+
+    fn user_entry(&mut self, name: &str, line: usize) -> &mut Entry {
+        let e = self.users.entry(name.to_owned()).or_default();
+        if e.line == 0 {
+            e.line = line;
+        }
+        e
+    }
+
     fn problem(&mut self, line: usize, user: Option<&str>, reason: &str, fails_closed: bool) {
         let user = user
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(str::to_owned);
         if fails_closed && let Some(u) = &user {
-            self.users.entry(u.clone()).or_default().broken = true;
+            self.user_entry(u, line).broken = true;
+            // The name the operator meant, without the characters nobody
+            // sees: `\u{feff}alice` fails closed for alice too.
+            let meant = username::visible_part(u);
+            if !meant.is_empty() && meant != *u {
+                self.user_entry(&meant, line).broken = true;
+            }
         }
         self.problems.push(Problem {
             line,
@@ -132,13 +332,13 @@ impl Parsed {
             self.problem(line, None, "the line has no user name before ':'", true);
             return;
         }
-        if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.problem(
-                line,
-                Some(user),
-                "the user name contains white space or a control character",
-                true,
+        if let Some((at, c)) = username::first_invisible(user) {
+            let reason = format!(
+                "the user name contains white space, a control or an invisible character ({}); it fails closed, also for {}",
+                username::describe(at, c),
+                log::user(&username::visible_part(user))
             );
+            self.problem(line, Some(user), &reason, true);
             return;
         }
         if crlf {
@@ -161,19 +361,37 @@ impl Parsed {
                 }
             }
         }
-        self.users
-            .entry(user.to_owned())
-            .or_default()
-            .keys
-            .extend(keys);
+        self.user_entry(user, line).keys.extend(keys);
     }
 
-    /// What the file says about `user` (exact, case-sensitive match).
-    pub fn lookup(&self, user: &str) -> Lookup<'_> {
-        match self.users.get(user) {
-            None => Lookup::NoLine,
-            Some(e) if e.broken => Lookup::Broken,
-            Some(e) => Lookup::Keys(&e.keys),
+    /// What the file says about `user`, who NSS says is `account`: the
+    /// lines naming `user` as written, and, when NSS knows the user, the
+    /// lines of every name of the file that is the same account (and of
+    /// the account's own name). A name NSS does not know is looked up as
+    /// written only.
+    pub fn lookup(&self, user: &str, account: &Account) -> Lookup {
+        let mut found: Vec<&Entry> = Vec::new();
+        if let Account::Known { name, .. } = account {
+            found.extend(self.by_account.get(name));
+            found.extend(self.users.get(name));
+        }
+        found.extend(self.users.get(user));
+        if found.is_empty() {
+            return match account {
+                Account::Known { .. } if self.nss_failed => Lookup::Unresolved,
+                Account::Known { .. } => Lookup::NoLine,
+                Account::Unknown => Lookup::UnknownUser,
+                Account::Failed(_) => Lookup::Unresolved,
+            };
+        }
+        let mut all = Entry::default();
+        for e in found {
+            all.absorb(e);
+        }
+        if all.broken {
+            Lookup::Broken
+        } else {
+            Lookup::Keys(all.keys)
         }
     }
 
@@ -190,6 +408,7 @@ impl Parsed {
 pub struct Authfile {
     path: PathBuf,
     owner: u32,
+    resolve: Resolver,
     cache: Mutex<Option<Cached>>,
 }
 
@@ -199,6 +418,16 @@ struct Cached {
     version: FileVersion,
     bytes: Vec<u8>,
     parsed: Arc<Parsed>,
+    /// When the names were resolved.
+    resolved: Instant,
+}
+
+impl Cached {
+    /// NSS failed for a name when the file was parsed, long enough ago to
+    /// ask again.
+    fn retry_due(&self) -> bool {
+        self.parsed.nss_failed() && self.resolved.elapsed() >= NSS_RETRY
+    }
 }
 
 /// The result of [`Authfile::current`].
@@ -214,9 +443,16 @@ impl Authfile {
     /// The authfile at `path`, which must be owned by `owner` (0 in
     /// production).
     pub fn new(path: PathBuf, owner: u32) -> Self {
+        Self::with_resolver(path, owner, Account::lookup)
+    }
+
+    /// As [`Authfile::new`], resolving the file's user names with
+    /// `resolve` instead of NSS.
+    pub fn with_resolver(path: PathBuf, owner: u32, resolve: Resolver) -> Self {
         Self {
             path,
             owner,
+            resolve,
             cache: Mutex::new(None),
         }
     }
@@ -232,7 +468,9 @@ impl Authfile {
 
     /// The file as it is now: owner, type and mode are checked at every
     /// call (a file made group-writable stops working at once); it is
-    /// re-parsed only when it changed.
+    /// re-parsed, and its user names resolved through NSS, only when it
+    /// changed (or, after NSS failed for one of its names, at a use
+    /// [`NSS_RETRY`] later).
     pub fn current(&self) -> Result<Current, AuthfileError> {
         let meta = fs::symlink_metadata(&self.path).map_err(|source| SecureFileError::Io {
             path: self.path.clone(),
@@ -248,6 +486,7 @@ impl Authfile {
         if let Some(c) = lock().as_ref()
             && c.version == version
             && version.settled(SETTLED)
+            && !c.retry_due()
         {
             return Ok(Current {
                 parsed: Arc::clone(&c.parsed),
@@ -258,6 +497,7 @@ impl Authfile {
         let mut cache = lock();
         if let Some(c) = cache.as_mut()
             && *c.bytes == **bytes
+            && !c.retry_due()
         {
             // Read again, unchanged: nothing new to report.
             c.version = version;
@@ -266,11 +506,14 @@ impl Authfile {
                 reread: false,
             });
         }
-        let parsed = Arc::new(Parsed::parse(&bytes));
+        // Under the lock: one thread asks NSS, the others wait for its
+        // answer rather than asking too.
+        let parsed = Arc::new(Parsed::parse_resolving(&bytes, self.resolve));
         *cache = Some(Cached {
             version,
             bytes: bytes.to_vec(),
             parsed: Arc::clone(&parsed),
+            resolved: Instant::now(),
         });
         Ok(Current {
             parsed,
@@ -278,7 +521,9 @@ impl Authfile {
         })
     }
 
-    /// Forgets the cached parse (SIGHUP): the next use re-reads the file.
+    /// Forgets the cached parse (SIGHUP): the next use re-reads the file
+    /// and resolves its user names again (how NSS changes to the names in
+    /// the file are picked up without an edit).
     pub fn invalidate(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = None;
@@ -293,6 +538,165 @@ mod tests {
         v.iter().map(|s| PublicId::parse(s).unwrap()).collect()
     }
 
+    fn known(name: &str) -> Account {
+        Account::Known {
+            name: name.to_owned(),
+            uid: 2000,
+        }
+    }
+
+    /// NSS as sssd with case-insensitive names and the default domain
+    /// `corp`: alice, bob and carol exist; `ldap-down` cannot be resolved.
+    fn sssd(name: &str) -> Account {
+        let lower = name.to_lowercase();
+        let short = lower.strip_suffix("@corp").unwrap_or(&lower);
+        match short {
+            "alice" | "bob" | "carol" => known(short),
+            "ldap-down" => Account::Failed("Connection refused".into()),
+            _ => Account::Unknown,
+        }
+    }
+
+    #[test]
+    fn every_name_of_a_user_finds_the_keys_of_every_line_of_that_user() {
+        let p = Parsed::parse_resolving(
+            b"ALICE:cccccccccccb\nalice@corp:cccccccccccd\nalice:ccccccccccce\nbob:cccccccccccf\n",
+            sssd,
+        );
+        let all = ids(&["cccccccccccb", "cccccccccccd", "ccccccccccce"]);
+        for name in ["alice", "ALICE", "Alice@Corp", "alice@corp"] {
+            let keys = p.lookup(name, &sssd(name));
+            assert_eq!(keys, Lookup::Keys(all.clone()), "{name}");
+        }
+        assert_eq!(
+            p.lookup("BOB", &sssd("BOB")),
+            Lookup::Keys(ids(&["cccccccccccf"]))
+        );
+        assert_eq!(p.lookup("carol", &sssd("carol")), Lookup::NoLine);
+        assert_eq!(p.lookup("CAROL", &sssd("CAROL")), Lookup::NoLine);
+        assert_eq!(p.lookup("zed", &sssd("zed")), Lookup::UnknownUser);
+        // The names written as aliases are reported, as warnings.
+        let notes: Vec<(usize, bool)> = p
+            .problems
+            .iter()
+            .map(|x| (x.line, x.fails_closed))
+            .collect();
+        assert_eq!(notes, [(1, false), (2, false)]);
+        assert_eq!(p.account_of("ALICE"), Some(&known("alice")));
+        assert_eq!(p.account_of("carol"), None);
+    }
+
+    #[test]
+    fn a_name_nss_does_not_know_is_looked_up_as_written() {
+        let p = Parsed::parse_resolving(b"svc-x:cccccccccccb\n", sssd);
+        assert_eq!(
+            p.lookup("svc-x", &sssd("svc-x")),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
+        assert_eq!(p.lookup("SVC-X", &sssd("SVC-X")), Lookup::UnknownUser);
+    }
+
+    #[test]
+    fn a_broken_line_under_an_alias_fails_the_user_closed() {
+        let p = Parsed::parse_resolving(b"alice:cccccccccccb\nALICE:not-modhex\n", sssd);
+        assert_eq!(p.lookup("alice", &sssd("alice")), Lookup::Broken);
+        assert_eq!(p.lookup("alice@corp", &sssd("alice@corp")), Lookup::Broken);
+    }
+
+    #[test]
+    fn invisible_characters_fail_closed_for_the_name_meant() {
+        let p = Parsed::parse_resolving(
+            "\u{feff}alice:cccccccccccb\nbob\u{200b}:cccccccccccd\ncarol\u{2060}:cccccccccccd\ndave\u{1}:cccccccccccd\neve\u{85}:cccccccccccd\nfred\u{7f}:cccccccccccd\n"
+                .as_bytes(),
+            sssd,
+        );
+        for name in [
+            "alice",
+            "ALICE",
+            "\u{feff}alice",
+            "bob",
+            "bob@corp",
+            "carol",
+        ] {
+            assert_eq!(p.lookup(name, &sssd(name)), Lookup::Broken, "{name:?}");
+        }
+        for name in ["dave", "eve", "fred"] {
+            assert_eq!(p.lookup(name, &Account::Unknown), Lookup::Broken, "{name}");
+        }
+        let lines: Vec<(usize, bool)> = p
+            .problems
+            .iter()
+            .map(|x| (x.line, x.fails_closed))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true)
+            ]
+        );
+        assert!(
+            p.problems[0].reason.contains("U+FEFF at byte 0"),
+            "{:?}",
+            p.problems[0]
+        );
+        assert!(
+            p.problems[0].reason.contains("also for alice"),
+            "{:?}",
+            p.problems[0]
+        );
+    }
+
+    #[test]
+    fn when_nss_fails_no_known_user_is_without_keys() {
+        let p = Parsed::parse_resolving(b"alice:cccccccccccb\nldap-down:cccccccccccd\n", sssd);
+        assert!(p.nss_failed());
+        // carol might be ldap-down's user: not "without keys".
+        assert_eq!(p.lookup("carol", &sssd("carol")), Lookup::Unresolved);
+        // A name on a line as written still has its keys.
+        assert_eq!(
+            p.lookup("alice", &sssd("alice")),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
+        // NSS failing for the name asked about: its own line, or nothing.
+        let down = Account::Failed("timeout".into());
+        assert_eq!(
+            p.lookup("alice", &down),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
+        assert_eq!(p.lookup("ALICE", &down), Lookup::Unresolved);
+        assert_eq!(p.account_of("ldap-down"), None);
+        assert!(p.problems.iter().any(|x| x.line == 2 && !x.fails_closed));
+    }
+
+    #[test]
+    fn after_one_nss_failure_the_other_names_are_not_asked() {
+        let p = Parsed::parse_resolving(
+            b"ldap-down:cccccccccccb\nALICE:cccccccccccd\nbob:cccccccccccf\n",
+            sssd,
+        );
+        assert!(p.nss_failed());
+        // ALICE was not tied to alice: alice is not "without keys", and
+        // ALICE's own line still counts as written.
+        assert_eq!(p.lookup("alice", &sssd("alice")), Lookup::Unresolved);
+        assert_eq!(
+            p.lookup("ALICE", &sssd("ALICE")),
+            Lookup::Keys(ids(&["cccccccccccd"]))
+        );
+        assert_eq!(p.account_of("bob"), None);
+        // One report, for the first name.
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert!(
+            p.problems[0].reason.contains("3 of the file's 3 names"),
+            "{:?}",
+            p.problems[0]
+        );
+    }
+
     /// A revocation written in place, to the same size, moments after the
     /// last read (so size, inode and coarse times may all be unchanged) is
     /// seen by the next use; the same bytes read again report nothing new.
@@ -305,11 +709,11 @@ mod tests {
         fs::write(&path, "alice:ccccccdbjrgf\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let uid = nix::unistd::getuid().as_raw();
-        let authfile = Authfile::new(path.clone(), uid);
+        let authfile = Authfile::with_resolver(path.clone(), uid, sssd);
         let first = authfile.current().unwrap();
         assert!(first.reread);
         assert!(
-            matches!(first.parsed.lookup("alice"), Lookup::Keys(k) if k == ids(&["ccccccdbjrgf"]))
+            first.parsed.lookup("alice", &Account::Unknown) == Lookup::Keys(ids(&["ccccccdbjrgf"]))
         );
         let again = authfile.current().unwrap();
         assert!(!again.reread, "unchanged bytes are nothing new");
@@ -318,8 +722,14 @@ mod tests {
         drop(f);
         let now = authfile.current().unwrap();
         assert!(now.reread);
-        assert!(matches!(now.parsed.lookup("alice"), Lookup::NoLine));
-        assert!(matches!(now.parsed.lookup("bobby"), Lookup::Keys(_)));
+        assert_eq!(
+            now.parsed.lookup("alice", &Account::Unknown),
+            Lookup::UnknownUser
+        );
+        assert!(matches!(
+            now.parsed.lookup("bobby", &Account::Unknown),
+            Lookup::Keys(_)
+        ));
     }
 
     #[test]
@@ -328,15 +738,16 @@ mod tests {
             b"# comment\nalice:ccccccbchvth:vvincredible\nbob:cccccccfhcbe:ccccccbchvth:\nalice:cccccccccccc\n",
         );
         assert_eq!(
-            p.lookup("alice"),
-            Lookup::Keys(&ids(&["ccccccbchvth", "vvincredible", "cccccccccccc"]))
+            p.lookup("alice", &Account::Unknown),
+            Lookup::Keys(ids(&["ccccccbchvth", "vvincredible", "cccccccccccc"]))
         );
         assert_eq!(
-            p.lookup("bob"),
-            Lookup::Keys(&ids(&["cccccccfhcbe", "ccccccbchvth"]))
+            p.lookup("bob", &Account::Unknown),
+            Lookup::Keys(ids(&["cccccccfhcbe", "ccccccbchvth"]))
         );
-        assert_eq!(p.lookup("carol"), Lookup::NoLine);
-        assert_eq!(p.lookup("Alice"), Lookup::NoLine);
+        assert_eq!(p.lookup("carol", &known("carol")), Lookup::NoLine);
+        // Exact and case-sensitive where NSS knows no other name.
+        assert_eq!(p.lookup("Alice", &Account::Unknown), Lookup::UnknownUser);
         assert!(p.problems.is_empty());
     }
 
@@ -344,16 +755,19 @@ mod tests {
     fn empty_user_line_means_no_valid_key() {
         let p = Parsed::parse(b"bob:\ncarol\ndave::\n");
         for u in ["bob", "carol", "dave"] {
-            assert_eq!(p.lookup(u), Lookup::Keys(&[]), "{u}");
+            assert_eq!(p.lookup(u, &Account::Unknown), Lookup::Keys(vec![]), "{u}");
         }
     }
 
     #[test]
     fn malformed_line_fails_closed_for_its_user_only() {
         let p = Parsed::parse(b"alice:cccccccccccb\nbob:not-modhex!\nbob:cccccccccccd\n:cccccccccccc\ncarol :cccccccccccb\n");
-        assert_eq!(p.lookup("alice"), Lookup::Keys(&ids(&["cccccccccccb"])));
-        assert_eq!(p.lookup("bob"), Lookup::Broken);
-        assert_eq!(p.lookup("carol"), Lookup::Broken);
+        assert_eq!(
+            p.lookup("alice", &Account::Unknown),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
+        assert_eq!(p.lookup("bob", &Account::Unknown), Lookup::Broken);
+        assert_eq!(p.lookup("carol", &Account::Unknown), Lookup::Broken);
         let lines: Vec<(usize, bool)> = p
             .problems
             .iter()
@@ -365,7 +779,10 @@ mod tests {
     #[test]
     fn crlf_is_a_warning_and_the_key_still_works() {
         let p = Parsed::parse(b"alice:cccccccccccb\r\n");
-        assert_eq!(p.lookup("alice"), Lookup::Keys(&ids(&["cccccccccccb"])));
+        assert_eq!(
+            p.lookup("alice", &Account::Unknown),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
         assert_eq!(p.problems.len(), 1);
         assert!(!p.problems[0].fails_closed);
     }
@@ -375,6 +792,6 @@ mod tests {
         let mut text = b"eve:".to_vec();
         text.extend(std::iter::repeat_n(b'c', 2000));
         let p = Parsed::parse(&text);
-        assert_eq!(p.lookup("eve"), Lookup::Broken);
+        assert_eq!(p.lookup("eve", &Account::Unknown), Lookup::Broken);
     }
 }

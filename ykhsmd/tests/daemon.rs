@@ -53,16 +53,30 @@ fn other_users_key_is_not_authorized() {
     assert_eq!(d.verify("bob", &otp), Status::Ok);
 }
 
+/// `daemon` is a user of every Debian system (base-passwd), found through
+/// the machine's own NSS (the files backend); it has no line here.
 #[test]
 fn user_without_a_line_has_no_keys() {
     let (env, mut key, d) = common::alice();
-    assert_eq!(d.verify("carol", &env.otp(&mut key)), Status::NoKeysForUser);
+    assert_eq!(
+        d.verify("daemon", &env.otp(&mut key)),
+        Status::NoKeysForUser
+    );
+    assert_eq!(
+        d.request(&Request::HasUser {
+            user: "daemon".into()
+        }),
+        Response::Verdict {
+            status: Status::NoKeysForUser
+        }
+    );
+    // A name the system does not know is not a user without keys.
     assert_eq!(
         d.request(&Request::HasUser {
             user: "carol".into()
         }),
         Response::Verdict {
-            status: Status::NoKeysForUser
+            status: Status::UnknownUser
         }
     );
     assert_eq!(
@@ -377,8 +391,9 @@ fn audit_has_one_line_per_verification_with_the_fixed_fields() {
     let otp = env.otp(&mut key);
     assert_eq!(d.verify("alice", &otp), Status::Ok);
     assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
-    // An OTP typed at the user-name prompt is never logged.
-    assert_eq!(d.verify(&env.otp(&mut key), "x"), Status::NoKeysForUser);
+    // An OTP typed at the user-name prompt is never logged (no user has
+    // such a name: UNKNOWN_USER).
+    assert_eq!(d.verify(&env.otp(&mut key), "x"), Status::UnknownUser);
     let audit = || -> Vec<String> {
         env.logs()
             .into_iter()
@@ -534,4 +549,164 @@ fn sighup_with_a_refused_keys_file_keeps_the_keys_already_loaded() {
     d.signal(nix::sys::signal::Signal::SIGHUP);
     env.wait_log("reload: keeping the keys already loaded");
     assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
+
+// User-name aliases (issue 12, item 4). The daemon runs under nss_wrapper
+// with tests/common/nss_alias.c, which aliases names as sssd does with
+// case-insensitive names and a default domain: `ALICE` and `alice@corp` are
+// the account `alice`. Before the fix the authfile was matched on the exact
+// string, so an alias was "a user without keys" (PAM_IGNORE under nullok).
+
+/// The system's users in the alias tests.
+const ACCOUNTS: &[(&str, u32)] = &[("alice", 2001), ("bob", 2002), ("carol", 2003)];
+
+fn has_user(d: &common::Daemon, user: &str) -> Status {
+    match d.request(&Request::HasUser { user: user.into() }) {
+        Response::Verdict { status } => status,
+        other => panic!("HasUser answered {other:?}"),
+    }
+}
+
+#[test]
+fn alias_of_an_enrolled_user_is_verified_as_that_user() {
+    let env = Env::new();
+    let _nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    for alias in ["ALICE", "alice@corp", "Alice@CORP"] {
+        assert_eq!(has_user(&d, alias), Status::Ok, "{alias}");
+    }
+    let otp = env.otp(&mut key);
+    assert_eq!(d.verify("ALICE", &otp), Status::Ok);
+    // The same key, the same counters, whichever name was typed.
+    assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+    assert_eq!(d.verify("alice@corp", &env.otp(&mut key)), Status::Ok);
+    // Another user's alias is still another user.
+    assert_eq!(d.verify("BOB", &env.otp(&mut key)), Status::NoKeysForUser);
+}
+
+#[test]
+fn authfile_line_written_under_an_alias_counts_for_the_user() {
+    let env = Env::new();
+    let _nss = env.with_nss(ACCOUNTS);
+    let mut first = env.key("ccccccdbjrgf");
+    let mut second = env.key("cccccccccccd");
+    // Two lines that are one user: their keys add up, as pam_yubico's
+    // duplicate lines do.
+    env.set_authfile("ALICE:ccccccdbjrgf\nalice@corp:cccccccccccd\n");
+    let d = env.start();
+    for name in ["alice", "Alice", "ALICE", "alice@corp"] {
+        assert_eq!(has_user(&d, name), Status::Ok, "{name}");
+    }
+    assert_eq!(d.verify("alice", &env.otp(&mut first)), Status::Ok);
+    assert_eq!(d.verify("alice", &env.otp(&mut second)), Status::Ok);
+    assert_eq!(d.verify("ALICE", &env.otp(&mut second)), Status::Ok);
+    assert_eq!(d.verify("alice@corp", &env.otp(&mut first)), Status::Ok);
+    assert_eq!(has_user(&d, "bob"), Status::NoKeysForUser);
+    env.wait_log("line 1: the user name ALICE is the system's user alice");
+}
+
+#[test]
+fn name_the_system_does_not_know_without_a_line_is_unknown_user() {
+    let env = Env::new();
+    let _nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(has_user(&d, "zed"), Status::UnknownUser);
+    assert_eq!(d.verify("zed", &env.otp(&mut key)), Status::UnknownUser);
+    assert_eq!(has_user(&d, "alice@elsewhere"), Status::UnknownUser);
+    // A user the system knows, without a line: the one case of no keys.
+    assert_eq!(has_user(&d, "carol"), Status::NoKeysForUser);
+    assert_eq!(has_user(&d, "CAROL"), Status::NoKeysForUser);
+    // Nothing was consumed.
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
+
+#[test]
+fn name_the_system_does_not_know_with_a_line_is_verified_as_given() {
+    let env = Env::new();
+    let _nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("svc-deploy:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(has_user(&d, "svc-deploy"), Status::Ok);
+    assert_eq!(d.verify("svc-deploy", &env.otp(&mut key)), Status::Ok);
+    // Not an alias: the system does not know either name.
+    assert_eq!(has_user(&d, "SVC-DEPLOY"), Status::UnknownUser);
+    assert_eq!(
+        d.verify("SVC-DEPLOY", &env.otp(&mut key)),
+        Status::UnknownUser
+    );
+}
+
+#[test]
+fn invisible_characters_in_an_authfile_user_name_are_reported_and_fail_closed() {
+    let env = Env::new();
+    let _nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.key("cccccccccccd");
+    env.key("cccccccccccb");
+    env.set_authfile(
+        "# the first line has a byte-order mark\n\u{feff}alice:ccccccdbjrgf\nbob\u{200b}:cccccccccccd\ncarol\u{7f}:cccccccccccb\n",
+    );
+    let d = env.start();
+    // The user each line meant fails closed, under any of their names.
+    for user in [
+        "alice",
+        "ALICE",
+        "alice@corp",
+        "bob",
+        "carol",
+        "\u{feff}alice",
+    ] {
+        assert_eq!(has_user(&d, user), Status::BackendError, "{user:?}");
+    }
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    for line in 2..=4 {
+        env.wait_log(&format!("line {line}: the user name contains"));
+    }
+}
+
+#[test]
+fn when_the_user_database_fails_no_user_is_without_keys() {
+    let env = Env::new();
+    let nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(has_user(&d, "carol"), Status::NoKeysForUser);
+    nss.set_failing(true);
+    // Who CAROL is cannot be known now: not "without keys", not unknown.
+    assert_eq!(has_user(&d, "carol"), Status::BackendError);
+    assert_eq!(has_user(&d, "ALICE"), Status::BackendError);
+    // A name on a line is still verified as written.
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    nss.set_failing(false);
+    assert_eq!(has_user(&d, "ALICE"), Status::Ok);
+}
+
+/// The authfile's names are resolved when it is read; an NSS change to them
+/// (here: the user `dana` appears, and `DANA:…` was written before) is
+/// picked up by SIGHUP, without an edit of the file.
+#[test]
+fn nss_changes_to_the_authfiles_names_are_picked_up_on_sighup() {
+    let env = Env::new();
+    let nss = env.with_nss(ACCOUNTS);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("DANA:ccccccdbjrgf\n");
+    let d = env.start();
+    // The system does not know DANA: matched as written.
+    assert_eq!(has_user(&d, "DANA"), Status::Ok);
+    assert_eq!(has_user(&d, "dana"), Status::UnknownUser);
+    let mut accounts = ACCOUNTS.to_vec();
+    accounts.push(("dana", 2004));
+    nss.set_accounts(&accounts);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    env.wait_log("authfile re-read");
+    common::wait_for("dana to have DANA's line", Duration::from_secs(10), || {
+        has_user(&d, "dana") == Status::Ok
+    });
+    assert_eq!(d.verify("dana@corp", &env.otp(&mut key)), Status::Ok);
 }

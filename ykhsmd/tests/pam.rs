@@ -195,14 +195,35 @@ fn another_users_key_unknown_key_and_garbage_are_refused() {
 
 #[test]
 fn user_without_a_line_is_unknown_and_never_prompted() {
-    let (_env, _key, _d, s) = setup(&["auth required MODULE"]);
+    let (_env, _key, _d, s) = setup_with_accounts(&["auth required MODULE"]);
     let r = pamtester(&s, "yk", "carol", "", &[]);
     assert!(!r.ok && r.says(USER_UNKNOWN) && !r.prompted(), "{r:?}");
 }
 
+/// alice (enrolled) and carol (no line) are users the system knows (the
+/// daemon under nss_wrapper with the sssd-like alias module, where `ALICE`
+/// and `alice@corp` are alice); the stacks of `setup`.
+fn setup_with_accounts(
+    stack: &[&str],
+) -> (
+    Env,
+    ykhsm_core::softkey::SoftYubiKey,
+    common::Daemon,
+    Services,
+) {
+    let env = Env::new();
+    let _nss = env.with_nss(&[("alice", 2001), ("carol", 2003)]);
+    let key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    let s = Services::new(&env);
+    s.add(&env, "yk", stack);
+    (env, key, d, s)
+}
+
 #[test]
 fn nullok_skips_a_user_without_a_line_but_never_grants_a_login_alone() {
-    let (env, mut key, _d, s) = setup(&[]);
+    let (env, mut key, _d, s) = setup_with_accounts(&[]);
     s.add(
         &env,
         "then-permit",
@@ -233,6 +254,42 @@ fn nullok_skips_a_user_without_a_line_but_never_grants_a_login_alone() {
     env.set_authfile("alice:ccccccdbjrgf\ncarol:\n");
     let r = pamtester(&s, "then-permit", "carol", &line(&env.otp(&mut key)), &[]);
     assert!(!r.ok && r.prompted(), "{r:?}");
+}
+
+/// Issue 12, item 4: under nullok, an alias of an enrolled user (`ALICE`
+/// for alice, as sssd's case-insensitive names make it) is prompted and
+/// needs alice's YubiKey; before the fix it was PAM_IGNORE, and with
+/// `pam_permit` after it, a login without any second factor.
+#[test]
+fn nullok_never_skips_an_alias_of_an_enrolled_user() {
+    let (env, mut key, _d, s) = setup_with_accounts(&[]);
+    s.add(
+        &env,
+        "then-permit",
+        &["auth required MODULE nullok", "auth required pam_permit.so"],
+    );
+    for alias in ["ALICE", "alice@corp"] {
+        let r = pamtester(&s, "then-permit", alias, "", &[]);
+        assert!(!r.ok && r.prompted(), "{alias}: {r:?}");
+        let r = pamtester(&s, "then-permit", alias, &line("garbage"), &[]);
+        assert!(!r.ok && r.says(AUTH_ERR) && r.prompted(), "{alias}: {r:?}");
+        let r = pamtester(&s, "then-permit", alias, &line(&env.otp(&mut key)), &[]);
+        assert!(r.ok && r.says(SUCCESS) && r.prompted(), "{alias}: {r:?}");
+    }
+}
+
+/// Issue 12, item 4: a name the system does not know and the authfile has
+/// no line for is PAM_USER_UNKNOWN also under nullok, never PAM_IGNORE.
+#[test]
+fn nullok_never_skips_a_name_the_system_does_not_know() {
+    let (env, _key, _d, s) = setup_with_accounts(&[]);
+    s.add(
+        &env,
+        "then-permit",
+        &["auth required MODULE nullok", "auth required pam_permit.so"],
+    );
+    let r = pamtester(&s, "then-permit", "zed", "", &[]);
+    assert!(!r.ok && r.says(USER_UNKNOWN) && !r.prompted(), "{r:?}");
 }
 
 #[test]

@@ -165,6 +165,39 @@ fn non_root_peer_may_verify_only_its_own_user() {
     env.wait_log("verify user=alice pubid=- status=DENIED");
 }
 
+/// Issue 12, item 4: the access check compares uids, not strings. The
+/// daemon runs under nss_wrapper with the sssd-like alias module, where the
+/// helper's uid (65534) is the account `alice`.
+#[test]
+fn non_root_peer_may_verify_an_alias_of_itself_but_not_of_another_user() {
+    let env = Env::new();
+    let _nss = env.with_nss(&[("alice", NOBODY), ("bob", 2002)]);
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\nbob:ccccccdbjrgf\nzed:ccccccdbjrgf\n");
+    let d = env.start();
+    let otp = env.otp(&mut key);
+    for other in ["bob", "BOB", "bob@corp"] {
+        assert_eq!(
+            as_nobody(&env, "has-user", other, ""),
+            ["DENIED"],
+            "{other}"
+        );
+        assert_eq!(
+            as_nobody(&env, "verify", other, &otp),
+            ["DENIED"],
+            "{other}"
+        );
+    }
+    // A name the system does not know is nobody's own: denied, even with a
+    // line in the authfile.
+    assert_eq!(as_nobody(&env, "has-user", "zed", ""), ["DENIED"]);
+    assert_eq!(as_nobody(&env, "has-user", "ALICE", ""), ["OK"]);
+    assert_eq!(as_nobody(&env, "has-user", "alice@corp", ""), ["OK"]);
+    // The denied attempts consumed nothing.
+    assert_eq!(as_nobody(&env, "verify", "ALICE", &otp), ["OK"]);
+    assert_eq!(d.verify("bob", &otp), Status::ReplayedOtp);
+}
+
 #[test]
 fn non_root_peer_is_denied_every_admin_request() {
     let env = Env::new();

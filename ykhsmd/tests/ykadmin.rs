@@ -41,11 +41,21 @@ fn verify_prints_the_status_word_and_exits_zero_only_for_ok() {
     assert_eq!((o.code, o.stdout.as_str()), (0, "OK\n"), "{}", o.stderr);
     let o = ykadmin(&env, &["verify", "alice", &otp]);
     assert_eq!((o.code, o.stdout.as_str()), (1, "REPLAYED_OTP\n"));
-    let o = ykadmin(&env, &["--json", "verify", "bob", &env.otp(&mut key)]);
+    // daemon: a system user (base-passwd) without a line.
+    let o = ykadmin(&env, &["--json", "verify", "daemon", &env.otp(&mut key)]);
     assert_eq!(o.code, 1);
     assert_eq!(
         o.stdout.trim(),
-        r#"{"user":"bob","status":"NO_KEYS_FOR_USER"}"#
+        r#"{"user":"daemon","status":"NO_KEYS_FOR_USER"}"#
+    );
+    let o = ykadmin(&env, &["verify", "carol", &env.otp(&mut key)]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (
+            1,
+            "UNKNOWN_USER
+"
+        )
     );
 }
 
@@ -131,6 +141,38 @@ fn enroll_and_revoke_keep_every_other_byte_of_the_authfile() {
         "{}",
         o.stdout
     );
+}
+
+/// Issue 12, item 4: a user name with a byte-order mark looks like alice's
+/// line; ykhsmd fails alice closed, `list` says so, and `enroll alice`
+/// refuses to add a line beside it, naming the line.
+#[test]
+fn list_flags_and_enroll_refuses_a_user_name_with_an_invisible_character() {
+    let env = Env::new();
+    let before = "\u{feff}alice:ccccccdbjrgf\nbob:cccccccccccb\n";
+    env.set_authfile(before);
+    let _d = env.start();
+    let o = ykadmin(&env, &["list"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("\"\\u{feff}alice\"  (refused: an invisible or control character in the name, U+FEFF at byte 0; ykhsmd fails \"alice\" closed)"),
+        "{}",
+        o.stdout
+    );
+    let o = ykadmin(&env, &["list", "alice"]);
+    assert!(o.stdout.contains("refused"), "{}", o.stdout);
+    let o = ykadmin(&env, &["enroll", "alice", "cccccccccccd"]);
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("line 1") && o.stderr.contains("U+FEFF"),
+        "{}",
+        o.stderr
+    );
+    let o = ykadmin(&env, &["enroll", "\u{200b}carol", "cccccccccccd"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("invisible character"), "{}", o.stderr);
+    assert_eq!(fs::read_to_string(&env.authfile).unwrap(), before);
 }
 
 #[test]

@@ -121,7 +121,9 @@ fn requests_that_need_no_device_do_not_wait_behind_a_slow_hsm() {
     let (slow, _) = login_held_by_a_slow_device(&d, &device, &slow_otp);
     // The device holds alice's login now. None of these needs it.
     let no_device = [
-        ("carol", env.otp(&mut key), Status::NoKeysForUser),
+        // daemon: a system user (base-passwd) without a line.
+        ("daemon", env.otp(&mut key), Status::NoKeysForUser),
+        ("carol", env.otp(&mut key), Status::UnknownUser),
         ("bob", env.otp(&mut key), Status::NotAuthorized),
         ("alice", env.otp(&mut stranger), Status::NotAuthorized),
         ("alice", "not an otp".to_owned(), Status::BadOtp),
@@ -130,7 +132,11 @@ fn requests_that_need_no_device_do_not_wait_behind_a_slow_hsm() {
         assert_eq!(d.verify(user, otp), *want, "{user}");
         assert!(!slow.is_finished(), "{user}'s answer waited for the device");
     }
-    for (user, want) in [("alice", Status::Ok), ("carol", Status::NoKeysForUser)] {
+    for (user, want) in [
+        ("alice", Status::Ok),
+        ("daemon", Status::NoKeysForUser),
+        ("carol", Status::UnknownUser),
+    ] {
         match d.request(&Request::HasUser { user: user.into() }) {
             Response::Verdict { status } => assert_eq!(status, want),
             other => panic!("{other:?}"),

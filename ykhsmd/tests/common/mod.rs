@@ -170,6 +170,8 @@ pub struct Env {
     backend: SoftBackend,
     /// The emulated HSM of a `YKHSM_TEST_BACKEND=yubihsm` run.
     hsm: Mutex<Option<EmuPty>>,
+    /// Environment variables for the daemon (see [`Env::daemon_env`]).
+    daemon_env: Mutex<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -209,6 +211,7 @@ impl Env {
             syslog,
             backend,
             hsm: Mutex::new(on_hsm().then(|| emulated_hsm(None))),
+            daemon_env: Mutex::new(Vec::new()),
             dir,
         };
         if let Some(hsm) = env.hsm.lock().unwrap().as_ref() {
@@ -246,6 +249,25 @@ impl Env {
     /// Unplugs the emulated HSM of a `YKHSM_TEST_BACKEND=yubihsm` run.
     pub fn unplug_hsm(&self) {
         drop(self.hsm.lock().unwrap().take());
+    }
+
+    /// Sets an environment variable for the daemons started from now on
+    /// (and `ykhsmd --check` runs).
+    pub fn daemon_env(&self, key: &str, value: impl AsRef<std::ffi::OsStr>) {
+        let value = value.as_ref().to_str().unwrap().to_owned();
+        self.daemon_env
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), value));
+    }
+
+    /// Runs the daemons under nss_wrapper with the test NSS module
+    /// (`nss_alias.c`): the system's users are `root` and `accounts`
+    /// (name, uid), and names are aliased as sssd does with
+    /// case-insensitive names and a default domain (`ALICE`, `alice@corp`
+    /// are `alice`). Before `start`.
+    pub fn with_nss(&self, accounts: &[(&str, u32)]) -> Nss {
+        Nss::install(self, accounts)
     }
 
     /// Adds TOML lines to the configuration (before `start`).
@@ -379,6 +401,7 @@ impl Env {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.daemon_env.lock().unwrap().iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -405,6 +428,7 @@ impl Env {
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .envs(self.daemon_env.lock().unwrap().iter().cloned())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -456,6 +480,85 @@ impl Drop for Env {
                     &s[..s.len().min(6)]
                 );
             }
+        }
+    }
+}
+
+/// nss_wrapper, from Debian's libnss-wrapper (scripts/install-deps.sh).
+pub const NSS_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so";
+
+/// The system's user database as a daemon of an [`Env`] sees it: nss_wrapper
+/// (`LD_PRELOAD`) with a passwd file holding only root, and the test module
+/// `nss_alias.c` (compiled here with gcc) answering for `accounts` with
+/// sssd-like aliases. Real NSS calls: the daemon's `getpwnam_r` and
+/// `getpwuid_r` go through glibc's interposed symbols, as with sssd.
+pub struct Nss {
+    accounts: PathBuf,
+    fail: PathBuf,
+}
+
+impl Nss {
+    fn install(env: &Env, accounts: &[(&str, u32)]) -> Self {
+        assert!(
+            Path::new(NSS_WRAPPER).exists(),
+            "{NSS_WRAPPER} missing: apt-get install libnss-wrapper (scripts/install-deps.sh)"
+        );
+        let dir = env.dir.path().join("nss");
+        fs::create_dir_all(&dir).unwrap();
+        let module = dir.join("libnss_ykalias.so");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/nss_alias.c");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_owned());
+        let out = Command::new(&cc)
+            .args([
+                "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+            ])
+            .arg(&module)
+            .arg(source)
+            .output()
+            .unwrap_or_else(|e| panic!("{cc}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cc} {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let passwd = dir.join("passwd");
+        fs::write(&passwd, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let group = dir.join("group");
+        fs::write(&group, "root:x:0:\n").unwrap();
+        let nss = Self {
+            accounts: dir.join("accounts"),
+            fail: dir.join("fail"),
+        };
+        nss.set_accounts(accounts);
+        env.daemon_env("LD_PRELOAD", NSS_WRAPPER);
+        env.daemon_env("NSS_WRAPPER_PASSWD", &passwd);
+        env.daemon_env("NSS_WRAPPER_GROUP", &group);
+        env.daemon_env("NSS_WRAPPER_MODULE_SO_PATH", &module);
+        env.daemon_env("NSS_WRAPPER_MODULE_FN_PREFIX", "ykalias");
+        env.daemon_env("YKALIAS_PASSWD", &nss.accounts);
+        env.daemon_env("YKALIAS_FAIL", &nss.fail);
+        nss
+    }
+
+    /// Replaces the accounts (name, uid) the module answers for; the
+    /// daemon sees the change at its next lookup.
+    pub fn set_accounts(&self, accounts: &[(&str, u32)]) {
+        let text: String = accounts
+            .iter()
+            .map(|(name, uid)| format!("{name}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n"))
+            .collect();
+        let tmp = self.accounts.with_extension("tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &self.accounts).unwrap();
+    }
+
+    /// From now on every lookup fails (`NSS_STATUS_UNAVAIL`, `EIO`), as
+    /// with sssd stopped; `false` ends that.
+    pub fn set_failing(&self, failing: bool) {
+        if failing {
+            fs::write(&self.fail, "").unwrap();
+        } else {
+            let _ = fs::remove_file(&self.fail);
         }
     }
 }
