@@ -771,7 +771,7 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
         }
         // Names only: the store's lookup reads each file once.
         let files = digest::relative_paths(&dir).map_err(|e| trouble(e.to_string()))?;
-        let store = AeadStore::new(&config.aead_dir, vec![kh.clone()]);
+        let store = config.aead_store(vec![kh.clone()]);
         let mut bad = Vec::new();
         for rel in &files {
             let rel = String::from_utf8_lossy(rel).into_owned();

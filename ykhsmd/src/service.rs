@@ -168,8 +168,9 @@ impl Service {
         db: Db,
         authfile: Authfile,
     ) -> Self {
-        let store =
-            AeadStore::new(config.aead_dir.clone(), config.key_handles.clone()).with_read_cache();
+        let store = config
+            .aead_store(config.key_handles.clone())
+            .with_read_cache();
         let device = backend.is_device().then(DeviceQueue::start);
         Self {
             config,
