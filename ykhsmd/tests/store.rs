@@ -54,15 +54,20 @@ fn key_with_nonce(env: &Env, public_id: &str, nonce: Nonce) -> SoftYubiKey {
     ] {
         env.secret(&s);
     }
+    let id = PublicId::parse(public_id).unwrap();
+    file_with_nonce(env, &id, &secrets, nonce);
+    SoftYubiKey::new(id, secrets)
+}
+
+/// Writes `secrets` sealed with key handle 1 and `nonce` as `id`'s v1 file.
+fn file_with_nonce(env: &Env, id: &PublicId, secrets: &YubiKeySecrets, nonce: Nonce) {
     let key = KeyHandleKey::new(hex::decode(common::KH1_KEY).unwrap()).unwrap();
-    let aead = YubiKeyAead::seal(&key, KeyHandle(1), &nonce, &secrets).unwrap();
+    let aead = YubiKeyAead::seal(&key, KeyHandle(1), &nonce, secrets).unwrap();
     env.secret(&hex::encode(aead.0));
     let kh: KeyHandleName = "1".parse().unwrap();
-    let id = PublicId::parse(public_id).unwrap();
     AeadStore::new(&env.aead_dir, vec![kh.clone()])
-        .write_v1(&kh, &id, &nonce, &aead, WriteMode::Replace)
+        .write_v1(&kh, id, &nonce, &aead, WriteMode::Replace)
         .unwrap();
-    SoftYubiKey::new(id, secrets)
 }
 
 /// Starts the daemon and expects it to refuse: exit 1 before it answers,
@@ -169,6 +174,35 @@ fn with_accept_random_nonce_any_v1_nonce_is_read_as_before_and_the_cost_is_logge
         "{}",
         warnings[0]
     );
+}
+
+/// The way out of `accept_random_nonce` (docs/migrating.md): a key whose
+/// file came from `--random-nonce` is refused, `import-ykksm` names it and
+/// `--force` rewrites it bound to its public id, after which it logs in.
+#[test]
+fn import_ykksm_force_rebinds_a_random_nonce_file_to_its_public_id() {
+    let env = Env::new();
+    let (line, mut key) = env.ykksm_key("ccccccdbjrgf");
+    file_with_nonce(&env, key.public_id(), key.secrets(), Nonce([0; 6]));
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::BackendError);
+    let export = env.dir.path().join("keys.txt");
+    fs::write(&export, format!("# ykksm 1\n{line}\n")).unwrap();
+    let o = common::ykadmin(&env, &["import-ykksm", export.to_str().unwrap()]);
+    assert_eq!(
+        o.stdout, "imported 0, skipped 0, failed 1\n",
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("nonce") && o.stderr.contains("--force"),
+        "{}",
+        o.stderr
+    );
+    let o = common::ykadmin(&env, &["import-ykksm", "--force", export.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
 }
 
 /// pyhsm's importer names a short id's file after the id padded with `c`
