@@ -179,19 +179,6 @@ impl SecureFileError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
-
-    /// The path the error names.
-    pub fn path(&self) -> &Path {
-        match self {
-            Self::Io { path, .. }
-            | Self::NotRegular { path }
-            | Self::Symlink { path }
-            | Self::NotDirectory { path }
-            | Self::Owner { path, .. }
-            | Self::Mode { path, .. }
-            | Self::TooLarge { path, .. } => path,
-        }
-    }
 }
 
 /// Opens `path` without following a final symbolic link, checks it against
@@ -423,6 +410,7 @@ impl CheckedDir {
     /// Opens the child directory `name` (one path component) the same way.
     pub fn dir(&self, name: &OsStr) -> Result<Self, SecureFileError> {
         let path = self.path.join(name);
+        one_component(&path, name)?;
         let fd = openat(&self.fd, name, DIR_FLAGS, Mode::empty())
             .map_err(|e| Self::refused(&path, e, || self.kind_of(name)))?;
         Self::checked(fd, path, self.policy)
@@ -438,6 +426,7 @@ impl CheckedDir {
         limit: usize,
     ) -> Result<(Metadata, Vec<u8>), SecureFileError> {
         let path = self.path.join(name);
+        one_component(&path, name)?;
         let st = fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| io_error(&path, e))?;
         Facts::of_stat(&st).check(&path, Kind::File, self.policy)?;
@@ -502,6 +491,19 @@ impl CheckedDir {
             },
         }
     }
+}
+
+/// A child is reached by one name: no `/` (which `openat` would resolve,
+/// following links on the way), not `.` or `..`, not empty.
+fn one_component(path: &Path, name: &OsStr) -> Result<(), SecureFileError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(SecureFileError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
+        });
+    }
+    Ok(())
 }
 
 /// What `path` is, without following it.

@@ -684,7 +684,7 @@ impl Service {
             Ok(Some(f)) => Ok(f),
             Ok(None) => Err(Status::NoSuchKey),
             Err(e) => {
-                self.log_store_error(&e);
+                self.log_store_error(public_id, &e);
                 Err(Status::BackendError)
             }
         }
@@ -791,8 +791,12 @@ impl Service {
         }
     }
 
-    fn log_store_error(&self, e: &StoreError) {
-        self.log.error(&format!("AEAD store: {e}"));
+    /// A refused AEAD (unreadable, malformed, filed under another public
+    /// id, or on a path that is not root's alone): the path and the reason
+    /// are in the error.
+    fn log_store_error(&self, public_id: &PublicId, e: &StoreError) {
+        self.log
+            .error(&format!("AEAD store, pubid={public_id}: {e}"));
     }
 
     fn log_backend_error(&self, public_id: &PublicId, path: &std::path::Path, e: &BackendError) {
