@@ -82,8 +82,8 @@ fn aead_store(config: &Config) -> Result<String> {
         .key_handles
         .iter()
         .map(|(kh, count)| match count {
-            Some(c) => format!("{} {} files", kh.spelled(), c.files),
-            None => format!("{} no directory", kh.spelled()),
+            Some(c) => format!("key handle {}: {} files", kh.spelled(), c.files),
+            None => format!("key handle {}: no directory", kh.spelled()),
         })
         .collect();
     Ok(format!(
