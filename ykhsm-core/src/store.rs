@@ -599,12 +599,14 @@ impl AeadStore {
         if public_id.is_empty() {
             return Err(StoreError::EmptyPublicId);
         }
-        let path = self.path_for(key_handle, public_id);
+        let rel = relative_path(key_handle, public_id.as_str());
+        let path = self.dir.join(&rel);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
         let werr = |p: &Path| {
             let p = p.to_path_buf();
             move |source| StoreError::Write { path: p, source }
         };
+        self.check_existing(&rel)?;
         self.create_dirs(&parent)?;
         let bytes = AeadFile::v1_bytes(key_handle.value(), nonce, &aead.0);
         let mut tmp = tempfile::Builder::new()
@@ -636,6 +638,30 @@ impl AeadStore {
         }
         fsync_dir(&parent).map_err(werr(&parent))?;
         Ok(path)
+    }
+
+    /// Checks the directories that already exist on the way to the file at
+    /// `rel` as a lookup would (the store's owner's, not writable by others,
+    /// no link): a write never lands in a directory someone else controls,
+    /// nor follows a planted link out of the store.
+    fn check_existing(&self, rel: &Path) -> Result<(), StoreError> {
+        let mut dirs: Vec<&OsStr> = rel.iter().collect();
+        dirs.pop();
+        let found = |r: Result<CheckedDir, SecureFileError>| match r {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(StoreError::Insecure(e)),
+        };
+        let Some(mut dir) = found(CheckedDir::open(&self.dir, self.policy()))? else {
+            return Ok(());
+        };
+        for name in dirs {
+            match found(dir.dir(name))? {
+                Some(d) => dir = d,
+                None => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     /// Creates the missing directories from the root down to `leaf`
@@ -1128,5 +1154,50 @@ mod tests {
             let missing_root = store_at(&dir.path().join("absent"), cached);
             assert!(missing_root.lookup(&id("ccccccdbjrgf")).unwrap().is_none());
         }
+    }
+
+    /// A write checks the directories already there as a lookup does: it
+    /// never lands in one someone else may write, nor follows a link out
+    /// of the store.
+    #[test]
+    fn write_refuses_a_directory_on_the_way_that_is_not_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("aeads");
+        let store = store_at(&root, false);
+        let (kh, alice) = setup(&store);
+        let bob = id("cccccccccccb");
+        let shared = root.join("1/cc/cc/cc");
+        set_mode(&shared, 0o777);
+        let err = store
+            .write_v1(&kh, &bob, &nonce(&bob), &aead(2), WriteMode::CreateNew)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Insecure(SecureFileError::Mode { path, .. }) if *path == shared),
+            "{err}"
+        );
+        set_mode(&shared, 0o755);
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::rename(&shared, dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, &shared).unwrap();
+        let err = store
+            .write_v1(&kh, &bob, &nonce(&bob), &aead(2), WriteMode::CreateNew)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Insecure(SecureFileError::Symlink { path }) if *path == shared),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written through the link"
+        );
+        fs::remove_file(&shared).unwrap();
+        fs::rename(dir.path().join("moved"), &shared).unwrap();
+        store
+            .write_v1(&kh, &bob, &nonce(&bob), &aead(2), WriteMode::CreateNew)
+            .unwrap();
+        assert!(store.lookup(&alice).unwrap().is_some());
+        assert!(store.lookup(&bob).unwrap().is_some());
     }
 }
