@@ -337,7 +337,7 @@ pub fn import_ykksm(
         key_handles,
         stores: key_handles
             .iter()
-            .map(|kh| AeadStore::new(&config.aead_dir, vec![kh.clone()]))
+            .map(|kh| config.aead_store(vec![kh.clone()]))
             .collect(),
     };
     let next = AtomicUsize::new(0);

@@ -27,7 +27,6 @@ use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::serial;
-use ykhsm_core::store::AeadStore;
 use ykhsm_proto::{Request, Response, ServerUid, Status, Zeroizing, call};
 
 /// How long ykadmin waits for the daemon.
@@ -512,7 +511,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 (None, Some(p)) => generate::Ids::Prefix(p.clone()),
                 (None, None) => return Err(fail(2, "give --serial or --prefix")),
             };
-            let store = AeadStore::new(&config.aead_dir, config.key_handles.clone());
+            let store = config.aead_store(config.key_handles.clone());
             let made = generate::generate(&config.socket, &store, &kh, &how, *count, out)
                 .map_err(|e| fail(1, e.to_string()))?;
             if cli.json {
@@ -919,7 +918,7 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
         }
         // Names only: the store's lookup reads each file once.
         let files = digest::relative_paths(&dir).map_err(|e| trouble(e.to_string()))?;
-        let store = AeadStore::new(&config.aead_dir, vec![kh.clone()]);
+        let store = config.aead_store(vec![kh.clone()]);
         let mut bad = Vec::new();
         for rel in &files {
             let rel = String::from_utf8_lossy(rel).into_owned();

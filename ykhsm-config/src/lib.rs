@@ -3,6 +3,11 @@
 //! raw struct, then validated into [`Config`], which has no `Option` left
 //! and whose paths are absolute.
 //!
+//! The file says where keys, AEADs and the authfile are, so whoever can
+//! write it decides who logs in: it must be root's and not writable by
+//! group or others, and is opened without following a final symbolic link
+//! (checked on the open descriptor, as keys.json is).
+//!
 //! A crate of its own so that ykadmin reads the same file, with the same
 //! defaults and checks, without linking the daemon. `ykhsmd::config` is this
 //! crate.
@@ -10,16 +15,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 use ykhsm_core::keyhandle::{KeyHandleError, KeyHandleName};
+use ykhsm_core::secure_file::{self, FilePolicy, SecureFileError};
+use ykhsm_core::store::{AeadStore, V1Nonce};
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/ykhsm/ykhsmd.toml";
+
+/// The largest configuration file read (a real one is well under 4 KiB).
+pub const MAX_CONFIG_LEN: u64 = 1 << 20;
 
 /// Why the configuration was refused. Every message names the file.
 #[derive(Debug, Error)]
@@ -33,6 +42,10 @@ pub enum ConfigError {
         /// The error.
         source: std::io::Error,
     },
+    /// Owned by another user than root, writable by group or others, a
+    /// symbolic link, not a regular file, or too large.
+    #[error(transparent)]
+    Unsafe(SecureFileError),
     /// TOML syntax, a wrong type or an unknown key.
     #[error("{}: {message}", path.display())]
     Parse {
@@ -80,6 +93,7 @@ struct RawConfig {
     max_connections_per_user: Option<usize>,
     syslog_socket: Option<PathBuf>,
     debug: Option<bool>,
+    accept_random_nonce: Option<bool>,
 }
 
 /// The validated configuration.
@@ -109,6 +123,12 @@ pub struct Config {
     pub syslog_socket: PathBuf,
     /// Extra diagnostic lines (never content).
     pub debug: bool,
+    /// Read v1 AEAD files whatever nonce they carry (stores made with
+    /// pyhsm's `--random-nonce`), not only those whose nonce is the public
+    /// id they are filed under. Off by default: with it on, an AEAD is not
+    /// bound to its path, and whoever can write the store can make one
+    /// key log in as another public id (docs/security.md).
+    pub accept_random_nonce: bool,
 }
 
 /// The backend section, validated.
@@ -132,13 +152,35 @@ impl Config {
         self.state_dir.join("counters.sqlite")
     }
 
-    /// Reads and validates a configuration file.
+    /// The AEAD store under `key_handles`, read as this configuration says
+    /// (which v1 nonces are accepted).
+    pub fn aead_store(&self, key_handles: Vec<KeyHandleName>) -> AeadStore {
+        AeadStore::new(&self.aead_dir, key_handles).with_v1_nonce(if self.accept_random_nonce {
+            V1Nonce::Any
+        } else {
+            V1Nonce::PublicId
+        })
+    }
+
+    /// Reads and validates a configuration file, which must be root's and
+    /// not writable by group or others.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Self::load_owned_by(path, 0)
+    }
+
+    /// As [`Config::load`], with another required owner (tests that do not
+    /// run as root).
+    pub fn load_owned_by(path: &Path, owner: u32) -> Result<Self, ConfigError> {
+        let bytes = secure_file::read_checked(path, FilePolicy::trusted(owner, MAX_CONFIG_LEN))
+            .map_err(|e| match e {
+                SecureFileError::Io { path, source } => ConfigError::Read { path, source },
+                e => ConfigError::Unsafe(e),
+            })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source,
+            message: format!("not UTF-8 text (byte {})", e.valid_up_to()),
         })?;
-        Self::parse(path, &text)
+        Self::parse(path, text)
     }
 
     /// Validates configuration text; `path` names it in errors.
@@ -238,6 +280,7 @@ impl Config {
             max_connections_per_user,
             syslog_socket: abs("syslog_socket", raw.syslog_socket, "/dev/log")?,
             debug: raw.debug.unwrap_or(false),
+            accept_random_nonce: raw.accept_random_nonce.unwrap_or(false),
         })
     }
 }
@@ -299,5 +342,60 @@ mod tests {
         let c = parse("key_handles = [\"0x2000\", \"1\", \"KSM1\"]").unwrap();
         let s: Vec<&str> = c.key_handles.iter().map(|k| k.spelled()).collect();
         assert_eq!(s, ["0x2000", "1", "KSM1"]);
+    }
+
+    #[test]
+    fn accept_random_nonce_is_off_unless_switched_on() {
+        assert!(!parse("").unwrap().accept_random_nonce);
+        assert!(
+            parse("accept_random_nonce = true")
+                .unwrap()
+                .accept_random_nonce
+        );
+        let e = parse("accept_random_nonce = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accept_random_nonce"), "{e}");
+    }
+
+    /// Issue 12, item 3: the file is read only when it is its owner's and
+    /// nobody else may write it, and never through a symbolic link; every
+    /// refusal names it.
+    #[test]
+    fn config_file_writable_by_others_not_the_owners_or_a_link_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ykhsmd.toml");
+        std::fs::write(&path, "debug = true\n").unwrap();
+        let me = std::fs::metadata(&path).unwrap().uid();
+        let mode = |m| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o644);
+        assert!(Config::load_owned_by(&path, me).unwrap().debug);
+        for bad in [0o664, 0o646, 0o666] {
+            mode(bad);
+            let e = Config::load_owned_by(&path, me).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::Unsafe(SecureFileError::Mode { .. })),
+                "{bad:o}: {e}"
+            );
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        mode(0o600);
+        let e = Config::load_owned_by(&path, me + 1).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Unsafe(SecureFileError::Owner { .. })),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        let link = dir.path().join("link.toml");
+        symlink(&path, &link).unwrap();
+        let e = Config::load_owned_by(&link, me).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Unsafe(SecureFileError::Symlink { .. })),
+            "{e}"
+        );
+        let e = Config::load_owned_by(&dir.path().join("absent.toml"), me).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("absent.toml"), "{e}");
     }
 }

@@ -1,7 +1,11 @@
 //! The hot path of a login: parse the typed OTP, open the YubiKey AEAD under
 //! the key handle (AES-256-CCM, as pyhsm's key handles usually are), decrypt
 //! the token (AES-128-ECB), check CRC and uid. Also the same with the AEAD
-//! read from the store, as the daemon does it. Figures: docs/performance.md.
+//! read from the store: as ykadmin reads it (every directory from the root
+//! down opened and checked, the file read), and as the daemon does (its
+//! read cache: the file's lstat, and the directory chain checked once and
+//! then trusted until inotify reports a change). Figures:
+//! docs/performance.md.
 //!
 //! Run: `cargo bench -p ykhsm-core --bench decode`
 
@@ -67,6 +71,20 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let otp = Otp::parse(black_box(&typed)).unwrap();
             let found = store.lookup(otp.public_id()).unwrap().unwrap();
+            backend
+                .decode_otp(found.key_handle, &found.nonce, &found.aead, otp.token())
+                .unwrap()
+        })
+    });
+
+    let cached = AeadStore::new(dir.path(), vec![kh.clone()]).with_read_cache();
+    // The cache keeps a file only once it has been unchanged for two
+    // seconds (criterion's warm-up is three).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    c.bench_function("otp_parse_cached_store_lookup_and_decode", |b| {
+        b.iter(|| {
+            let otp = Otp::parse(black_box(&typed)).unwrap();
+            let found = cached.lookup(otp.public_id()).unwrap().unwrap();
             backend
                 .decode_otp(found.key_handle, &found.nonce, &found.aead, otp.token())
                 .unwrap()

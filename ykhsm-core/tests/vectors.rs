@@ -24,7 +24,7 @@ use ykhsm_core::keys_file::KeysFile;
 use ykhsm_core::ksm::{self, DecryptError};
 use ykhsm_core::otp::{self, Otp, OtpFields, OtpPlaintext, PublicId, Token, YubiKeySecrets};
 use ykhsm_core::serial;
-use ykhsm_core::store::{AeadStore, StoreError, WriteMode, relative_path};
+use ykhsm_core::store::{AeadStore, StoreError, V1Nonce, WriteMode, relative_path};
 use ykhsm_core::{modhex, ykksm};
 
 fn data_dir() -> PathBuf {
@@ -324,11 +324,17 @@ fn soft_store(dir: &Path, keys: &[(&str, YubiKeySecrets)]) -> (AeadStore, SoftBa
     let backend = SoftBackend::new(keys_file(
         &serde_json::json!({"1": "000102030405060708090a0b0c0d0e0f"}),
     ));
-    let store = AeadStore::new(dir, kh_names(&["1"]));
+    // Ids over 12 characters do not fit a 6-byte nonce: their AEAD takes a
+    // fixed one, which the v1 header records (as pyhsm's --random-nonce
+    // does), and the store is read as with accept_random_nonce = true.
+    let long_ids = keys.iter().any(|(id, _)| id.len() > 12);
+    let store = AeadStore::new(dir, kh_names(&["1"])).with_v1_nonce(if long_ids {
+        V1Nonce::Any
+    } else {
+        V1Nonce::PublicId
+    });
     for (id, sec) in keys {
         let public_id = PublicId::parse(id).unwrap();
-        // Ids over 12 characters do not fit a 6-byte nonce: take a fixed
-        // one, which the v1 header records (as pyhsm's --random-nonce does).
         let nonce = Nonce::from_public_id(&public_id).unwrap_or(Nonce(*b"nonce!"));
         let aead = backend.wrap_secrets(KeyHandle(1), &nonce, sec).unwrap();
         let kh = &store.key_handles()[0];
@@ -801,7 +807,10 @@ fn short_public_id_import_is_found_at_the_padded_path() {
 /// the same line. Two cases differ on purpose, as interface.md requires: a
 /// file that exists but is malformed (N8 unknown version, N9 short AEAD) is a
 /// store error naming the file, never "unknown key" — pyhsm's KSM answers
-/// `ERR Unknown public_id` or `ERR` for them.
+/// `ERR Unknown public_id` or `ERR` for them. And a v1 file whose nonce is
+/// not its public id (P2, as `--random-nonce` writes) is refused, naming the
+/// file and the public id (issue 12, item 2), unless the store is read as
+/// with `accept_random_nonce = true`, when it gives pyhsm's answer.
 #[test]
 fn negative_cases_fail_closed() {
     let v = load("vectors-hsm.json");
@@ -845,6 +854,17 @@ fn negative_cases_fail_closed() {
         let r = ksm::decrypt(&store, &backend, s(&e["otp"]));
         let expected = e.get("expect_ykhsm").unwrap_or(&e["expect_ksm"]);
         match (id, s(expected)) {
+            ("P2-nonce-not-public-id", ok) => {
+                assert!(
+                    matches!(&r, Err(DecryptError::Store(StoreError::NonceMismatch { path, public_id, .. }))
+                        if path.ends_with("ftftftcccccb") && public_id.as_str() == "ftftftcccccb"),
+                    "{id}: {r:?}"
+                );
+                let any = AeadStore::new(&root, kh_names(&names)).with_v1_nonce(V1Nonce::Any);
+                let r = ksm::decrypt(&any, &backend, s(&e["otp"]));
+                assert_eq!(ksm::ksm_line(&r), ok, "{id}");
+                continue;
+            }
             ("N8-unknown-file-version", _) => assert!(
                 matches!(&r, Err(DecryptError::Store(StoreError::Malformed { reason: AeadFileError::UnknownVersion { version: 2 }, path })) if path.ends_with("ftftftcccccb")),
                 "{id}: {r:?}"

@@ -69,11 +69,32 @@ fn state_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn aead_dir(path: &Path) -> Result<()> {
-    fs::read_dir(path)
-        .map(|_| ())
-        .with_context(|| format!("aead_dir {} is not a readable directory", path.display()))
+/// The AEAD store as logins will read it: `aead_dir` and everything under
+/// the configured key handles' directories root's, writable by nobody
+/// else, no symbolic link (ykhsm-core's `AeadStore::check`). Says what it
+/// found.
+fn aead_store(config: &Config) -> Result<String> {
+    let found = config
+        .aead_store(config.key_handles.clone())
+        .check()
+        .with_context(|| format!("aead_dir {}", config.aead_dir.display()))?;
+    let per_key_handle: Vec<String> = found
+        .key_handles
+        .iter()
+        .map(|(kh, count)| match count {
+            Some(c) => format!("key handle {}: {} files", kh.spelled(), c.files),
+            None => format!("key handle {}: no directory", kh.spelled()),
+        })
+        .collect();
+    Ok(format!(
+        "{} ({}; root's, not writable by group or others, no symbolic link)",
+        config.aead_dir.display(),
+        per_key_handle.join(", ")
+    ))
 }
+
+/// What `accept_random_nonce = true` costs, said once at start.
+const RANDOM_NONCE_WARNING: &str = "accept_random_nonce = true: v1 AEAD files are read whatever their nonce, so an AEAD is not bound to the public id it is filed under; anyone who can write the AEAD store can make one key log in as another public id, and the store's ownership checks are the only defence";
 
 /// Reads the authfile once, reporting each problem line (once: the
 /// returned `Authfile` keeps the parse until the file changes).
@@ -155,7 +176,10 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         }
     }
     let users = authfile(&config, log)?;
-    aead_dir(&config.aead_dir)?;
+    aead_store(&config)?;
+    if config.accept_random_nonce {
+        log.warn(RANDOM_NONCE_WARNING);
+    }
     state_dir(&config.state_dir)?;
     // The socket's lock first: a second daemon is told so plainly.
     let bound = server::bind(&config.socket, 0)?;
@@ -283,10 +307,10 @@ pub fn check(config: &Config) -> bool {
         "authfile",
         authfile(config, &log).map(|_| config.authfile.display().to_string()),
     );
-    report(
-        "aead_dir",
-        aead_dir(&config.aead_dir).map(|()| config.aead_dir.display().to_string()),
-    );
+    report("aead_dir", aead_store(config));
+    if config.accept_random_nonce {
+        report("v1 nonces", Ok(format!("any ({RANDOM_NONCE_WARNING})")));
+    }
     report(
         "state_dir",
         if config.state_dir.exists() {

@@ -186,8 +186,9 @@ impl Service {
         db: Db,
         authfile: Authfile,
     ) -> Self {
-        let store =
-            AeadStore::new(config.aead_dir.clone(), config.key_handles.clone()).with_read_cache();
+        let store = config
+            .aead_store(config.key_handles.clone())
+            .with_read_cache();
         let device = backend.is_device().then(DeviceQueue::start);
         Self {
             config,
@@ -633,7 +634,7 @@ impl Service {
     ) -> Result<Vec<[u8; ykhsm_proto::message::FINGERPRINT_LEN]>, Response> {
         let mut found = Vec::new();
         for kh in &self.config.key_handles {
-            let store = AeadStore::new(self.config.aead_dir.clone(), vec![kh.clone()]);
+            let store = self.config.aead_store(vec![kh.clone()]);
             match store.lookup(id) {
                 Ok(Some(a)) => found.push(a.fingerprint()),
                 Ok(None) => {}
@@ -827,7 +828,7 @@ impl Service {
             Ok(Some(f)) => Ok(f),
             Ok(None) => Err(Status::NoSuchKey),
             Err(e) => {
-                self.log_store_error(&e);
+                self.log_store_error(public_id, &e);
                 Err(Status::BackendError)
             }
         }
@@ -936,8 +937,12 @@ impl Service {
         }
     }
 
-    fn log_store_error(&self, e: &StoreError) {
-        self.log.error(&format!("AEAD store: {e}"));
+    /// A refused AEAD (unreadable, malformed, filed under another public
+    /// id, or on a path that is not root's alone): the path and the reason
+    /// are in the error.
+    fn log_store_error(&self, public_id: &PublicId, e: &StoreError) {
+        self.log
+            .error(&format!("AEAD store, pubid={public_id}: {e}"));
     }
 
     fn log_backend_error(&self, public_id: &PublicId, path: &std::path::Path, e: &BackendError) {

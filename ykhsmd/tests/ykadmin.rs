@@ -348,9 +348,12 @@ fn key_with(env: &Env, public_id: &str, key_hex: &str, uid_hex: &str) {
     env.secret(uid_hex);
     let id = ykhsm_core::otp::PublicId::parse(public_id).unwrap();
     // An id longer than 6 bytes cannot be the nonce: a random one, which
-    // the v1 file records (as `yhsm-import-keys --random-nonce`).
-    let nonce = ykhsm_core::Nonce::from_public_id(&id)
-        .unwrap_or_else(|_| ykhsm_core::Nonce(common::random()));
+    // the v1 file records (as `yhsm-import-keys --random-nonce`), read only
+    // with accept_random_nonce.
+    let nonce = ykhsm_core::Nonce::from_public_id(&id).unwrap_or_else(|_| {
+        env.config("accept_random_nonce = true");
+        ykhsm_core::Nonce(common::random())
+    });
     let aead = backend
         .wrap_secrets(ykhsm_core::keyhandle::KeyHandle(1), &nonce, &secrets)
         .unwrap();
@@ -892,4 +895,72 @@ fn without_the_argument_verify_prompts_on_the_terminal_without_echo() {
     let lower = screen.to_ascii_lowercase();
     assert!(!lower.contains(&otp[otp.len() - 32..]), "echoed: {screen}");
     assert_eq!(d.verify("alice", &otp), Status::ReplayedOtp);
+}
+
+/// Issue 12, item 2: a v1 AEAD copied under another public id authenticates
+/// (it is a good AEAD of another key), so only its nonce tells: `aeads
+/// check` lists it, naming the file and the public id it is filed under.
+#[test]
+fn aeads_check_lists_a_v1_aead_filed_under_another_public_id() {
+    let env = Env::new();
+    let _alice = env.key("ccccccdbjrgf");
+    let _bob = env.key("cccccccccccb");
+    let kh: ykhsm_core::keyhandle::KeyHandleName = "1".parse().unwrap();
+    let path = |id: &str| env.aead_dir.join(ykhsm_core::store::relative_path(&kh, id));
+    fs::copy(path("cccccccccccb"), path("ccccccdbjrgf")).unwrap();
+    let _d = env.start();
+    let o = ykadmin(&env, &["aeads", "check"]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("key handle 1: 2 AEADs, 1 good, 1 bad\n"),
+        "{}",
+        o.stdout
+    );
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.contains("BAD"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("  BAD {}:", path("ccccccdbjrgf").display()))
+            && line.contains("public id ccccccdbjrgf")
+            && line.contains("nonce"),
+        "{}",
+        o.stdout
+    );
+    // With random-nonce stores switched on, it is read as it always was.
+    env.config("accept_random_nonce = true");
+    let o = ykadmin(&env, &["aeads", "check"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+}
+
+/// Issue 12, item 3: ykadmin reads the daemon's configuration and refuses
+/// it, as the daemon does, when group or others may write it or it is not
+/// root's.
+#[test]
+fn ykadmin_refuses_a_config_file_writable_by_others_or_not_roots() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let (env, _key, _d) = common::alice();
+    let config = env.config_path.display().to_string();
+    fs::set_permissions(&env.config_path, fs::Permissions::from_mode(0o664)).unwrap();
+    let o = ykadmin(&env, &["status"]);
+    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains(&format!("{config} has mode 0664")),
+        "{}",
+        o.stderr
+    );
+    fs::set_permissions(&env.config_path, fs::Permissions::from_mode(0o644)).unwrap();
+    chown(&env.config_path, Some(65534), None).unwrap();
+    let o = ykadmin(&env, &["status"]);
+    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr
+            .contains(&format!("{config} is owned by uid 65534")),
+        "{}",
+        o.stderr
+    );
+    chown(&env.config_path, Some(0), None).unwrap();
+    assert_eq!(ykadmin(&env, &["status"]).code, 0);
 }
