@@ -182,6 +182,11 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     state_dir(&config.state_dir)?;
     // The socket's lock first: a second daemon is told so plainly.
     let bound = server::bind(&config.socket, 0)?;
+    // The commit thread (Db::open) and the YubiHSM's (Service::new) serve
+    // root's logins as the acceptors do: started from here while this
+    // thread runs ahead, they run ahead too. This thread then goes back:
+    // it becomes the event loop, and starts the blocking pool.
+    let own_nice = server::run_ahead(log);
     let db = Db::open(&config.database())?;
     // Root's logins are answered by the acceptor threads (server.rs);
     // this one event-loop thread holds everything slower: connections whose
@@ -215,6 +220,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         db.clone(),
         users,
     ));
+    server::run_at(own_nice);
     let result: Result<()> = runtime.block_on(async {
         let listener = bound.listener.try_clone().context("socket")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -554,33 +554,43 @@ const SHORT_OF_FDS_FOR_MS: u64 = 1000;
 /// descriptor is left, or for a reason other than descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// How many nice steps the acceptor threads run ahead of the rest of the
-/// daemon (and of whatever runs at the daemon's nice value).
-const ACCEPTOR_NICE_STEPS: i32 = 10;
+/// How many nice steps the threads that serve root's logins run ahead of
+/// the rest of the daemon: the acceptors, and the commit thread and the
+/// YubiHSM's, which the daemon starts while it runs ahead itself (a thread
+/// starts at its creator's nice value).
+pub const AHEAD_NICE_STEPS: i32 = 10;
 
-/// Puts this (acceptor) thread [`ACCEPTOR_NICE_STEPS`] ahead. A flood of
-/// connections from a local user's processes competes with the acceptors
-/// for the CPU: at equal priority the flood keeps the backlog full, and a
-/// login's connect is refused for a full backlog and retried, and its
-/// commit waits for the CPU (measured at 2 CPUs and 4 flooding processes:
-/// the backlog full 65 % of the time against 6 %, root's p99 110–160 ms
-/// against 45–85 ms). An idle acceptor sleeps in `accept`, so this costs
-/// nothing when nothing floods; the connections of other uids are served
-/// by the event loop at the daemon's own priority.
-fn run_ahead(log: &crate::log::Log) {
+/// Puts the calling thread [`AHEAD_NICE_STEPS`] ahead of where it is, and
+/// returns where it was. A flood of connections from a local user's
+/// processes competes for the CPU with the threads that serve logins: at
+/// equal priority, on 2 CPUs with 4 flooding processes, the flood kept the
+/// backlog full most of the time (a login's connect is then refused and
+/// retried) and a login waited for the CPU at each thread it crossed. The
+/// event loop, which serves other uids' connections, the blocking pool
+/// and the log writer stay at the daemon's own priority. An idle acceptor
+/// sleeps in `accept`, so this costs nothing when nothing floods.
+pub fn run_ahead(log: &crate::log::Log) -> i32 {
     use rustix::process::{getpriority_process, setpriority_process};
     let me = Some(rustix::thread::gettid());
     let nice = getpriority_process(me).unwrap_or(0);
-    let ahead = (nice - ACCEPTOR_NICE_STEPS).max(-20);
+    let ahead = (nice - AHEAD_NICE_STEPS).max(-20);
     if let Err(e) = setpriority_process(me, ahead) {
         log.debug(&format!(
-            "acceptor thread: cannot raise its priority to nice {ahead}: {e}"
+            "thread {}: cannot raise its priority to nice {ahead}: {e}",
+            thread::current().name().unwrap_or("?")
         ));
     }
+    nice
+}
+
+/// Puts the calling thread back at `nice` (from [`run_ahead`]).
+pub fn run_at(nice: i32) {
+    let me = Some(rustix::thread::gettid());
+    let _ = rustix::process::setpriority_process(me, nice);
 }
 
 fn accept_loop(listener: &StdUnixListener, shared: &Shared, helper: bool, to: &Passer<'_>) {
-    run_ahead(to.service.log());
+    let _ = run_ahead(to.service.log());
     let mut spare = Spare::new();
     loop {
         if helper && !shared.wait_for_call() {
