@@ -452,10 +452,15 @@ fn writer(shared: &Shared, mut syslog: Option<Logger<LoggerBackend, Authpriv>>) 
         drop(st);
         write_out(batch.make_contiguous(), &mut syslog);
         write_out(&extra, &mut syslog);
-        st = shared.lock();
+        // Freed before the lock is taken: loggers never wait on it for
+        // this batch's memory.
+        let mut written = [0usize; 2];
         for q in batch.drain(..) {
-            let i = q.source.index();
-            st.held[i] = st.held[i].saturating_sub(q.cost());
+            written[q.source.index()] += q.cost();
+        }
+        st = shared.lock();
+        for (held, done) in st.held.iter_mut().zip(written) {
+            *held = held.saturating_sub(done);
         }
         if stopping && st.queue.is_empty() {
             st.threaded = false;
