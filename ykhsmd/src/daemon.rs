@@ -22,17 +22,63 @@ use crate::server;
 use crate::service::{Service, load_backend};
 
 /// No core files (they would hold keys), and as many descriptors as the
-/// hard limit allows (each client connection is one).
-fn harden(log: &Log) {
+/// hard limit allows (each client connection is one). Returns the limit
+/// in force.
+fn harden(log: &Log) -> u64 {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         log.warn(&format!("prctl(PR_SET_DUMPABLE, 0) failed: {e}"));
     }
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        log.warn(&format!("cannot raise RLIMIT_NOFILE to {hard}: {e}"));
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return FALLBACK_NOFILE;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return hard,
+            Err(e) => log.warn(&format!("cannot raise RLIMIT_NOFILE to {hard}: {e}")),
+        }
+    }
+    soft
+}
+
+/// The limit assumed when `getrlimit` fails (Linux's usual soft limit).
+const FALLBACK_NOFILE: u64 = 1024;
+
+/// Descriptors kept for the daemon itself, never given to connections:
+/// the database (and its WAL and shared-memory files), the authfile and
+/// AEAD files being read (one per thread reading), the syslog socket, the
+/// listener, the event loop's, the YubiHSM's, each acceptor's spare.
+pub const OWN_FDS: u64 = 256;
+
+/// At most this many connections of uids other than root at once,
+/// whatever the descriptors would allow: screen lockers and the like,
+/// `max_connections_per_user` each.
+pub const MAX_OTHER_CONNECTIONS: u64 = 4096;
+
+/// How many connections the daemon may hold with `nofile` descriptors:
+/// [`OWN_FDS`] kept for its own files, a quarter of the rest at most for
+/// uids other than root together (never more than
+/// [`MAX_OTHER_CONNECTIONS`]), and root's `max_connections` from what is
+/// left — so no peer's connections can take the descriptors a login
+/// needs, and root's cannot either.
+pub fn connection_limits(config: &Config, nofile: u64) -> server::Limits {
+    limits_for(
+        config.max_connections,
+        config.max_connections_per_user,
+        nofile,
+    )
+}
+
+fn limits_for(max_connections: usize, per_user: usize, nofile: u64) -> server::Limits {
+    let usable = nofile.saturating_sub(OWN_FDS).max(2);
+    let others = (usable / 4).clamp(1, MAX_OTHER_CONNECTIONS);
+    let root = (usable - others).max(1);
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let others = size(others);
+    server::Limits {
+        root: max_connections.min(size(root)),
+        others,
+        per_user: per_user.min(others),
     }
 }
 
@@ -164,7 +210,20 @@ pub fn run(config: Config) -> Result<()> {
 }
 
 fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
-    harden(log);
+    let nofile = harden(log);
+    let limits = connection_limits(&config, nofile);
+    let note = format!(
+        "descriptors: RLIMIT_NOFILE {nofile}, {OWN_FDS} kept for the daemon's own files; connections at once: {} of root, {} of other uids together, {} per uid",
+        limits.root, limits.others, limits.per_user
+    );
+    if limits.root < config.max_connections {
+        log.warn(&format!(
+            "{note} (max_connections = {} does not fit: raise LimitNOFILE)",
+            config.max_connections
+        ));
+    } else {
+        log.info(&note);
+    }
     // What the daemon creates (the counter database, its copies, the lock
     // file) is root's alone unless made otherwise on purpose (the socket,
     // 0666, and its directory, 0755, are chmod'ed explicitly).
@@ -183,6 +242,11 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     state_dir(&config.state_dir)?;
     // The socket's lock first: a second daemon is told so plainly.
     let bound = server::bind(&config.socket, 0)?;
+    // The commit thread (Db::open) and the YubiHSM's (Service::new) serve
+    // root's logins as the acceptors do: started from here while this
+    // thread runs ahead, they run ahead too. This thread then goes back:
+    // it becomes the event loop, and starts the blocking pool.
+    let own_nice = server::run_ahead(log);
     let db = Db::open(&config.database())?;
     report_opened(&db, log);
     // Root's logins are answered by the acceptor threads (server.rs);
@@ -217,6 +281,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         db.clone(),
         users,
     ));
+    server::run_at(own_nice);
     let result: Result<()> = runtime.block_on(async {
         let listener = bound.listener.try_clone().context("socket")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -235,7 +300,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
                 _ = int.recv() => {}
             }
         };
-        let served = server::run(listener, Arc::clone(&service), shutdown)
+        let served = server::run(listener, Arc::clone(&service), limits, shutdown)
             .await
             .context("cannot start the acceptor threads");
         reloader.abort();
@@ -334,4 +399,42 @@ pub fn check(config: &Config) -> bool {
         );
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_OTHER_CONNECTIONS, OWN_FDS, limits_for};
+    use crate::server::Limits;
+
+    /// Issue 12 item 6: connections can never take the descriptors the
+    /// daemon keeps for its own files, whatever `RLIMIT_NOFILE` is.
+    #[test]
+    fn connections_leave_the_daemon_its_own_descriptors() {
+        assert_eq!(
+            limits_for(4096, 16, 20_000),
+            Limits {
+                root: 4096,
+                others: 4096,
+                per_user: 16
+            }
+        );
+        assert_eq!(
+            limits_for(4096, 16, 1024),
+            Limits {
+                root: 576,
+                others: 192,
+                per_user: 16
+            }
+        );
+        for nofile in [300, 1024, 4096, 20_000, 524_288, 1 << 30] {
+            let l = limits_for(4096, 16, nofile);
+            let held = u64::try_from(l.root + l.others).unwrap();
+            assert!(held + OWN_FDS <= nofile, "{nofile}: {l:?}");
+            assert!(u64::try_from(l.others).unwrap() <= MAX_OTHER_CONNECTIONS);
+            assert!(l.per_user <= l.others);
+        }
+        // Nothing left to share: one of each, and the daemon says so.
+        let l = limits_for(4096, 16, 10);
+        assert_eq!((l.root, l.others, l.per_user), (1, 1, 1));
+    }
 }

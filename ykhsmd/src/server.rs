@@ -7,6 +7,17 @@
 //! (sshd, su, ykadmin) and every other uid have separate limits, so no
 //! unprivileged flood of silent connections can take the slots logins need;
 //! each connection must deliver its request within `client_timeout`.
+//!
+//! **No peer can take the daemon's descriptors** (issue 12, item 6). The
+//! limits ([`Limits`]: per other uid, all other uids together, root) are
+//! applied by the acceptor threads as they accept, before anything is
+//! queued: a connection over its limit is closed at once, and the queue to
+//! the event loop is bounded by the slots themselves. The daemon
+//! (`daemon.rs`) sets the limits below `RLIMIT_NOFILE`, keeping a reserve
+//! for its own files. Should `accept` fail for want of descriptors anyway,
+//! each acceptor gives up a spare descriptor it holds for that, takes the
+//! connection waiting (root's is served, any other closed) and takes the
+//! spare back; the failure is logged once a second with a count.
 
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -17,7 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt,
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -32,7 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use ykhsm_proto::frame::{self, FrameError, HEADER_LEN, MAX_FRAME, MAX_UNPRIVILEGED_FRAME};
-use ykhsm_proto::{Request, Response};
+use ykhsm_proto::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use crate::service::{Peer, Service};
@@ -200,27 +211,71 @@ fn lock_open_flags() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
 }
 
-/// Per-uid connection counts for non-root peers.
-#[derive(Debug, Default)]
-struct UserSlots {
-    used: Mutex<HashMap<u32, usize>>,
+/// How many connections the daemon holds at once, by peer: set by the
+/// daemon from `RLIMIT_NOFILE` and the configuration, so that connections
+/// alone can never take the descriptors the daemon needs for its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Root's connections held by the event loop (`max_connections`, or
+    /// fewer if the descriptors do not allow it).
+    pub root: usize,
+    /// All other uids' connections together.
+    pub others: usize,
+    /// Each other uid's (`max_connections_per_user`).
+    pub per_user: usize,
 }
 
-/// A non-root connection's slot; freed on drop.
+/// Connection counts of the peers other than root.
+#[derive(Debug)]
+struct OtherSlots {
+    used: Mutex<OthersUsed>,
+    total: usize,
+    per_user: usize,
+}
+
+#[derive(Debug, Default)]
+struct OthersUsed {
+    total: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// A connection of a peer other than root; its slot is freed on drop.
 struct UserSlot {
-    slots: Arc<UserSlots>,
+    slots: Arc<OtherSlots>,
     uid: u32,
 }
 
-impl UserSlots {
-    fn take(self: &Arc<Self>, uid: u32, max: usize) -> Option<UserSlot> {
+/// Why a connection got no slot.
+#[derive(Debug, Clone, Copy)]
+enum Full {
+    /// Its uid has [`Limits::per_user`] connections.
+    User(usize),
+    /// Other uids have [`Limits::others`] connections together.
+    Others(usize),
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(n) => write!(f, "{n} connections of this uid open"),
+            Self::Others(n) => write!(f, "{n} connections of non-root peers open"),
+        }
+    }
+}
+
+impl OtherSlots {
+    fn take(self: &Arc<Self>, uid: u32) -> Result<UserSlot, Full> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let n = used.entry(uid).or_insert(0);
-        if *n >= max {
-            return None;
+        if used.total >= self.total {
+            return Err(Full::Others(self.total));
+        }
+        let n = used.by_uid.entry(uid).or_insert(0);
+        if *n >= self.per_user {
+            return Err(Full::User(self.per_user));
         }
         *n += 1;
-        Some(UserSlot {
+        used.total += 1;
+        Ok(UserSlot {
             slots: Arc::clone(self),
             uid,
         })
@@ -230,19 +285,46 @@ impl UserSlots {
 impl Drop for UserSlot {
     fn drop(&mut self) {
         let mut used = self.slots.used.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = used.get_mut(&self.uid) {
+        used.total = used.total.saturating_sub(1);
+        if let Some(n) = used.by_uid.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                used.remove(&self.uid);
+                used.by_uid.remove(&self.uid);
             }
         }
     }
 }
 
 /// A connection's claim on a slot, held until the connection ends.
-struct Slot {
-    _root: Option<OwnedSemaphorePermit>,
-    _user: Option<UserSlot>,
+enum Slot {
+    Root { _held: OwnedSemaphorePermit },
+    Other { _held: UserSlot },
+}
+
+/// Every connection slot, shared by the acceptors (which take them) and
+/// the event loop (which holds them until the connection ends).
+struct Slots {
+    root: Arc<Semaphore>,
+    others: Arc<OtherSlots>,
+}
+
+impl Slots {
+    fn new(limits: Limits) -> Self {
+        Self {
+            root: Arc::new(Semaphore::new(limits.root)),
+            others: Arc::new(OtherSlots {
+                used: Mutex::new(OthersUsed::default()),
+                total: limits.others,
+                per_user: limits.per_user,
+            }),
+        }
+    }
+
+    /// How many connections may wait for the event loop at once: each
+    /// holds a slot.
+    fn capacity(limits: Limits) -> usize {
+        limits.root + limits.others
+    }
 }
 
 /// Acceptor threads besides the first: they accept only while connections
@@ -258,7 +340,21 @@ struct Handoff {
     stream: StdUnixStream,
     peer: Peer,
     read: Zeroizing<Vec<u8>>,
+    slot: Slot,
 }
+
+/// What the acceptors pass connections on with: bounded (by the slots,
+/// which every queued connection holds) and never waited on.
+type HandoffTx = mpsc::Sender<Handoff>;
+
+/// Connections the kernel holds for the acceptors. A flood of
+/// connections from one user keeps the backlog full, and a login waits
+/// behind all of it: 4,096 (the kernel's default maximum) took the
+/// acceptors 100 ms or more to get through; 128 take a millisecond or
+/// two. More logins than this arriving in the same instant are not lost:
+/// the client retries a connect refused for a full backlog until its
+/// deadline.
+const BACKLOG: i32 = 128;
 
 /// The acceptor threads and how to stop them.
 ///
@@ -270,7 +366,10 @@ struct Handoff {
 /// connection waiting behind the one it took, it calls the helper, which
 /// accepts too until the backlog is empty again, then goes back to waiting;
 /// and it leaves the commit to the commit thread, so as to go back to
-/// accepting.
+/// accepting — unless the connection before was another uid's: a backlog
+/// of someone's flood is no reason to hand a login to a thread that would
+/// compete with the flood for the CPU. Both run ahead of the rest of the
+/// daemon (see [`run_ahead`]).
 struct Acceptors {
     listener: Arc<StdUnixListener>,
     shared: Arc<Shared>,
@@ -283,6 +382,11 @@ struct Shared {
     /// Connections are waiting: helpers, accept.
     busy: Mutex<bool>,
     call: Condvar,
+    /// The connection accepted last was root's.
+    last_was_root: AtomicBool,
+    /// `accept` lacked descriptors until this long after `epoch`.
+    short_until_ms: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Shared {
@@ -299,6 +403,22 @@ impl Shared {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `accept` failed for want of descriptors.
+    fn note_short_of_fds(&self) {
+        let until = self.now_ms().saturating_add(SHORT_OF_FDS_FOR_MS);
+        self.short_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether `accept` lacked descriptors in the last
+    /// [`SHORT_OF_FDS_FOR_MS`].
+    fn short_of_fds(&self) -> bool {
+        self.now_ms() < self.short_until_ms.load(Ordering::Relaxed)
+    }
+
     /// Waits until helpers are called for; false when stopping.
     fn wait_for_call(&self) -> bool {
         let mut busy = self.lock_busy();
@@ -313,27 +433,43 @@ impl Acceptors {
     fn start(
         listener: StdUnixListener,
         service: &Arc<Service>,
-        handoff: &mpsc::UnboundedSender<Handoff>,
+        slots: &Arc<Slots>,
+        handoff: &HandoffTx,
     ) -> io::Result<Self> {
         // Blocking: an idle acceptor sleeps in accept(2).
         listener.set_nonblocking(false)?;
+        // A short backlog (listen(2) again only changes its length): a
+        // login that gets in waits behind at most BACKLOG connections, not
+        // SOMAXCONN (4096) of someone's flood.
+        socket::listen(&listener, socket::Backlog::new(BACKLOG)?)?;
         let listener = Arc::new(listener);
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
+            last_was_root: AtomicBool::new(true),
+            short_until_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             busy: Mutex::new(false),
             call: Condvar::new(),
         });
         let mut threads = Vec::with_capacity(1 + HELPERS);
         for i in 0..=HELPERS {
-            let (l, sh, svc, tx) = (
+            let (l, sh, svc, sl, tx) = (
                 Arc::clone(&listener),
                 Arc::clone(&shared),
                 Arc::clone(service),
+                Arc::clone(slots),
                 handoff.clone(),
             );
             let spawned = thread::Builder::new()
                 .name(format!("ykhsmd-accept-{i}"))
-                .spawn(move || accept_loop(&l, &sh, i > 0, &svc, &tx));
+                .spawn(move || {
+                    let to = Passer {
+                        service: &svc,
+                        slots: &sl,
+                        handoff: &tx,
+                    };
+                    accept_loop(&l, &sh, i > 0, &to);
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -369,13 +505,93 @@ impl Acceptors {
     }
 }
 
-fn accept_loop(
-    listener: &StdUnixListener,
-    shared: &Shared,
-    helper: bool,
-    service: &Arc<Service>,
-    handoff: &mpsc::UnboundedSender<Handoff>,
-) {
+/// What an acceptor needs to serve a connection or pass it on.
+struct Passer<'a> {
+    service: &'a Arc<Service>,
+    slots: &'a Slots,
+    handoff: &'a HandoffTx,
+}
+
+/// A descriptor held in reserve (`/dev/null`) for when `accept` fails for
+/// want of descriptors: given up, it lets the acceptor take the next
+/// connection off the backlog — serving root's, closing anyone else's —
+/// instead of leaving the backlog full and every client waiting.
+struct Spare(Option<File>);
+
+impl Spare {
+    fn new() -> Self {
+        Self(File::open("/dev/null").ok())
+    }
+
+    /// Takes the reserve back (it may not be free yet: then at the next
+    /// shortage).
+    fn refill(&mut self) {
+        if self.0.is_none() {
+            self.0 = File::open("/dev/null").ok();
+        }
+    }
+}
+
+/// The name of an `accept` failure, for its count.
+fn errno_name(errno: nix::errno::Errno) -> &'static str {
+    use nix::errno::Errno;
+    match errno {
+        Errno::EMFILE => "EMFILE",
+        Errno::ENFILE => "ENFILE",
+        Errno::ENOBUFS => "ENOBUFS",
+        Errno::ENOMEM => "ENOMEM",
+        Errno::EINTR => "EINTR",
+        _ => "other",
+    }
+}
+
+/// How long after `accept` last lacked descriptors other uids'
+/// connections are still closed at once, so that what descriptors come
+/// free go to root's logins and the daemon's own files.
+const SHORT_OF_FDS_FOR_MS: u64 = 1000;
+
+/// How long an acceptor backs off when `accept` fails and no spare
+/// descriptor is left, or for a reason other than descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// How many nice steps the threads that serve root's logins run ahead of
+/// the rest of the daemon: the acceptors, and the commit thread and the
+/// YubiHSM's, which the daemon starts while it runs ahead itself (a thread
+/// starts at its creator's nice value).
+pub const AHEAD_NICE_STEPS: i32 = 10;
+
+/// Puts the calling thread [`AHEAD_NICE_STEPS`] ahead of where it is, and
+/// returns where it was. A flood of connections from a local user's
+/// processes competes for the CPU with the threads that serve logins: at
+/// equal priority, on 2 CPUs with 4 flooding processes, the flood kept the
+/// backlog full most of the time (a login's connect is then refused and
+/// retried) and a login waited for the CPU at each thread it crossed. The
+/// event loop, which serves other uids' connections, the blocking pool
+/// and the log writer stay at the daemon's own priority. An idle acceptor
+/// sleeps in `accept`, so this costs nothing when nothing floods.
+pub fn run_ahead(log: &crate::log::Log) -> i32 {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let me = Some(rustix::thread::gettid());
+    let nice = getpriority_process(me).unwrap_or(0);
+    let ahead = (nice - AHEAD_NICE_STEPS).max(-20);
+    if let Err(e) = setpriority_process(me, ahead) {
+        log.debug(&format!(
+            "thread {}: cannot raise its priority to nice {ahead}: {e}",
+            thread::current().name().unwrap_or("?")
+        ));
+    }
+    nice
+}
+
+/// Puts the calling thread back at `nice` (from [`run_ahead`]).
+pub fn run_at(nice: i32) {
+    let me = Some(rustix::thread::gettid());
+    let _ = rustix::process::setpriority_process(me, nice);
+}
+
+fn accept_loop(listener: &StdUnixListener, shared: &Shared, helper: bool, to: &Passer<'_>) {
+    let _ = run_ahead(to.service.log());
+    let mut spare = Spare::new();
     loop {
         if helper && !shared.wait_for_call() {
             return;
@@ -383,12 +599,10 @@ fn accept_loop(
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(_) if shared.stopping.load(Ordering::Acquire) => return,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                service.log().error(&format!("accept: {e}"));
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
+            Err(e) => match accept_failed(&e, listener, shared, &mut spare, to.service.log()) {
+                Some(s) => s,
+                None => continue,
+            },
         };
         let waiting = more_waiting(listener);
         if waiting {
@@ -404,11 +618,139 @@ fn accept_loop(
             uid: cred.uid(),
             pid: Some(cred.pid()),
         };
-        // A panic costs this connection (closed: the client fails closed),
-        // not the acceptor.
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            serve_here(stream, peer, !waiting, service, handoff);
-        }));
+        let after_root = shared.last_was_root.swap(peer.uid == 0, Ordering::Relaxed);
+        if peer.uid != 0 {
+            if shared.short_of_fds() {
+                to.service.log().refusal(
+                    peer.uid,
+                    "FD_LIMIT",
+                    crate::log::Level::Warning,
+                    &format!(
+                        "peer_uid={}: connection closed: the daemon is short of descriptors",
+                        peer.uid
+                    ),
+                );
+            } else {
+                to.admit(stream, peer);
+            }
+        } else {
+            // Others waiting behind a root login are most likely more
+            // logins, which this thread should go back to accepting while
+            // the commit thread commits; behind a connection of another
+            // uid, they are most likely that uid's flood, which is no
+            // reason to hand root's commit to a thread that would compete
+            // with the flood for the CPU.
+            let alone = !waiting || !after_root;
+            // A panic costs this connection (closed: the client fails
+            // closed), not the acceptor.
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                serve_here(stream, peer, alone, to);
+            }));
+        }
+        spare.refill();
+    }
+}
+
+/// `accept` failed: logged (the first time in a second in full, then
+/// counted). For want of descriptors, the acceptor gives up its spare to
+/// take the next connection anyway, and for the next second closes other
+/// uids' connections at once; for any other reason, or with no spare left,
+/// it backs off a moment.
+fn accept_failed(
+    e: &io::Error,
+    listener: &StdUnixListener,
+    shared: &Shared,
+    spare: &mut Spare,
+    log: &crate::log::Log,
+) -> Option<StdUnixStream> {
+    let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
+    let short = matches!(errno, nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE);
+    log.limited(
+        "accept",
+        errno_name(errno),
+        crate::log::Level::Error,
+        &format!(
+            "accept: {e}{}",
+            if short {
+                "; while descriptors are short, connections of uids other than root are closed at once"
+            } else {
+                ""
+            }
+        ),
+    );
+    if short {
+        shared.note_short_of_fds();
+        spare.refill();
+        if let Some(reserve) = spare.0.take() {
+            drop(reserve);
+            if let Ok((s, _)) = listener.accept() {
+                return Some(s);
+            }
+        }
+    }
+    thread::sleep(ACCEPT_BACKOFF);
+    None
+}
+
+impl Passer<'_> {
+    /// A connection of a uid other than root: closed at once if its uid
+    /// (or all of them together) is at its limit or it has gone already,
+    /// else passed to the event loop with its slot and what it has sent
+    /// (its name needs a passwd lookup, which may block: not here).
+    fn admit(&self, stream: StdUnixStream, peer: Peer) {
+        let slot = match self.slots.others.take(peer.uid) {
+            Ok(slot) => slot,
+            Err(full) => {
+                self.service.log().refusal(
+                    peer.uid,
+                    "CONNECTION_LIMIT",
+                    crate::log::Level::Warning,
+                    &format!(
+                        "connection limit reached for peer_uid={} ({full}); closed",
+                        peer.uid
+                    ),
+                );
+                return;
+            }
+        };
+        // Connected and gone already: nothing to answer. (A peek, so no
+        // request bytes are copied here.)
+        let mut byte = [0u8; 1];
+        if let Ok(0) | Err(nix::errno::Errno::ECONNRESET) = socket::recv(
+            stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK,
+        ) {
+            return;
+        }
+        self.pass(stream, peer, &[], Slot::Other { _held: slot });
+    }
+
+    /// Hands a connection to the event loop. The queue holds at most one
+    /// connection per slot, so it is never full; if it were, the
+    /// connection would be closed (the client fails closed).
+    fn pass(&self, stream: StdUnixStream, peer: Peer, read: &[u8], slot: Slot) {
+        if stream.set_nonblocking(true).is_ok() {
+            let _ = self.handoff.try_send(Handoff {
+                stream,
+                peer,
+                read: Zeroizing::new(read.to_vec()),
+                slot,
+            });
+        }
+    }
+
+    /// Hands root's connection to the event loop, if a root slot is free.
+    fn pass_root(&self, stream: StdUnixStream, peer: Peer, read: &[u8]) {
+        match Arc::clone(&self.slots.root).try_acquire_owned() {
+            Ok(permit) => self.pass(stream, peer, read, Slot::Root { _held: permit }),
+            Err(_) => self.service.log().limited(
+                "root connections",
+                "CONNECTION_LIMIT",
+                crate::log::Level::Warning,
+                "connection limit reached for peer_uid=0 (max_connections); closed",
+            ),
+        }
     }
 }
 
@@ -422,27 +764,9 @@ fn more_waiting(listener: &StdUnixListener) -> bool {
 /// this thread: read, checks, commit (or a place in the next batch, whose
 /// committer then answers) and answer, with no event loop in between.
 /// Anything else goes to the event loop.
-fn serve_here(
-    stream: StdUnixStream,
-    peer: Peer,
-    alone: bool,
-    service: &Arc<Service>,
-    handoff: &mpsc::UnboundedSender<Handoff>,
-) {
-    let pass = |stream: StdUnixStream, read: &[u8]| {
-        if stream.set_nonblocking(true).is_ok() {
-            let _ = handoff.send(Handoff {
-                stream,
-                peer,
-                read: Zeroizing::new(read.to_vec()),
-            });
-        }
-    };
-    if peer.uid != 0 {
-        // Per-uid limits, and a passwd lookup that may block: the event
-        // loop's business.
-        return pass(stream, &[]);
-    }
+fn serve_here(stream: StdUnixStream, peer: Peer, alone: bool, to: &Passer<'_>) {
+    let service = to.service;
+    let pass = |stream: StdUnixStream, read: &[u8]| to.pass_root(stream, peer, read);
     let mut first = Zeroizing::new([0u8; FIRST_READ]);
     let Some(mut n) = recv_now(&stream, &mut first[..]) else {
         return;
@@ -529,9 +853,12 @@ fn refusal(
     what: &str,
     e: &(dyn std::fmt::Display + Sync),
 ) -> Response {
-    service
-        .log()
-        .warn(&format!("peer_uid={}: refused {what}: {e}", peer.uid));
+    service.log().refusal(
+        peer.uid,
+        "PROTOCOL_ERROR",
+        crate::log::Level::Warning,
+        &format!("peer_uid={}: refused {what}: {e}", peer.uid),
+    );
     Response::ProtocolError {
         message: e.to_string(),
     }
@@ -554,17 +881,16 @@ fn refuse_here(
 pub async fn run(
     listener: StdUnixListener,
     service: Arc<Service>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let cfg = service.config().clone();
-    let root_slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let user_slots = Arc::new(UserSlots::default());
+    let slots = Arc::new(Slots::new(limits));
     let mut tasks = JoinSet::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let acceptors = Acceptors::start(listener, &service, &tx)?;
+    let (tx, mut rx) = mpsc::channel(Slots::capacity(limits).max(1));
+    let acceptors = Acceptors::start(listener, &service, &slots, &tx)?;
     drop(tx);
     tokio::pin!(shutdown);
-    let mut refused: u64 = 0;
     let mut acceptors = Some(acceptors);
     loop {
         while tasks.try_join_next().is_some() {}
@@ -582,38 +908,16 @@ pub async fn run(
                 None => break,
             },
         };
-        let Ok(stream) = UnixStream::from_std(handoff.stream) else {
+        let Handoff {
+            stream,
+            peer,
+            read,
+            slot,
+        } = handoff;
+        let Ok(stream) = UnixStream::from_std(stream) else {
             continue;
         };
-        let peer = handoff.peer;
-        let slot = if peer.uid == 0 {
-            Arc::clone(&root_slots)
-                .try_acquire_owned()
-                .ok()
-                .map(|p| Slot {
-                    _root: Some(p),
-                    _user: None,
-                })
-        } else {
-            user_slots
-                .take(peer.uid, cfg.max_connections_per_user)
-                .map(|u| Slot {
-                    _root: None,
-                    _user: Some(u),
-                })
-        };
-        let Some(slot) = slot else {
-            refused += 1;
-            if refused.is_power_of_two() {
-                service.log().warn(&format!(
-                    "connection limit reached for peer_uid={} ({refused} connections refused so far)",
-                    peer.uid
-                ));
-            }
-            continue; // dropping the stream closes it
-        };
         let svc = Arc::clone(&service);
-        let read = handoff.read;
         tasks.spawn(async move {
             serve(stream, peer, read, &svc).await;
             drop(slot);
@@ -759,7 +1063,33 @@ async fn serve(
     drop(body);
     let handled = service.handle(peer, request).await;
     if let Some(line) = handled.audit {
-        service.write_audit(&line);
+        write_audit(service, peer, &handled.response, &line);
     }
     send(&mut stream, &handled.response, limit).await;
+}
+
+/// Writes the audit line of an answer from the event loop: root's as it
+/// is; an unprivileged peer's refusals counted per uid (the first one
+/// written), its accepted OTPs in full but in its own share of the log.
+fn write_audit(service: &Service, peer: Peer, response: &Response, line: &str) {
+    let status = match response {
+        Response::Verdict { status }
+        | Response::Failed { status, .. }
+        | Response::Consumed { status, .. } => Some(*status),
+        _ => None,
+    };
+    match status {
+        _ if peer.uid == 0 => service.write_audit(line),
+        Some(Status::Ok) => service
+            .log()
+            .peer_line(peer.uid, crate::log::Level::Info, line),
+        Some(refused) => {
+            service
+                .log()
+                .refusal(peer.uid, refused.as_str(), crate::log::Level::Info, line)
+        }
+        None => service
+            .log()
+            .refusal(peer.uid, "OTHER", crate::log::Level::Info, line),
+    }
 }

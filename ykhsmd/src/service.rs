@@ -321,12 +321,17 @@ impl Service {
     pub async fn handle(self: &Arc<Self>, peer: Peer, request: Request) -> Handled {
         let admin = request.is_admin();
         if admin && peer.uid != 0 {
-            self.log.warn(&format!(
-                "denied: {} request from peer_uid={} peer_pid={}",
-                request.name(),
+            self.log.refusal(
                 peer.uid,
-                pid(&peer)
-            ));
+                Status::Denied.as_str(),
+                log::Level::Warning,
+                &format!(
+                    "denied: {} request from peer_uid={} peer_pid={}",
+                    request.name(),
+                    peer.uid,
+                    pid(&peer)
+                ),
+            );
             return Response::Failed {
                 status: Status::Denied,
                 message: "admin requests need root".into(),
@@ -1034,6 +1039,7 @@ impl Service {
             }
             Err(e) => add("authfile", format!("ERROR {e}")),
         }
+        add("log", self.log.summary());
         let counts: BTreeMap<&str, u64> = ALL_STATUS
             .iter()
             .map(|s| {

@@ -21,7 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -134,21 +134,44 @@ pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) 
 struct Syslog {
     path: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
+    /// While true the reader takes nothing (a stuck syslogd): the
+    /// socket's queue fills and the daemon's sends block.
+    paused: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Syslog {
     fn start(path: PathBuf, lines: Arc<Mutex<Vec<String>>>) -> Self {
         let sock = UnixDatagram::bind(&path).unwrap();
         let l = Arc::clone(&lines);
+        let paused = Arc::new((Mutex::new(false), Condvar::new()));
+        let p = Arc::clone(&paused);
         thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
-            while let Ok(n) = sock.recv(&mut buf) {
+            loop {
+                {
+                    let (flag, cv) = &*p;
+                    let mut stopped = flag.lock().unwrap();
+                    while *stopped {
+                        stopped = cv.wait(stopped).unwrap();
+                    }
+                }
+                let Ok(n) = sock.recv(&mut buf) else { break };
                 l.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         });
-        Self { path, lines }
+        Self {
+            path,
+            lines,
+            paused,
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let (flag, cv) = &*self.paused;
+        *flag.lock().unwrap() = paused;
+        cv.notify_all();
     }
 }
 
@@ -447,6 +470,17 @@ impl Env {
     /// Every log line so far (stderr and syslog of every daemon).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Stops reading the syslog socket, as a stuck syslogd would (the
+    /// reader takes at most one more datagram).
+    pub fn stop_syslog_reader(&self) {
+        self.syslog.set_paused(true);
+    }
+
+    /// Reads the syslog socket again.
+    pub fn resume_syslog_reader(&self) {
+        self.syslog.set_paused(false);
     }
 
     /// Waits until a log line contains `needle`.
