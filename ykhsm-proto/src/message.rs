@@ -72,10 +72,7 @@ impl CounterRecord {
         w.u16(self.ts_low);
         w.u64(self.modified);
         w.u64(self.reset_at);
-        w.count(self.aeads.len());
-        for fp in &self.aeads {
-            w.raw(fp);
-        }
+        write_fingerprints(w, &self.aeads);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -92,13 +89,7 @@ impl CounterRecord {
         let ts_low = r.u16("ts_low")?;
         let modified = r.u64("modified")?;
         let reset_at = r.u64("reset_at")?;
-        let n = r.count("aeads", FINGERPRINT_LEN)?;
-        if n > MAX_BOUND_AEADS {
-            return Err(DecodeError::BadValue { field: "aeads" });
-        }
-        let aeads = (0..n)
-            .map(|_| r.array("aead fingerprint"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let aeads = read_fingerprints(r)?;
         Ok(Self {
             public_id,
             generation,
@@ -110,6 +101,23 @@ impl CounterRecord {
             aeads,
         })
     }
+}
+
+/// A list of AEAD fingerprints: a u32 count (at most [`MAX_BOUND_AEADS`]),
+/// then 20 bytes each.
+fn write_fingerprints(w: &mut Writer, fps: &[[u8; FINGERPRINT_LEN]]) {
+    w.count(fps.len());
+    for fp in fps {
+        w.raw(fp);
+    }
+}
+
+fn read_fingerprints(r: &mut Reader<'_>) -> Result<Vec<[u8; FINGERPRINT_LEN]>, DecodeError> {
+    let n = r.count("aeads", FINGERPRINT_LEN)?;
+    if n > MAX_BOUND_AEADS {
+        return Err(DecodeError::BadValue { field: "aeads" });
+    }
+    (0..n).map(|_| r.array("aead fingerprint")).collect()
 }
 
 fn write_records(w: &mut Writer, records: &[CounterRecord]) {
@@ -357,10 +365,7 @@ impl Request {
             } => {
                 w.u8(kind::COUNTERS_RESET);
                 w.str(public_id);
-                w.count(aeads.len());
-                for fp in aeads {
-                    w.raw(fp);
-                }
+                write_fingerprints(&mut w, aeads);
                 w.str(reason);
             }
         }
@@ -405,13 +410,7 @@ impl Request {
             },
             kind::COUNTERS_RESET => {
                 let public_id = r.str("public_id")?.to_owned();
-                let n = r.count("aeads", FINGERPRINT_LEN)?;
-                if n > MAX_BOUND_AEADS {
-                    return Err(DecodeError::BadValue { field: "aeads" });
-                }
-                let aeads = (0..n)
-                    .map(|_| r.array("aead fingerprint"))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let aeads = read_fingerprints(&mut r)?;
                 Self::CountersReset {
                     public_id,
                     aeads,

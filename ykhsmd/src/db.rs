@@ -478,25 +478,32 @@ fn sql_pair(last: Option<(u16, u8)>) -> (i64, i64) {
     last.map_or((-1, -1), |(c, u)| (i64::from(c), i64::from(u)))
 }
 
+/// The columns [`row`] reads, in its order.
+const ROW_COLUMNS: &str =
+    "public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at";
+
+/// A row of `counters` selected as [`ROW_COLUMNS`], without its bound
+/// AEADs.
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        public_id: r.get(0)?,
+        generation: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+        last: opt_pair(r.get(2)?, r.get(3)?),
+        ts_high: r.get(4)?,
+        ts_low: r.get(5)?,
+        modified: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+        reset_at: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+        aeads: Vec::new(),
+    })
+}
+
 fn read_row(tx: &Connection, public_id: &str) -> rusqlite::Result<Option<Row>> {
     // Cached: the statement is parsed once per connection, not per verify.
     let row = tx
-        .prepare_cached(
-            "SELECT generation, counter, session_use, ts_high, ts_low, modified, reset_at
-             FROM counters WHERE public_id = ?1",
-        )?
-        .query_row(params![public_id], |r| {
-            Ok(Row {
-                public_id: public_id.to_owned(),
-                generation: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
-                last: opt_pair(r.get(1)?, r.get(2)?),
-                ts_high: r.get(3)?,
-                ts_low: r.get(4)?,
-                modified: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                reset_at: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-                aeads: Vec::new(),
-            })
-        })
+        .prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM counters WHERE public_id = ?1"
+        ))?
+        .query_row(params![public_id], row)
         .optional()?;
     let Some(mut row) = row else {
         return Ok(None);
@@ -721,23 +728,12 @@ fn merge_in(tx: &Connection, records: &[CounterRecord]) -> rusqlite::Result<Merg
 }
 
 fn export_all(conn: &Connection) -> rusqlite::Result<Vec<CounterRecord>> {
-    let mut st = conn.prepare(
-        "SELECT public_id, generation, counter, session_use, ts_high, ts_low, modified, reset_at
-         FROM counters ORDER BY public_id",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok(CounterRecord {
-            public_id: r.get(0)?,
-            generation: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
-            last: opt_pair(r.get(2)?, r.get(3)?),
-            ts_high: r.get(4)?,
-            ts_low: r.get(5)?,
-            modified: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-            reset_at: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
-            aeads: Vec::new(),
-        })
-    })?;
-    let mut records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st = conn.prepare(&format!(
+        "SELECT {ROW_COLUMNS} FROM counters ORDER BY public_id"
+    ))?;
+    let mut records = st
+        .query_map([], row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     for rec in &mut records {
         if rec.generation > 0 {
             rec.aeads = bound_aeads(conn, &rec.public_id, rec.generation)?;

@@ -560,6 +560,21 @@ impl SyslogCapture {
     fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
+
+    /// Waits until, for each of `wanted`, a captured line contains it;
+    /// then every captured line.
+    fn wait_for_lines(&self, what: &str, wanted: &[&str]) -> Vec<String> {
+        let has = |lines: &[String], w: &str| lines.iter().any(|l| l.contains(w));
+        common::wait_for(what, Duration::from_secs(10), || {
+            let lines = self.lines();
+            wanted.iter().all(|w| has(&lines, w))
+        });
+        let lines = self.lines();
+        for w in wanted {
+            assert!(has(&lines, w), "no line with {w:?}: {lines:#?}");
+        }
+        lines
+    }
 }
 
 impl Drop for SyslogCapture {
@@ -589,19 +604,7 @@ fn the_module_logs_the_public_id_and_status_word_never_the_otp_or_password() {
         "pubid=ccccccdbjrgf: REPLAYED_OTP",
         "pubid=-: BAD_OTP",
     ];
-    let has = |lines: &[String], w: &str| lines.iter().any(|l| l.contains(w));
-    common::wait_for(
-        "the module's three verdict lines",
-        Duration::from_secs(10),
-        || {
-            let lines = capture.lines();
-            wanted.iter().all(|w| has(&lines, w))
-        },
-    );
-    let lines = capture.lines();
-    for w in wanted {
-        assert!(has(&lines, w), "no line with {w:?}: {lines:#?}");
-    }
+    let lines = capture.wait_for_lines("the module's three verdict lines", &wanted);
     for l in &lines {
         assert!(
             !l.contains(&otp[12..]) && !l.contains("hunter2"),
@@ -666,16 +669,7 @@ fn a_user_name_that_is_an_otp_is_withheld_from_every_log_line() {
         "use_first_pass and no password on the stack",
         "no answer from ykhsmd",
     ];
-    let has = |lines: &[String], w: &str| lines.iter().any(|l| l.contains(w));
-    common::wait_for(
-        "the module's lines about the user",
-        Duration::from_secs(10),
-        || {
-            let lines = capture.lines();
-            wanted.iter().all(|w| has(&lines, w))
-        },
-    );
-    let lines = capture.lines();
+    let lines = capture.wait_for_lines("the module's lines about the user", &wanted);
     let token = &name[name.len() - 32..];
     for l in &lines {
         for part in token.as_bytes().windows(8) {
