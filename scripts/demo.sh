@@ -4,7 +4,9 @@
 # (soft keys.json, SQLite) in a temporary directory, enrolls a software
 # YubiKey for alice and logs in through real PAM (pamtester under
 # pam_wrapper; /etc/pam.d is not touched). Then a replayed OTP, another
-# user's key and a stopped daemon, each refused. Cleans up after itself.
+# user's key and a stopped daemon, each refused; and a login with no network
+# at all (the daemon and the login inside a network namespace with no
+# interface but a loopback: `unshare --net`). Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

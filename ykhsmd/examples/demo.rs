@@ -38,7 +38,20 @@ fn step(n: u32, text: &str) {
 
 /// Logs `user` in through PAM with `answer` typed at the prompt; PAM's words.
 fn pam_login(services: &Path, user: &str, answer: &str) -> (bool, String) {
-    let mut child = Command::new("pamtester")
+    pam_login_in(None, services, user, answer)
+}
+
+/// [`pam_login`], inside the network namespace of process `netns` if given.
+fn pam_login_in(netns: Option<u32>, services: &Path, user: &str, answer: &str) -> (bool, String) {
+    let mut cmd = match netns {
+        Some(pid) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/proc/{pid}/ns/net")).arg("pamtester");
+            c
+        }
+        None => Command::new("pamtester"),
+    };
+    let mut child = cmd
         .args(["ykhsm-demo", user, "authenticate"])
         .env("PAM_WRAPPER", "1")
         .env("PAM_WRAPPER_SERVICE_DIR", services)
@@ -73,6 +86,58 @@ fn show(expect_ok: bool, (ok, words): (bool, String)) -> bool {
     let verdict = if ok { "LOGGED IN" } else { "REFUSED" };
     println!("   PAM: {words}  =>  {verdict}");
     ok == expect_ok
+}
+
+/// Starts `cmd` (ykhsmd, or a command that runs it) with `config`, its
+/// stderr appended to `<root>/ykhsmd.log`, and waits until it answers.
+fn start_daemon(mut cmd: Command, config: &Path, socket: &Path, root: &Path) -> Daemon {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("ykhsmd.log"))
+        .unwrap();
+    let child = cmd
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("ykhsmd");
+    let daemon = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        call(
+            socket,
+            ServerUid::ROOT,
+            &Request::Status,
+            Duration::from_secs(1)
+        ),
+        Ok(Response::StatusInfo { .. })
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "ykhsmd did not start; see {}",
+            root.join("ykhsmd.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
+/// The network interfaces process `pid` sees (`/proc/net/dev` in its
+/// network namespace): their names.
+fn interfaces_of(pid: u32) -> Vec<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["cat", "/proc/net/dev"])
+        .output()
+        .expect("nsenter");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|name| name.trim().to_owned())
+        .collect()
 }
 
 /// The daemon, stopped with SIGTERM when dropped.
@@ -162,32 +227,7 @@ fn main() {
     );
 
     step(3, "ykhsmd started");
-    let log = fs::File::create(root.join("ykhsmd.log")).unwrap();
-    let child = Command::new(&ykhsmd)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("ykhsmd");
-    let mut daemon = Some(Daemon(child));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        call(
-            &socket,
-            ServerUid::ROOT,
-            &Request::Status,
-            Duration::from_secs(1)
-        ),
-        Ok(Response::StatusInfo { .. })
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "ykhsmd did not start; see {}",
-            root.join("ykhsmd.log").display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = Some(start_daemon(Command::new(&ykhsmd), &config, &socket, root));
     println!("   listening on {}", socket.display());
 
     let services = root.join("pam.d");
@@ -217,6 +257,27 @@ fn main() {
     drop(daemon.take());
     let otp3 = yubikey.next_otp().to_typed_string().to_string();
     good &= show(false, pam_login(&services, "alice", &otp3));
+
+    step(
+        8,
+        "No network at all: ykhsmd again, in a network namespace of its own (unshare --net)",
+    );
+    let mut isolated = Command::new("unshare");
+    isolated.arg("--net").arg(&ykhsmd);
+    let offline = start_daemon(isolated, &config, &socket, root);
+    let interfaces = interfaces_of(offline.0.id());
+    println!(
+        "   the daemon's network interfaces: {} (loopback only: no route to anywhere)",
+        interfaces.join(", ")
+    );
+    good &= interfaces == ["lo"];
+    println!("   alice logs in from inside that namespace too: nothing but the Unix socket");
+    let otp4 = yubikey.next_otp().to_typed_string().to_string();
+    good &= show(
+        true,
+        pam_login_in(Some(offline.0.id()), &services, "alice", &otp4),
+    );
+    drop(offline);
 
     println!("\nWhat ykhsmd logged (one audit line per verification; never an OTP):");
     for line in fs::read_to_string(root.join("ykhsmd.log"))
