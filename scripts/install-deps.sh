@@ -13,6 +13,7 @@ packages=(
     pamtester         # a real PAM application for the module's tests
     openssh-server    # the end-to-end login test (tests/sshd.rs)
     openssh-client
+    man-db            # groff and man: the shipped man pages render without warnings (ykhsmd/tests/man.rs)
 )
 
 missing=()

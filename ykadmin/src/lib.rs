@@ -5,4 +5,5 @@ pub mod counters_text;
 pub mod digest;
 pub mod generate;
 pub mod import;
+pub mod man;
 pub mod otp_input;

@@ -537,9 +537,8 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Man => {
-            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).section("8");
-            let mut out = Vec::new();
-            page.render(&mut out).map_err(|e| trouble(e.to_string()))?;
+            let out = ykadmin::man::render(<Cli as clap::CommandFactory>::command())
+                .map_err(|e| trouble(e.to_string()))?;
             write_out(None, &out)?;
             Ok(0)
         }

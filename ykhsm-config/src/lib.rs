@@ -97,7 +97,7 @@ struct RawConfig {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
@@ -356,6 +356,109 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("accept_random_nonce"), "{e}");
+    }
+
+    /// The conffile the package installs as /etc/ykhsm/ykhsmd.toml.
+    const SHIPPED: &str = include_str!("../../packaging/ykhsmd.toml");
+
+    /// The keys `RawConfig` accepts, as serde's derive lists them: asked
+    /// of the type itself, so a key added to it is a key this test knows.
+    fn accepted_keys() -> Vec<&'static str> {
+        use serde::de::{self, Visitor};
+        use serde::forward_to_deserialize_any;
+
+        /// A deserializer that only records the field names a struct asks for.
+        struct Fields<'a>(&'a mut Vec<&'static str>);
+        impl<'de> de::Deserializer<'de> for Fields<'_> {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0.extend_from_slice(fields);
+                Err(de::Error::custom("fields recorded"))
+            }
+            forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut keys = Vec::new();
+        let _ = RawConfig::deserialize(Fields(&mut keys));
+        assert!(!keys.is_empty(), "serde listed no fields");
+        keys
+    }
+
+    /// The shipped file with every `# key = value` line uncommented: the
+    /// settings it documents, each with the value it says is the default.
+    fn documented_settings() -> Vec<(String, String)> {
+        SHIPPED
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("# ")?;
+                let (key, value) = rest.split_once(" = ")?;
+                key.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+                    .then(|| (key.to_owned(), value.to_owned()))
+            })
+            .collect()
+    }
+
+    fn text_of(settings: &[(String, String)]) -> String {
+        settings
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect()
+    }
+
+    /// Issue 13: the conffile as shipped changes nothing.
+    #[test]
+    fn shipped_config_file_parses_to_exactly_the_defaults() {
+        assert_eq!(parse(SHIPPED).unwrap(), parse("").unwrap());
+    }
+
+    /// Issue 13: every key the daemon accepts is in the shipped file, once,
+    /// with its default; so a new key cannot be left out of it.
+    #[test]
+    fn shipped_config_file_documents_every_key_with_its_default() {
+        let settings = documented_settings();
+        let mut documented: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+        documented.sort_unstable();
+        let before = documented.len();
+        documented.dedup();
+        assert_eq!(before, documented.len(), "a key is documented twice");
+        let mut accepted = accepted_keys();
+        accepted.sort_unstable();
+        assert_eq!(
+            documented, accepted,
+            "packaging/ykhsmd.toml must show every key RawConfig accepts"
+        );
+        // Every value has the key's type (deny_unknown_fields: every key
+        // is one the daemon knows).
+        let all = text_of(&settings);
+        toml::from_str::<RawConfig>(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        // Each value is the default: for the soft backend (the default)
+        // without `device`, and for the YubiHSM without `keys_file`.
+        let without = |key: &str, extra: &str| {
+            let mut kept: Vec<(String, String)> =
+                settings.iter().filter(|(k, _)| k != key).cloned().collect();
+            if !extra.is_empty() {
+                kept.retain(|(k, _)| k != "backend");
+            }
+            format!("{extra}{}", text_of(&kept))
+        };
+        assert_eq!(parse(&without("device", "")).unwrap(), parse("").unwrap());
+        let hsm = "backend = \"yubihsm\"\n";
+        assert_eq!(
+            parse(&without("keys_file", hsm)).unwrap(),
+            parse(hsm).unwrap()
+        );
     }
 
     /// Issue 12, item 3: the file is read only when it is its owner's and

@@ -9,7 +9,8 @@
 //! - [`device`]: the YubiHSM's own thread, so nothing waits behind it;
 //! - [`server`]: the socket, peer credentials, limits, deadlines, shutdown;
 //! - [`daemon`]: start-up, `--check`, signals, process hygiene;
-//! - [`log`]: the audit and diagnostic lines.
+//! - [`log`]: the audit and diagnostic lines;
+//! - [`manual`]: `--help`'s reference and the man page ykhsmd(8).
 #![forbid(unsafe_code)]
 
 pub mod authfile;
@@ -18,5 +19,6 @@ pub mod daemon;
 pub mod db;
 pub mod device;
 pub mod log;
+pub mod manual;
 pub mod server;
 pub mod service;
