@@ -118,7 +118,9 @@ mod tests {
             Response::ProtocolError {
                 message: String::new(),
             },
-            Response::StatusInfo { items: Vec::new() },
+            Response::StatusInfo {
+                report: Box::default(),
+            },
             Response::Decrypted {
                 line: "OK counter=0001 low=8d40 high=0f use=00".into(),
                 public_id: String::new(),

@@ -5,5 +5,8 @@ pub mod counters_text;
 pub mod digest;
 pub mod generate;
 pub mod import;
+pub mod json;
 pub mod man;
+pub mod metrics;
 pub mod otp_input;
+pub mod report;

@@ -2,18 +2,27 @@
 //!
 //! Exit codes (also in `ykadmin --help`):
 //! - 0: done, and the answer was yes (`verify`: `OK`; `decrypt`: an `OK`
-//!   line; `aeads check`: every file good; imports: nothing failed);
+//!   line; `aeads check`: every file good; imports: nothing failed;
+//!   `status`: no part is an error; `metrics`: written from the daemon's
+//!   answer);
 //! - 1: done, and the answer was no (a status word other than `OK`, a
-//!   failed line, a bad file, a conflict);
-//! - 2: the command line is wrong;
+//!   failed line, a bad file, a conflict, a part of `status` that is an
+//!   error);
+//! - 2: the command line is wrong (also `--json` for a subcommand whose
+//!   output has a format of its own);
 //! - 3: ykadmin could not do its job: configuration unreadable, daemon not
-//!   reachable, a file that cannot be read or written.
+//!   reachable (`metrics` still writes `ykhsm_up 0`), a file that cannot be
+//!   read or written.
+//!
+//! With `--json` a subcommand prints exactly one JSON document on standard
+//! output, from the serde types of [`ykadmin::json`], and nothing else
+//! there; warnings and progress go to standard error.
 
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use ykadmin::authfile_edit;
@@ -21,13 +30,17 @@ use ykadmin::counters_text;
 use ykadmin::digest;
 use ykadmin::generate;
 use ykadmin::import;
+use ykadmin::json;
+use ykadmin::metrics;
 use ykadmin::otp_input;
+use ykadmin::report;
 use ykhsm_config::Config;
 use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::serial;
-use ykhsm_proto::{Request, Response, ServerUid, Status, Zeroizing, call};
+use ykhsm_proto::report::Health;
+use ykhsm_proto::{Request, Response, ServerUid, Status, StatusReport, Zeroizing, call};
 
 /// How long ykadmin waits for the daemon.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,14 +51,16 @@ const TIMEOUT: Duration = Duration::from_secs(30);
     version,
     about = "The operator's tool of ykhsm: import, enroll, revoke, verify, decrypt, generate keys, replicate counters",
     after_help = "Exit codes: 0 done and yes; 1 done and no (a status other than OK, a bad line, \
-                  a conflict); 2 bad command line; 3 could not do the job (configuration, daemon \
-                  unreachable, file error)."
+                  a conflict, a status check that is an error); 2 bad command line; 3 could not do \
+                  the job (configuration, daemon unreachable, file error)."
 )]
 struct Cli {
     /// The daemon's configuration (for the socket, the authfile and the AEAD store).
     #[arg(long, default_value = "/etc/ykhsm/ykhsmd.toml", global = true)]
     config: PathBuf,
-    /// Machine-readable output (JSON) where a program would read it.
+    /// Machine-readable output: one JSON document on standard output and
+    /// nothing else there. Not for `man`, `completions`, `counters export`
+    /// and `metrics`, whose output has a format of its own.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -142,8 +157,22 @@ enum Command {
         /// The OTP; `-`: read from standard input; left out: prompted for.
         otp: Option<String>,
     },
-    /// Daemon, backend and store health.
+    /// Daemon, backend and store health: one line per part, with ERROR or
+    /// WARNING in front of what is wrong, and the daemon's counts. Exit 1
+    /// if any part is an error, 3 if the daemon cannot be asked.
     Status,
+    /// The daemon's health and counts in Prometheus's text format, for
+    /// node_exporter's textfile collector (run it from a timer: see
+    /// /usr/share/doc/ykhsm/examples/ykhsm-metrics.timer). With --out the
+    /// file is replaced atomically (mode 0644); when the daemon cannot be
+    /// asked it still says `ykhsm_up 0`, and ykadmin exits 3.
+    Metrics {
+        /// The file to replace, e.g.
+        /// /var/lib/prometheus/node-exporter/ykhsm.prom (its directory must
+        /// exist); default: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The public id of a key programmed from its serial number.
     PubidFromSerial {
         serial: u32,
@@ -280,25 +309,67 @@ fn ask(config: &Config, request: &Request) -> Result<Response, Failure> {
     }
 }
 
+/// The daemon's status report.
+fn status_report(config: &Config) -> Result<StatusReport, Failure> {
+    match ask(config, &Request::Status)? {
+        Response::StatusInfo { report } => Ok(*report),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `metrics`: the exposition text to `out` (replaced atomically) or
+/// standard output. When the daemon cannot be asked — or its config read
+/// — the text still says `ykhsm_up 0`, so an alert fires, and the reason
+/// is the error (exit 3).
+fn metrics(cli: &Cli, out: Option<&Path>) -> Result<u8, Failure> {
+    let answer = load_config(&cli.config).and_then(|config| status_report(&config));
+    let text = metrics::exposition(answer.as_ref().ok());
+    match out {
+        Some(path) => {
+            metrics::write_atomically(path, text.as_bytes()).map_err(|e| trouble(e.to_string()))?
+        }
+        None => write_out(None, text.as_bytes())?,
+    }
+    answer.map(|_| 0)
+}
+
 fn unexpected(r: &Response) -> Failure {
     trouble(format!("unexpected answer from the daemon: {r:?}"))
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// Prints `value` as one JSON document and a newline on standard output.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string(value).map_err(|e| trouble(format!("JSON: {e}")))?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| trouble(format!("standard output: {e}")))
+}
+
+/// `--json` for a subcommand whose output has a format of its own: a
+/// usage error (exit 2), so a program never gets something else than it
+/// asked for.
+fn refuse_json(command: &Command) -> Result<(), Failure> {
+    let what = match command {
+        Command::Man => "`man` writes a man page (roff)",
+        Command::Completions { .. } => "`completions` writes a shell script",
+        Command::Counters(CountersCommand::Export { .. }) => {
+            "`counters export` writes ykhsm's export format, which `counters merge` reads"
         }
-    }
-    out.push('"');
-    out
+        Command::Metrics { .. } => "`metrics` writes Prometheus's text format",
+        _ => return Ok(()),
+    };
+    Err(fail(2, format!("--json: {what}, not JSON")))
 }
 
 fn run(cli: &Cli) -> Result<u8, Failure> {
+    if cli.json {
+        refuse_json(&cli.command)?;
+    }
     match &cli.command {
         Command::PubidFromSerial { serial: n, ykman } => {
             let id = if *ykman {
@@ -307,7 +378,10 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 serial::public_id_personalization_gui(*n)
             };
             if cli.json {
-                println!("{{\"serial\":{n},\"public_id\":{}}}", json_string(&id));
+                print_json(&json::PublicIdOfSerial {
+                    serial: *n,
+                    public_id: &id,
+                })?;
             } else {
                 println!("{id}");
             }
@@ -315,25 +389,15 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         }
         Command::Status => {
             let config = load_config(&cli.config)?;
-            match ask(&config, &Request::Status)? {
-                Response::StatusInfo { items } => {
-                    if cli.json {
-                        let fields: Vec<String> = items
-                            .iter()
-                            .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
-                            .collect();
-                        println!("{{{}}}", fields.join(","));
-                    } else {
-                        let width = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-                        for (k, v) in &items {
-                            println!("{k:width$}  {v}");
-                        }
-                    }
-                    Ok(0)
-                }
-                other => Err(unexpected(&other)),
+            let report = status_report(&config)?;
+            if cli.json {
+                print_json(&report::Json::new(&report))?;
+            } else {
+                print!("{}", report::text(&report, unix_now()));
             }
+            Ok(u8::from(report.health() == Health::Error))
         }
+        Command::Metrics { out } => metrics(cli, out.as_deref()),
         Command::Verify { user, otp } => {
             let config = load_config(&cli.config)?;
             let request = Request::Verify {
@@ -351,7 +415,10 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 }
             };
             if cli.json {
-                println!("{{\"user\":{},\"status\":\"{status}\"}}", json_string(user));
+                print_json(&json::Verified {
+                    user,
+                    status: status.as_str(),
+                })?;
             } else {
                 println!("{status}");
             }
@@ -365,11 +432,10 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             match ask(&config, &request)? {
                 Response::Decrypted { line, public_id } => {
                     if cli.json {
-                        println!(
-                            "{{\"public_id\":{},\"answer\":{}}}",
-                            json_string(&public_id),
-                            json_string(&line)
-                        );
+                        print_json(&json::Decrypted {
+                            public_id: &public_id,
+                            answer: &line,
+                        })?;
                     } else {
                         // yubikey-ksm's answer, byte for byte.
                         let mut out = io::stdout().lock();
@@ -409,9 +475,11 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             match ask(&config, &Request::CountersMerge { records })? {
                 Response::Merged { raised, unchanged } => {
                     if cli.json {
-                        println!(
-                            "{{\"records\":{n},\"raised\":{raised},\"unchanged\":{unchanged}}}"
-                        );
+                        print_json(&json::Merged {
+                            records: n,
+                            raised,
+                            unchanged,
+                        })?;
                     } else {
                         println!("merged {n} records: raised {raised}, unchanged {unchanged}");
                     }
@@ -437,10 +505,11 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             match ask(&config, &request)? {
                 Response::Reset { generation, aeads } => {
                     if cli.json {
-                        println!(
-                            "{{\"public_id\":{},\"generation\":{generation},\"aeads\":{aeads}}}",
-                            json_string(id.as_str())
-                        );
+                        print_json(&json::Reset {
+                            public_id: id.as_str(),
+                            generation,
+                            aeads,
+                        })?;
                     } else {
                         println!(
                             "{id}: counters reset; generation {generation}, bound to {aeads} AEAD file{}",
@@ -462,22 +531,17 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             if *per_key {
                 let keys = digest::per_key(&files);
                 if cli.json {
-                    let v: Vec<String> = keys
-                        .iter()
-                        .map(|(id, d)| format!("{}:{}", json_string(id), json_string(d)))
-                        .collect();
-                    println!("{{{}}}", v.join(","));
+                    print_json(&keys)?;
                 } else {
                     for (id, d) in keys {
                         println!("{id} {d}");
                     }
                 }
             } else if cli.json {
-                println!(
-                    "{{\"digest\":{},\"files\":{}}}",
-                    json_string(&digest::digest(&files)),
-                    files.len()
-                );
+                print_json(&json::Digest {
+                    digest: &digest::digest(&files),
+                    files: files.len(),
+                })?;
             } else {
                 println!("{}  {} files", digest::digest(&files), files.len());
             }
@@ -515,13 +579,11 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             let made = generate::generate(&config.socket, &store, &kh, &how, *count, out)
                 .map_err(|e| fail(1, e.to_string()))?;
             if cli.json {
-                let ids: Vec<String> = made.public_ids.iter().map(|i| json_string(i)).collect();
-                println!(
-                    "{{\"key_handle\":{},\"public_ids\":[{}],\"out\":{}}}",
-                    json_string(kh.spelled()),
-                    ids.join(","),
-                    json_string(&out.display().to_string())
-                );
+                print_json(&json::Generated {
+                    key_handle: kh.spelled(),
+                    public_ids: &made.public_ids,
+                    out: out.display().to_string(),
+                })?;
                 return Ok(0);
             }
             println!(
@@ -554,6 +616,15 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 authfile_edit::revoke(text, user, pubid.as_deref(), *purge)
             })
             .map_err(|e| fail(1, e.to_string()))?;
+            if cli.json {
+                print_json(&json::Revoked {
+                    user,
+                    removed: &edit.removed,
+                    purged: *purge,
+                    authfile: config.authfile.display().to_string(),
+                })?;
+                return Ok(0);
+            }
             let removed = if edit.removed.is_empty() {
                 "nothing".to_owned()
             } else {
@@ -593,6 +664,7 @@ fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
         "public id or OTP",
         "Public id, or an OTP (touch the key): ",
     )?;
+    let mut verified = None;
     let public_id = if key.len() > 16 {
         // A whole OTP: the daemon checks it and records its counter.
         let parsed =
@@ -605,9 +677,15 @@ fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
                 counter,
                 session_use,
             } => {
-                println!(
-                    "OTP of {public_id} verified (counter {counter}, session use {session_use})"
-                );
+                if !cli.json {
+                    println!(
+                        "OTP of {public_id} verified (counter {counter}, session use {session_use})"
+                    );
+                }
+                verified = Some(json::Counters {
+                    counter,
+                    session_use,
+                });
                 public_id
             }
             Response::Consumed { status, .. } => {
@@ -631,7 +709,15 @@ fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
         authfile_edit::enroll(text, user, &public_id)
     })
     .map_err(|e| fail(1, e.to_string()))?;
-    if edit.changed {
+    if cli.json {
+        print_json(&json::Enrolled {
+            user,
+            public_id: &public_id,
+            changed: edit.changed,
+            authfile: config.authfile.display().to_string(),
+            verified,
+        })?;
+    } else if edit.changed {
         println!(
             "enrolled {public_id} for {user} in {}",
             config.authfile.display()
@@ -664,112 +750,102 @@ fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
             .as_ref()
             .and_then(|r| r.iter().find(|c| c.public_id == id))
     };
-    let mut json = Vec::new();
+    let mut listed = Vec::new();
     let wanted =
         |u: &str| only.is_none_or(|o| o == u || ykhsm_core::username::visible_part(u) == o);
     for (user, ids) in users.iter().filter(|(u, _)| wanted(u)) {
         // A name that is not what it looks like (`\u{feff}alice`): ykhsmd
-        // refuses the line and fails the user it meant closed.
+        // refuses the line and fails closed the user it meant.
         if let Some((at, c)) = ykhsm_core::username::first_invisible(user) {
             let meant = ykhsm_core::username::visible_part(user);
-            if cli.json {
-                json.push(format!(
-                    "{{\"user\":{},\"fails_closed_for\":{},\"keys\":[]}}",
-                    json_string(user),
-                    json_string(&meant)
-                ));
-            } else {
+            if !cli.json {
                 println!(
                     "{user:?}  (refused: an invisible or control character in the name, {}; ykhsmd fails {meant:?} closed)",
                     ykhsm_core::username::describe(at, c)
                 );
             }
+            listed.push(json::ListedUser {
+                user: user.clone(),
+                fails_closed_for: Some(meant),
+                keys: Vec::new(),
+            });
             continue;
         }
-        if ids.is_empty() {
-            if !cli.json {
-                println!("{user}  (no key: refused)");
-            }
-            json.push(format!("{{\"user\":{},\"keys\":[]}}", json_string(user)));
-            continue;
+        if ids.is_empty() && !cli.json {
+            println!("{user}  (no key: refused)");
         }
         let mut keys = Vec::new();
         for id in ids {
-            match last(id) {
-                Some(c) => {
-                    // A reset key says so, with when, and how many AEADs
-                    // its generation is bound to.
-                    let reset = (c.generation > 0).then(|| {
-                        format!(
-                            "  generation={} reset_at={} bound_aeads={}",
-                            c.generation,
-                            c.reset_at,
-                            c.aeads.len()
-                        )
-                    });
-                    let reset_json = if c.generation > 0 {
-                        format!(
-                            ",\"reset_at\":{},\"bound_aeads\":{}",
-                            c.reset_at,
-                            c.aeads.len()
-                        )
-                    } else {
-                        String::new()
-                    };
-                    match c.last {
-                        Some((counter, session_use)) => {
-                            if !cli.json {
-                                println!(
-                                    "{user}  {id}  counter={counter} session_use={session_use} last_used={}{}",
-                                    c.modified,
-                                    reset.unwrap_or_default()
-                                );
-                            }
-                            keys.push(format!(
-                                "{{\"public_id\":{},\"generation\":{},\"counter\":{counter},\"session_use\":{session_use},\"last_used\":{}{reset_json}}}",
-                                json_string(id),
-                                c.generation,
-                                c.modified
-                            ));
+            let mut key = json::ListedKey {
+                public_id: id.clone(),
+                generation: None,
+                counter: None,
+                session_use: None,
+                last_used: None,
+                reset_at: None,
+                bound_aeads: None,
+            };
+            let Some(c) = last(id) else {
+                if !cli.json {
+                    println!(
+                        "{user}  {id}  never used{}",
+                        if records.is_none() {
+                            " (daemon not reachable)"
+                        } else {
+                            ""
                         }
-                        None => {
-                            if !cli.json {
-                                println!(
-                                    "{user}  {id}  never used since the reset{}",
-                                    reset.unwrap_or_default()
-                                );
-                            }
-                            keys.push(format!(
-                                "{{\"public_id\":{},\"generation\":{}{reset_json}}}",
-                                json_string(id),
-                                c.generation
-                            ));
-                        }
+                    );
+                }
+                keys.push(key);
+                continue;
+            };
+            key.generation = Some(c.generation);
+            // A reset key says so, with when, and how many AEADs its
+            // generation is bound to.
+            if c.generation > 0 {
+                key.reset_at = Some(c.reset_at);
+                key.bound_aeads = Some(c.aeads.len());
+            }
+            let reset = (c.generation > 0).then(|| {
+                format!(
+                    "  generation={} reset_at={} bound_aeads={}",
+                    c.generation,
+                    c.reset_at,
+                    c.aeads.len()
+                )
+            });
+            match c.last {
+                Some((counter, session_use)) => {
+                    if !cli.json {
+                        println!(
+                            "{user}  {id}  counter={counter} session_use={session_use} last_used={}{}",
+                            c.modified,
+                            reset.unwrap_or_default()
+                        );
                     }
+                    key.counter = Some(counter);
+                    key.session_use = Some(session_use);
+                    key.last_used = Some(c.modified);
                 }
                 None => {
                     if !cli.json {
                         println!(
-                            "{user}  {id}  never used{}",
-                            if records.is_none() {
-                                " (daemon not reachable)"
-                            } else {
-                                ""
-                            }
+                            "{user}  {id}  never used since the reset{}",
+                            reset.unwrap_or_default()
                         );
                     }
-                    keys.push(format!("{{\"public_id\":{}}}", json_string(id)));
                 }
             }
+            keys.push(key);
         }
-        json.push(format!(
-            "{{\"user\":{},\"keys\":[{}]}}",
-            json_string(user),
-            keys.join(",")
-        ));
+        listed.push(json::ListedUser {
+            user: user.clone(),
+            fails_closed_for: None,
+            keys,
+        });
     }
     if cli.json {
-        println!("[{}]", json.join(","));
+        print_json(&listed)?;
     }
     Ok(0)
 }
@@ -797,28 +873,7 @@ fn import_ykksm(
     let report = import::import_ykksm(&config, &input, &key_handles, force, progress)
         .map_err(|e| trouble(e.to_string()))?;
     if cli.json {
-        let notes = |v: &[import::ImportNote]| -> String {
-            v.iter()
-                .map(|n| {
-                    format!(
-                        "{{\"line\":{},\"message\":{}}}",
-                        n.line,
-                        json_string(&n.to_string())
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        println!(
-            "{{\"imported\":{},\"replaced\":{},\"skipped\":{},\"failed\":{},\"failures\":[{}],\"replacements\":[{}],\"resets\":[{}]}}",
-            report.imported,
-            report.replaced,
-            report.skipped,
-            report.failed,
-            notes(&report.failures),
-            notes(&report.replacements),
-            notes(&report.resets)
-        );
+        print_json(&json::Imported::new(&report))?;
         return Ok(u8::from(!report.is_success()));
     }
     for note in &report.replacements {
@@ -877,7 +932,7 @@ fn hsm_unlock(cli: &Cli, want_key: bool, want_otp: bool) -> Result<u8, Failure> 
     match ask(&config, &Request::HsmUnlock { master_key, otp })? {
         Response::Verdict { status: Status::Ok } => {
             if cli.json {
-                println!("{{\"unlocked\":true}}");
+                print_json(&json::Unlocked { unlocked: true })?;
             } else {
                 println!("unlocked");
             }
@@ -904,15 +959,25 @@ fn read_bytes(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
 fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
     let config = load_config(&cli.config)?;
     let mut bad_total = 0usize;
-    let mut json = Vec::new();
+    let mut checked = Vec::new();
     for kh in &config.key_handles {
         let dir = config.aead_dir.join(kh.spelled());
         if !dir.is_dir() {
-            println!(
-                "key handle {}: no directory {}",
-                kh.spelled(),
-                dir.display()
-            );
+            if !cli.json {
+                println!(
+                    "key handle {}: no directory {}",
+                    kh.spelled(),
+                    dir.display()
+                );
+            }
+            checked.push(json::AeadsChecked {
+                key_handle: kh.spelled().to_owned(),
+                path: dir.display().to_string(),
+                directory: "missing",
+                aeads: 0,
+                good: 0,
+                bad: Vec::new(),
+            });
             continue;
         }
         // Names only: the store's lookup reads each file once.
@@ -949,28 +1014,13 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
                 }
             });
             if let Err(reason) = verdict {
-                bad.push((path.display().to_string(), reason));
+                bad.push(json::BadAead {
+                    file: path.display().to_string(),
+                    reason,
+                });
             }
         }
-        if cli.json {
-            let list: Vec<String> = bad
-                .iter()
-                .map(|(p, r)| {
-                    format!(
-                        "{{\"file\":{},\"reason\":{}}}",
-                        json_string(p),
-                        json_string(r)
-                    )
-                })
-                .collect();
-            json.push(format!(
-                "{{\"key_handle\":{},\"aeads\":{},\"good\":{},\"bad\":[{}]}}",
-                json_string(kh.spelled()),
-                files.len(),
-                files.len() - bad.len(),
-                list.join(",")
-            ));
-        } else {
+        if !cli.json {
             println!(
                 "key handle {}: {} AEADs, {} good, {} bad",
                 kh.spelled(),
@@ -978,14 +1028,22 @@ fn aeads_check(cli: &Cli) -> Result<u8, Failure> {
                 files.len() - bad.len(),
                 bad.len()
             );
-            for (path, reason) in &bad {
-                println!("  BAD {path}: {reason}");
+            for b in &bad {
+                println!("  BAD {}: {}", b.file, b.reason);
             }
         }
         bad_total += bad.len();
+        checked.push(json::AeadsChecked {
+            key_handle: kh.spelled().to_owned(),
+            path: dir.display().to_string(),
+            directory: "present",
+            aeads: files.len(),
+            good: files.len() - bad.len(),
+            bad,
+        });
     }
     if cli.json {
-        println!("[{}]", json.join(","));
+        print_json(&checked)?;
     }
     Ok(u8::from(bad_total > 0))
 }
@@ -994,7 +1052,6 @@ fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
     let config = load_config(&cli.config)?;
     let text = read_in(file)?;
     let import = counters_text::parse_ykval(&text);
-    let problems: Vec<String> = import.errors.iter().map(ToString::to_string).collect();
     // Counters belong to the public id, whichever key handles its AEADs
     // are under (or whether they are imported yet).
     let records: Vec<_> = import.keys.iter().map(|k| k.to_record()).collect();
@@ -1007,11 +1064,32 @@ fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
             other => return Err(unexpected(&other)),
         }
     };
+    let inactive = import.inactive_public_ids();
+    for p in &import.errors {
+        eprintln!("ykadmin: {}: {p}", shown(file));
+    }
+    if cli.json {
+        print_json(&json::YkvalImported {
+            keys: n,
+            raised,
+            unchanged,
+            skipped_never_used: import.skipped_never_used.len(),
+            inactive,
+            errors: import
+                .errors
+                .iter()
+                .map(|e| json::LineError {
+                    line: e.line,
+                    reason: e.reason.clone(),
+                })
+                .collect(),
+        })?;
+        return Ok(u8::from(!import.errors.is_empty()));
+    }
     println!(
         "counters of {n} keys merged: raised {raised}, unchanged {unchanged}; {} never used (skipped)",
         import.skipped_never_used.len()
     );
-    let inactive = import.inactive_public_ids();
     if !inactive.is_empty() {
         println!(
             "YK-VAL had {} keys marked inactive; revoke them if they should stay disabled: {}",
@@ -1019,10 +1097,7 @@ fn import_ykval(cli: &Cli, file: Option<&Path>) -> Result<u8, Failure> {
             inactive.join(" ")
         );
     }
-    for p in &problems {
-        eprintln!("ykadmin: {}: {p}", shown(file));
-    }
-    Ok(u8::from(!problems.is_empty()))
+    Ok(u8::from(!import.errors.is_empty()))
 }
 
 fn shown(file: Option<&Path>) -> String {

@@ -26,6 +26,7 @@ fn help_names_every_subcommand_and_the_exit_codes() {
         "verify",
         "decrypt",
         "status",
+        "metrics",
         "pubid-from-serial",
         "counters",
     ] {

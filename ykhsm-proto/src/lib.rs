@@ -13,11 +13,13 @@ pub mod client;
 pub mod codec;
 pub mod frame;
 pub mod message;
+pub mod report;
 pub mod status;
 pub mod user_name;
 
 pub use client::{ClientError, ServerUid, call};
 pub use message::{CounterRecord, Request, Response};
+pub use report::StatusReport;
 pub use status::Status;
 /// The wrapper the requests keep OTPs in (wiped on drop), for callers that
 /// build them.

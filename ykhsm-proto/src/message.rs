@@ -8,6 +8,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::report::StatusReport;
 use crate::status::Status;
 
 /// Length of an AEAD fingerprint (SHA-1 over key handle ‖ nonce ‖ AEAD).
@@ -449,10 +450,10 @@ pub enum Response {
         /// Why.
         message: String,
     },
-    /// `Status`: key/value pairs for people.
+    /// `Status`: each part's health and the daemon's numbers.
     StatusInfo {
-        /// In display order.
-        items: Vec<(String, String)>,
+        /// The report (boxed: it is the largest answer by far).
+        report: Box<StatusReport>,
     },
     /// `Decrypt`: YK-KSM's answer line, and the public id if the OTP had one.
     Decrypted {
@@ -517,13 +518,9 @@ impl Response {
                 w.u8(kind::PROTOCOL_ERROR);
                 w.str(message);
             }
-            Self::StatusInfo { items } => {
+            Self::StatusInfo { report } => {
                 w.u8(kind::STATUS_INFO);
-                w.count(items.len());
-                for (k, v) in items {
-                    w.str(k);
-                    w.str(v);
-                }
+                report.write(&mut w);
             }
             Self::Decrypted { line, public_id } => {
                 w.u8(kind::DECRYPTED);
@@ -584,14 +581,9 @@ impl Response {
             kind::PROTOCOL_ERROR => Self::ProtocolError {
                 message: r.str("message")?.to_owned(),
             },
-            kind::STATUS_INFO => {
-                let n = r.count("items", 4)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push((r.str("key")?.to_owned(), r.str("value")?.to_owned()));
-                }
-                Self::StatusInfo { items }
-            }
+            kind::STATUS_INFO => Self::StatusInfo {
+                report: Box::new(StatusReport::read(&mut r)?),
+            },
             kind::DECRYPTED => Self::Decrypted {
                 line: r.str("line")?.to_owned(),
                 public_id: r.str("public_id")?.to_owned(),

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use ykhsm_proto::codec::DecodeError;
 use ykhsm_proto::frame::{self, FrameError, HEADER_LEN, MAX_UNPRIVILEGED_FRAME, VERSION};
+use ykhsm_proto::report::{
+    AuthfileStats, BackendKind, Check, DatabaseStats, Health, LogStats, Part, StatusReport,
+};
 use ykhsm_proto::{ClientError, CounterRecord, Request, Response, ServerUid, Status, call, status};
 use zeroize::Zeroizing;
 
@@ -50,6 +53,92 @@ fn refusal() -> impl Strategy<Value = Status> {
             .filter(|&s| s != Status::Ok)
             .collect::<Vec<_>>(),
     )
+}
+
+fn check() -> impl Strategy<Value = Check> {
+    (
+        prop_oneof![
+            Just(Part::Device),
+            "\\PC{0,8}".prop_map(Part::KeyHandle),
+            Just(Part::AeadDir),
+            Just(Part::Authfile),
+            Just(Part::Database),
+            Just(Part::Daemon),
+        ],
+        prop::sample::select(vec![Health::Ok, Health::Warning, Health::Error]),
+        "\\PC{0,30}",
+    )
+        .prop_map(|(part, health, detail)| Check {
+            part,
+            health,
+            detail,
+        })
+}
+
+fn status_report() -> impl Strategy<Value = StatusReport> {
+    (
+        ("\\PC{0,10}", any::<u64>(), "\\PC{0,20}", "\\PC{0,20}"),
+        (any::<bool>(), "\\PC{0,20}"),
+        prop::collection::vec(check(), 0..6),
+        (any::<u64>(), any::<u64>()),
+        (
+            "\\PC{0,20}",
+            proptest::option::of(any::<u64>()),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+        ),
+        any::<[u64; 6]>(),
+        prop::sample::subsequence(status::ALL.to_vec(), 0..=status::ALL.len()).prop_flat_map(
+            |words| {
+                let n = words.len();
+                (Just(words), prop::collection::vec(any::<u64>(), n))
+            },
+        ),
+    )
+        .prop_map(
+            |(
+                (version, uptime_seconds, config, socket),
+                (hsm, backend_path),
+                checks,
+                (users, lines_failing_closed),
+                (path, keys, file_bytes, wal_bytes, last_commit),
+                log,
+                (words, counts),
+            )| StatusReport {
+                version,
+                uptime_seconds,
+                config,
+                socket,
+                backend: if hsm {
+                    BackendKind::Yubihsm
+                } else {
+                    BackendKind::Soft
+                },
+                backend_path,
+                checks,
+                authfile: AuthfileStats {
+                    users,
+                    lines_failing_closed,
+                },
+                database: DatabaseStats {
+                    path,
+                    keys,
+                    file_bytes,
+                    wal_bytes,
+                    last_commit,
+                },
+                log: LogStats {
+                    queued_lines: log[0],
+                    queued_bytes: log[1],
+                    capacity_bytes: log[2],
+                    dropped_daemon_lines: log[3],
+                    dropped_unprivileged_lines: log[4],
+                    counted_peer_uids: log[5],
+                },
+                answers: words.into_iter().zip(counts).collect(),
+            },
+        )
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -110,8 +199,9 @@ fn response() -> impl Strategy<Value = Response> {
         (refusal(), "\\PC{0,80}")
             .prop_map(|(status, message)| Response::Failed { status, message }),
         "\\PC{0,80}".prop_map(|message| Response::ProtocolError { message }),
-        prop::collection::vec(("\\PC{0,10}", "\\PC{0,20}"), 0..5)
-            .prop_map(|items| Response::StatusInfo { items }),
+        status_report().prop_map(|report| Response::StatusInfo {
+            report: Box::new(report)
+        }),
         ("\\PC{0,50}", "[cbdefghijklnrtuv]{0,16}")
             .prop_map(|(line, public_id)| Response::Decrypted { line, public_id }),
         (

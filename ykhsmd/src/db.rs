@@ -27,6 +27,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -157,6 +158,9 @@ struct Inner {
     work: Condvar,
     /// The commit thread, joined on close.
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Unix seconds of the last commit that changed counters (0: none
+    /// since the daemon started), for `ykadmin status` and `metrics`.
+    last_commit: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +225,7 @@ impl Db {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             thread: Mutex::new(None),
+            last_commit: AtomicU64::new(0),
         });
         let for_thread = Arc::clone(&inner);
         let handle = thread::Builder::new()
@@ -242,6 +247,13 @@ impl Db {
     /// What opening the file did besides opening it.
     pub fn opened(&self) -> &Opened {
         &self.inner.opened
+    }
+
+    /// When a transaction that changed counters (a login's new pair, a
+    /// merge that raised something, a reset) last committed, Unix seconds;
+    /// `None` if none has since the database was opened.
+    pub fn last_commit(&self) -> Option<u64> {
+        Some(self.inner.last_commit.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     fn error(&self, message: impl Into<String>) -> DbError {
@@ -436,7 +448,13 @@ fn commit_batch(inner: &Inner, batch: Vec<Op>) -> Vec<Done> {
     }
     let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
     match conn.as_mut() {
-        Some(c) => run_batch(c, &inner.path, batch),
+        Some(c) => {
+            let done = run_batch(c, &inner.path, batch);
+            if done.iter().any(Done::changed_counters) {
+                inner.last_commit.store(now(), Ordering::Relaxed);
+            }
+            done
+        }
         None => failed(
             batch,
             &DbError {
@@ -763,6 +781,16 @@ impl Done {
         }
     }
 
+    /// Whether this is a committed change of the counter table.
+    fn changed_counters(&self) -> bool {
+        match self {
+            Done::Accept(_, r) => matches!(r, Ok(Accept::Fresh)),
+            Done::Merge(_, r) => r.as_ref().is_ok_and(|m| m.raised > 0),
+            Done::Reset(_, r) => r.is_ok(),
+            Done::Export(..) => false,
+        }
+    }
+
     /// The same reply, with `e` instead of a result that was not committed.
     fn fail(self, e: &DbError) -> Self {
         match self {
@@ -954,6 +982,28 @@ mod tests {
         assert_eq!(accept_in(&conn, &new, &p(1, 0)).unwrap(), Accept::Replayed);
         let row = read_row(&conn, &old.public_id).unwrap().unwrap();
         assert_eq!((row.generation, row.last), (1, Some((1, 0))));
+    }
+
+    /// `last_commit` is the time of the last commit that changed
+    /// counters: not a replay's, nor an export's.
+    #[test]
+    fn last_commit_is_set_by_a_fresh_pair_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("counters.sqlite")).unwrap();
+        let accept = |c: u16| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = presented(Counters::new(c, 0).unwrap());
+            db.accept_here(key(), p, true, Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv().unwrap().unwrap()
+        };
+        assert_eq!(db.last_commit(), None);
+        assert_eq!(accept(5), Accept::Fresh);
+        let at = db.last_commit().unwrap();
+        assert!(at.abs_diff(now()) <= 1, "{at}");
+        db.inner.last_commit.store(1, Ordering::Relaxed);
+        assert_eq!(accept(5), Accept::Replayed);
+        assert_eq!(db.last_commit(), Some(1), "a replay commits nothing");
+        db.close();
     }
 
     fn arb_record() -> impl Strategy<Value = CounterRecord> {

@@ -16,7 +16,7 @@
 //! line, and when even the daemon's share is full (syslog and stderr have
 //! taken nothing for a while) the login is still answered and its line is
 //! counted as dropped: logins are never held for the log. Once there is room
-//! a line says how many were dropped; [`Log::summary`] (`ykadmin status`)
+//! a line says how many were dropped; [`Log::stats`] (`ykadmin status`)
 //! has the totals. Refusals of an unprivileged peer are not queued one by
 //! one: the first is written, the rest are counted per uid and written as
 //! one line a second ([`Log::refusal`]).
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, UnixAddr, sendmmsg};
 use syslog::{Facility, LogFormat, Logger, LoggerBackend, Severity};
+use ykhsm_proto::report::LogStats;
 
 /// RFC 3164 lines without a timestamp, `<PRI>ykhsmd[PID]: message`, facility
 /// authpriv: syslogd stamps the time on receipt, in local time. (The syslog
@@ -631,24 +632,24 @@ impl Log {
         }
     }
 
-    /// For `ykadmin status`: what is queued and what was dropped since
-    /// start.
-    pub fn summary(&self) -> String {
+    /// For `ykadmin status` and `metrics`: what is queued and what was
+    /// dropped since start.
+    pub fn stats(&self) -> LogStats {
         let st = self.shared.lock();
-        let held: usize = st.held.iter().sum();
-        format!(
-            "{} lines queued ({} KiB of {} KiB); dropped since start: {} of the daemon's own and root's audit lines, {} of unprivileged peers; {} peer uids' refusals being counted",
-            st.queue.len(),
-            held.div_ceil(1024),
-            (DAEMON_SHARE + UNPRIVILEGED_SHARE) / 1024,
-            st.dropped_total[0],
-            st.dropped_total[1],
-            st.counted
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        LogStats {
+            queued_lines: n(st.queue.len()),
+            queued_bytes: n(st.held.iter().sum()),
+            capacity_bytes: n(DAEMON_SHARE + UNPRIVILEGED_SHARE),
+            dropped_daemon_lines: st.dropped_total[0],
+            dropped_unprivileged_lines: st.dropped_total[1],
+            counted_peer_uids: n(st
+                .counted
                 .open
                 .keys()
                 .filter(|t| !matches!(t, Topic::Daemon(_)))
-                .count()
-        )
+                .count()),
+        }
     }
 
     /// An error line.
@@ -811,8 +812,8 @@ mod tests {
         assert!(st.held[0] <= DAEMON_SHARE && st.held[0] > DAEMON_SHARE - 300);
         assert!(st.dropped_total[0] > 0);
         drop(st);
-        let summary = log.summary();
-        assert!(summary.contains("dropped since start: "), "{summary}");
+        let stats = log.stats();
+        assert!(stats.dropped_daemon_lines > 0 && stats.dropped_unprivileged_lines > 0);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! interface.md, and the admin requests. Transport-free: the server hands
 //! in a decoded request and the peer's credentials, and gets a response.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -16,6 +15,9 @@ use ykhsm_core::ksm;
 use ykhsm_core::otp::{Otp, OtpCounters, PublicId, Token, YubiKeySecrets};
 use ykhsm_core::store::{AeadStore, StoreError, StoredAead};
 use ykhsm_core::{Nonce, YubiKeyAead};
+use ykhsm_proto::report::{
+    AuthfileStats, BackendKind, Check, DatabaseStats, Health, Part, StatusReport,
+};
 use ykhsm_proto::status::ALL as ALL_STATUS;
 use ykhsm_proto::{Request, Response, Status};
 use ykhsm_yubihsm::YubiHsmBackend;
@@ -978,86 +980,132 @@ impl Service {
         )
     }
 
+    /// `Status`: the parts' health and the numbers. Backend and file
+    /// checks run off the event loop (on the device's thread for a YubiHSM,
+    /// like every exchange with it); the database is asked through its
+    /// queue, so a stuck database shows as an error, not a hang.
     async fn status_info(self: &Arc<Self>) -> Response {
         let this = Arc::clone(self);
-        let mut items = self.on_device(move || this.status_items()).await;
-        match self.db.export().await {
-            Ok(r) => items.push((
-                "database".into(),
-                format!("{} ({} keys seen)", self.db.path().display(), r.len()),
-            )),
-            Err(e) => items.push(("database".into(), format!("ERROR {e}"))),
+        let mut report = self.on_device(move || this.status_items()).await;
+        let (health, detail) = match self.db.export().await {
+            Ok(r) => {
+                report.database.keys = Some(u64::try_from(r.len()).unwrap_or(u64::MAX));
+                (
+                    Health::Ok,
+                    format!("{} ({} keys seen)", self.db.path().display(), r.len()),
+                )
+            }
+            Err(e) => (Health::Error, e.to_string()),
+        };
+        report.checks.push(Check {
+            part: Part::Database,
+            health,
+            detail,
+        });
+        Response::StatusInfo {
+            report: Box::new(report),
         }
-        Response::StatusInfo { items }
     }
 
-    fn status_items(&self) -> Vec<(String, String)> {
-        let mut items: Vec<(String, String)> = Vec::new();
-        let mut add = |k: &str, v: String| items.push((k.to_owned(), v));
-        add("version", env!("CARGO_PKG_VERSION").to_owned());
-        add("uptime_s", self.started.elapsed().as_secs().to_string());
-        add("config", self.config.path.display().to_string());
-        add("socket", self.config.socket.display().to_string());
-        match &self.config.backend {
-            BackendConfig::Soft { keys_file } => {
-                add("backend", format!("soft ({})", keys_file.display()))
-            }
-            BackendConfig::Yubihsm { device } => {
-                add("backend", format!("yubihsm ({})", device.display()))
-            }
-        }
-        let backend = self.backend();
-        if let Some(health) = backend.health() {
-            add("device", health.unwrap_or_else(|e| format!("ERROR {e}")));
+    /// Everything of the status report but the database's row count.
+    fn status_items(&self) -> StatusReport {
+        let mut checks = Vec::new();
+        let mut check = |part: Part, r: Result<String, String>| {
+            let (health, detail) = match r {
+                Ok(d) => (Health::Ok, d),
+                Err(d) => (Health::Error, d),
+            };
+            checks.push(Check {
+                part,
+                health,
+                detail,
+            });
+        };
+        let (backend, backend_path) = match &self.config.backend {
+            BackendConfig::Soft { keys_file } => (BackendKind::Soft, keys_file),
+            BackendConfig::Yubihsm { device } => (BackendKind::Yubihsm, device),
+        };
+        let b = self.backend();
+        if let Some(health) = b.health() {
+            check(Part::Device, health.map_err(|e| e.to_string()));
         }
         for kh in &self.config.key_handles {
-            let state = match backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
-                Ok(()) => "usable".to_owned(),
-                Err(e) => format!("ERROR {e}"),
-            };
-            add(&format!("key_handle {}", kh.spelled()), state);
+            let state = b
+                .check_key_handle(kh.value(), Purpose::OtpDecode)
+                .map(|()| "usable".to_owned())
+                .map_err(|e| e.to_string());
+            check(Part::KeyHandle(kh.spelled().to_owned()), state);
         }
-        let aead = match std::fs::read_dir(&self.config.aead_dir) {
-            Ok(_) => "readable".to_owned(),
-            Err(e) => format!("ERROR {e}"),
-        };
-        add(
-            "aead_dir",
-            format!("{} {aead}", self.config.aead_dir.display()),
+        let dir = self.config.aead_dir.display();
+        check(
+            Part::AeadDir,
+            std::fs::read_dir(&self.config.aead_dir)
+                .map(|_| format!("{dir} readable"))
+                .map_err(|e| format!("{dir}: {e}")),
         );
+        let mut authfile = AuthfileStats::default();
         match self.authfile.current() {
             Ok(c) => {
-                let bad = c.parsed.problems.iter().filter(|p| p.fails_closed).count();
-                add(
-                    "authfile",
-                    format!(
-                        "{} ({} users, {bad} lines failing closed)",
+                let failing = c.parsed.problems.iter().filter(|p| p.fails_closed).count();
+                authfile = AuthfileStats {
+                    users: u64::try_from(c.parsed.users().len()).unwrap_or(u64::MAX),
+                    lines_failing_closed: u64::try_from(failing).unwrap_or(u64::MAX),
+                };
+                checks.push(Check {
+                    part: Part::Authfile,
+                    // Those users are refused until it is fixed; everyone
+                    // else logs in.
+                    health: if failing > 0 {
+                        Health::Warning
+                    } else {
+                        Health::Ok
+                    },
+                    detail: format!(
+                        "{} ({} users, {failing} lines failing closed)",
                         self.authfile.path().display(),
-                        c.parsed.users().len()
+                        authfile.users
                     ),
-                );
+                });
             }
-            Err(e) => add("authfile", format!("ERROR {e}")),
+            Err(e) => checks.push(Check {
+                part: Part::Authfile,
+                health: Health::Error,
+                detail: e.to_string(),
+            }),
         }
-        add("log", self.log.summary());
-        let counts: BTreeMap<&str, u64> = ALL_STATUS
-            .iter()
-            .map(|s| {
-                (
-                    s.as_str(),
-                    self.answered[usize::from(s.code())].load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        add(
-            "answers",
-            counts
+        // The file and its write-ahead log: what the counters take on disk.
+        let size = |suffix: &str| {
+            let mut path = self.db.path().as_os_str().to_owned();
+            path.push(suffix);
+            std::fs::metadata(path).map_or(0, |m| m.len())
+        };
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            config: self.config.path.display().to_string(),
+            socket: self.config.socket.display().to_string(),
+            backend,
+            backend_path: backend_path.display().to_string(),
+            checks,
+            authfile,
+            database: DatabaseStats {
+                path: self.db.path().display().to_string(),
+                keys: None,
+                file_bytes: size(""),
+                wal_bytes: size("-wal"),
+                last_commit: self.db.last_commit(),
+            },
+            log: self.log.stats(),
+            answers: ALL_STATUS
                 .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
-        items
+                .map(|&s| {
+                    (
+                        s,
+                        self.answered[usize::from(s.code())].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        }
     }
 }
 
@@ -1094,9 +1142,17 @@ impl FailClosed for Response {
     }
 }
 
-impl FailClosed for Vec<(String, String)> {
+impl FailClosed for StatusReport {
     fn fail_closed() -> Self {
-        vec![("error".into(), "internal error".into())]
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            checks: vec![Check {
+                part: Part::Daemon,
+                health: Health::Error,
+                detail: "internal error: the status task failed".into(),
+            }],
+            ..StatusReport::default()
+        }
     }
 }
 

@@ -304,14 +304,17 @@ fn admin_requests_work_for_root() {
     };
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].last, Some((1, 0)));
-    let Response::StatusInfo { items } = d.request(&Request::Status) else {
+    let Response::StatusInfo { report } = d.request(&Request::Status) else {
         panic!()
     };
     assert!(
-        items
+        report
+            .checks
             .iter()
-            .any(|(k, v)| k == "key_handle 1" && v == "usable"),
-        "{items:?}"
+            .any(|c| c.part.key_handle() == Some("1")
+                && c.health == ykhsm_proto::report::Health::Ok
+                && c.detail == "usable"),
+        "{report:?}"
     );
 }
 

@@ -964,3 +964,553 @@ fn ykadmin_refuses_a_config_file_writable_by_others_or_not_roots() {
     chown(&env.config_path, Some(0), None).unwrap();
     assert_eq!(ykadmin(&env, &["status"]).code, 0);
 }
+
+// Issue 13, monitoring: `status` exits by its health, `--json` prints one
+// document from serde types with numbers as numbers and nothing else, and
+// `metrics` writes node_exporter's textfile format atomically.
+
+/// The one JSON document `o` printed on standard output: anything else
+/// there (a text line before it, a second document) fails the test.
+fn json_of(o: &common::Out) -> serde_json::Value {
+    serde_json::from_str(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "standard output is not one JSON document ({e}):\n{}\nstderr:\n{}",
+            o.stdout, o.stderr
+        )
+    })
+}
+
+#[test]
+fn status_exits_1_and_says_error_when_a_check_fails() {
+    let (env, _key, _d) = common::alice();
+    let o = ykadmin(&env, &["status"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    // The store goes away (an unmounted volume, a bad rsync).
+    fs::rename(&env.aead_dir, env.dir.path().join("aeads.moved")).unwrap();
+    let o = ykadmin(&env, &["status"]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("aead_dir"))
+        .unwrap_or_else(|| panic!("no aead_dir line:\n{}", o.stdout));
+    assert!(line.contains("ERROR"), "{line}");
+    let o = ykadmin(&env, &["--json", "status"]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    let v = json_of(&o);
+    assert_eq!(v["healthy"], false, "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    let aead_dir = checks.iter().find(|c| c["part"] == "aead_dir").unwrap();
+    assert_eq!(aead_dir["health"], "error", "{v}");
+    let key_handle = checks.iter().find(|c| c["part"] == "key_handle").unwrap();
+    assert_eq!(
+        (&key_handle["key_handle"], &key_handle["health"]),
+        (&serde_json::json!("1"), &serde_json::json!("ok")),
+        "{v}"
+    );
+}
+
+#[test]
+fn json_status_is_one_document_with_numbers_as_numbers() {
+    let (env, mut key, d) = common::alice();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    let o = ykadmin(&env, &["--json", "status"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let v = json_of(&o);
+    assert_eq!(v["healthy"], true, "{v}");
+    assert!(v["uptime_seconds"].is_u64(), "{v}");
+    assert_eq!(v["answers"]["OK"], 1, "{v}");
+    assert_eq!(v["answers"]["REPLAYED_OTP"], 0, "{v}");
+    assert_eq!(v["database"]["keys"], 1, "{v}");
+    assert!(v["database"]["size_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["database"]["last_commit"].is_u64(), "{v}");
+    assert_eq!(v["authfile"]["users"], 1, "{v}");
+    assert_eq!(v["authfile"]["lines_failing_closed"], 0, "{v}");
+    for field in ["dropped_daemon_lines", "dropped_unprivileged_lines"] {
+        assert!(v["log"][field].is_u64(), "{field}: {v}");
+    }
+    for c in v["checks"].as_array().unwrap() {
+        assert_eq!(c["health"], "ok", "{c}");
+    }
+}
+
+#[test]
+fn json_output_of_every_subcommand_is_one_document() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let _d = env.start();
+    let path = |name: &str| env.dir.path().join(name).display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let o = ykadmin(&env, &all);
+        let v = json_of(&o);
+        (o.code, v)
+    };
+    let (code, v) = run(&["pubid-from-serial", "2198612"]);
+    assert_eq!((code, &v["serial"]), (0, &serde_json::json!(2_198_612)));
+    let otp = env.otp(&mut key);
+    let (code, v) = run(&["decrypt", &otp]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["public_id"], "ccccccdbjrgf");
+    let (code, v) = run(&["verify", "alice", &otp]);
+    assert_eq!((code, &v["status"]), (0, &serde_json::json!("OK")));
+    // Enroll by OTP: nothing but the document, the counters as numbers.
+    let (code, v) = run(&["enroll", "bob", &env.otp(&mut key)]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["public_id"], "ccccccdbjrgf", "{v}");
+    assert_eq!(v["verified"]["counter"], 1, "{v}");
+    assert!(v["verified"]["session_use"].is_u64(), "{v}");
+    let (code, v) = run(&["enroll", "carol", "cccccccccccb"]);
+    assert_eq!((code, &v["changed"]), (0, &serde_json::json!(true)), "{v}");
+    let (code, v) = run(&["revoke", "carol", "cccccccccccb"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["removed"], serde_json::json!(["cccccccccccb"]), "{v}");
+    let (code, v) = run(&["list"]);
+    assert_eq!(code, 0, "{v}");
+    let alice = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user"] == "alice")
+        .unwrap();
+    assert_eq!(alice["keys"][0]["counter"], 1, "{v}");
+    assert!(alice["keys"][0]["last_used"].is_u64(), "{v}");
+    // Counters: export (its own format), then merge, import-ykval, reset.
+    let export = path("counters.txt");
+    assert_eq!(ykadmin(&env, &["counters", "export", &export]).code, 0);
+    let (code, v) = run(&["counters", "merge", &export]);
+    assert_eq!((code, &v["records"]), (0, &serde_json::json!(1)), "{v}");
+    let ykval = path("ykval.csv");
+    fs::write(
+        &ykval,
+        "1,1359470658,1359470700,cccccccccccd,5,3,32729,4,,x\n\
+         0,1359470658,1359470658,cccccccccccf,7,1,1,1,,stolen\n",
+    )
+    .unwrap();
+    let (code, v) = run(&["counters", "import-ykval", &ykval]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (&v["keys"], &v["raised"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "{v}"
+    );
+    assert_eq!(v["inactive"], serde_json::json!(["cccccccccccf"]), "{v}");
+    let (code, v) = run(&["counters", "reset", "ccccccdbjrgf"]);
+    assert_eq!((code, &v["generation"]), (0, &serde_json::json!(1)), "{v}");
+    // The store.
+    let (code, v) = run(&["aeads", "check"]);
+    assert_eq!((code, &v[0]["aeads"]), (0, &serde_json::json!(1)), "{v}");
+    let (code, v) = run(&["aeads", "digest"]);
+    assert_eq!((code, &v["files"]), (0, &serde_json::json!(1)), "{v}");
+    let (code, v) = run(&["aeads", "digest", "--per-key"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["ccccccdbjrgf"].is_string(), "{v}");
+    // New keys and imported ones.
+    let programming = path("program.txt");
+    let (code, v) = run(&["generate", "--prefix", "vvdd", "--out", &programming]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["public_ids"].as_array().unwrap().len(), 1, "{v}");
+    for l in fs::read_to_string(&programming)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("ykman"))
+    {
+        let w: Vec<&str> = l.split(' ').collect();
+        env.secret(w[w.len() - 1]);
+        env.secret(w[w.iter().position(|x| *x == "--private-id").unwrap() + 1]);
+    }
+    let (line, _yk) = env.ykksm_key("cccccccccccg");
+    let keys = path("keys.txt");
+    fs::write(&keys, format!("{line}\n")).unwrap();
+    let (code, v) = run(&["import-ykksm", &keys]);
+    assert_eq!((code, &v["imported"]), (0, &serde_json::json!(1)), "{v}");
+    let (code, v) = run(&["status"]);
+    assert_eq!((code, &v["healthy"]), (0, &serde_json::json!(true)), "{v}");
+}
+
+#[test]
+fn json_aeads_check_puts_a_key_handle_without_a_directory_in_the_document() {
+    let (env, _key, _d) = common::alice();
+    // Key handle 2 has no directory in the store (yet).
+    env.config("key_handles = [\"1\", \"2\"]");
+    let o = ykadmin(&env, &["--json", "aeads", "check"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let v = json_of(&o);
+    assert_eq!(v[0]["good"], 1, "{v}");
+    assert_eq!(
+        (&v[1]["key_handle"], &v[1]["directory"], &v[1]["aeads"]),
+        (
+            &serde_json::json!("2"),
+            &serde_json::json!("missing"),
+            &serde_json::json!(0)
+        ),
+        "{v}"
+    );
+}
+
+#[test]
+fn json_is_refused_where_the_output_has_a_format_of_its_own() {
+    let (env, _key, _d) = common::alice();
+    for args in [
+        &["--json", "man"][..],
+        &["--json", "completions", "bash"],
+        &["--json", "counters", "export"],
+        &["--json", "metrics"],
+    ] {
+        let o = ykadmin(&env, args);
+        assert_eq!(
+            (o.code, o.stdout.as_str()),
+            (2, ""),
+            "{args:?}: {}",
+            o.stderr
+        );
+        assert!(o.stderr.contains("--json"), "{args:?}: {}", o.stderr);
+    }
+}
+
+/// A sample of the exposition format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Whether `s` is a metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`), or with
+/// `colon` false a label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+fn is_name(s: &str, colon: bool) -> bool {
+    let ok = |c: char, first: bool| {
+        c.is_ascii_alphabetic() || c == '_' || (colon && c == ':') || (!first && c.is_ascii_digit())
+    };
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| ok(c, true)) && chars.all(|c| ok(c, false))
+}
+
+/// Parses Prometheus's text exposition format as node_exporter's textfile
+/// collector reads it, strictly: every line a `# HELP`, a `# TYPE` or a
+/// sample; every sample after its family's TYPE line, the family's samples
+/// together; names and label names well formed; label values quoted with
+/// their escapes; a value, no timestamp (the collector refuses them); no
+/// sample twice; the last line ends with a newline.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    use std::collections::{HashMap, HashSet};
+    assert!(text.ends_with('\n'), "no final newline:\n{text}");
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helps: HashSet<String> = HashSet::new();
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut current: Option<String> = None;
+    let mut seen = HashSet::new();
+    let mut samples = Vec::new();
+    let mut enter = |family: &str, current: &mut Option<String>| {
+        if current.as_deref() != Some(family) {
+            assert!(finished.insert(family.to_owned()), "{family}: lines apart");
+            *current = Some(family.to_owned());
+        }
+    };
+    for (n, line) in text.lines().enumerate() {
+        let at = format!("line {}: {line:?}", n + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.splitn(3, ' ');
+            let (kw, name, tail) = (words.next(), words.next(), words.next());
+            let name = name.unwrap_or_else(|| panic!("{at}"));
+            assert!(is_name(name, true), "{at}");
+            enter(name, &mut current);
+            match kw {
+                Some("HELP") => {
+                    let help = tail.unwrap_or_else(|| panic!("{at}"));
+                    assert!(!help.is_empty() && helps.insert(name.to_owned()), "{at}");
+                    assert!(!types.contains_key(name), "{at}: HELP after TYPE");
+                }
+                Some("TYPE") => {
+                    let t = tail.unwrap_or_else(|| panic!("{at}"));
+                    assert!(
+                        ["counter", "gauge", "untyped"].contains(&t),
+                        "{at}: type {t}"
+                    );
+                    assert!(
+                        types.insert(name.to_owned(), t.to_owned()).is_none(),
+                        "{at}"
+                    );
+                }
+                _ => panic!("{at}: a comment that is neither HELP nor TYPE"),
+            }
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or_else(|| panic!("{at}"));
+        let name = &line[..end];
+        assert!(is_name(name, true), "{at}");
+        assert!(types.contains_key(name), "{at}: no TYPE line before it");
+        enter(name, &mut current);
+        let (labels, rest) = match line[end..].strip_prefix('{') {
+            Some(body) => parse_labels(body, &at),
+            None => (Vec::new(), &line[end..]),
+        };
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("{at}: no space before the value"));
+        assert!(!value.contains(' '), "{at}: a timestamp or more");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap_or_else(|_| panic!("{at}: value")),
+        };
+        if types[name] == "counter" {
+            assert!(name.ends_with("_total") && value >= 0.0, "{at}");
+        }
+        let mut key = labels.clone();
+        key.sort();
+        assert!(seen.insert((name.to_owned(), key)), "{at}: twice");
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// The labels of a sample from just after its `{`: the pairs, and what
+/// follows the `}`.
+fn parse_labels<'a>(body: &'a str, at: &str) -> (Vec<(String, String)>, &'a str) {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let mut rest = body;
+    if let Some(after) = rest.strip_prefix('}') {
+        return (labels, after);
+    }
+    loop {
+        let eq = rest.find('=').unwrap_or_else(|| panic!("{at}"));
+        let label = &rest[..eq];
+        assert!(
+            is_name(label, false) && !label.starts_with("__"),
+            "{at}: label {label:?}"
+        );
+        assert!(
+            !labels.iter().any(|(l, _)| l == label),
+            "{at}: {label} twice"
+        );
+        rest = rest[eq + 1..]
+            .strip_prefix('"')
+            .unwrap_or_else(|| panic!("{at}: unquoted value"));
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let close = loop {
+            match chars.next().unwrap_or_else(|| panic!("{at}: open quote")) {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next() {
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, 'n')) => value.push('\n'),
+                    _ => panic!("{at}: bad escape"),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((label.to_owned(), value));
+        rest = &rest[close + 1..];
+        if let Some(after) = rest.strip_prefix('}') {
+            return (labels, after);
+        }
+        rest = rest
+            .strip_prefix(',')
+            .unwrap_or_else(|| panic!("{at}: no comma between labels"));
+    }
+}
+
+/// The value of the sample `name` with exactly `labels`, if there is one.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(l, w)| l == k && w == v))
+        })
+        .map(|s| s.value)
+}
+
+/// A node_exporter textfile directory in the `Env`, and the file
+/// `ykadmin metrics --out` writes there.
+fn textfile(env: &Env) -> std::path::PathBuf {
+    let dir = env.dir.path().join("node-exporter");
+    if !dir.exists() {
+        fs::create_dir(&dir).unwrap();
+    }
+    dir.join("ykhsm.prom")
+}
+
+/// Runs `ykadmin metrics --out FILE` and parses what it wrote.
+fn metrics(env: &Env) -> (common::Out, Vec<Sample>) {
+    let out = textfile(env);
+    let o = ykadmin(env, &["metrics", "--out", out.to_str().unwrap()]);
+    let text = fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}{}", out.display(), o.stdout, o.stderr));
+    let samples = parse_exposition(&text);
+    (o, samples)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn metrics_file_is_replaced_atomically_mode_0644_leaving_no_temporary_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (env, _key, _d) = common::alice();
+    let out = textfile(&env);
+    // Under a umask that would make it private: node_exporter runs as
+    // another user and must read it.
+    let run = || {
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 077; exec \"$0\" --config \"$1\" metrics --out \"$2\"")
+            .arg(ykadmin_bin())
+            .arg(&env.config_path)
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    assert!(first.stdout.is_empty(), "{first:?}");
+    let meta = fs::metadata(&out).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+    let old_text = fs::read_to_string(&out).unwrap();
+    // node_exporter reading the file while it is replaced reads it whole.
+    let mut held = File::open(&out).unwrap();
+    let second = run();
+    assert!(second.status.success(), "{second:?}");
+    let replaced = fs::metadata(&out).unwrap();
+    assert_ne!(meta.ino(), replaced.ino(), "written in place");
+    assert_eq!(replaced.permissions().mode() & 0o7777, 0o644);
+    let mut read = String::new();
+    held.read_to_string(&mut read).unwrap();
+    assert_eq!(read, old_text);
+    let names: Vec<String> = fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["ykhsm.prom"]);
+    parse_exposition(&fs::read_to_string(&out).unwrap());
+}
+
+#[test]
+fn metrics_parse_as_the_exposition_format_with_the_daemons_numbers() {
+    let (env, _key, _d) = common::alice();
+    let (o, samples) = metrics(&env);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert_eq!(sample(&samples, "ykhsm_up", &[]), Some(1.0));
+    assert!(sample(&samples, "ykhsm_uptime_seconds", &[]).is_some());
+    for word in [
+        "OK",
+        "BAD_OTP",
+        "REPLAYED_OTP",
+        "NO_SUCH_KEY",
+        "NOT_AUTHORIZED",
+        "NO_KEYS_FOR_USER",
+        "BACKEND_ERROR",
+        "DENIED",
+        "UNKNOWN_USER",
+    ] {
+        let v = sample(&samples, "ykhsm_answers_total", &[("status", word)]);
+        assert_eq!(v, Some(0.0), "{word}: {samples:?}");
+    }
+    let healthy = |labels: &[(&str, &str)]| sample(&samples, "ykhsm_healthy", labels);
+    assert_eq!(
+        healthy(&[("part", "key_handle"), ("key_handle", "1")]),
+        Some(1.0)
+    );
+    for part in ["aead_dir", "authfile", "database"] {
+        assert_eq!(healthy(&[("part", part)]), Some(1.0), "{part}");
+    }
+    assert_eq!(sample(&samples, "ykhsm_authfile_users", &[]), Some(1.0));
+    for source in ["daemon", "unprivileged"] {
+        let v = sample(
+            &samples,
+            "ykhsm_log_dropped_lines_total",
+            &[("source", source)],
+        );
+        assert_eq!(v, Some(0.0), "{source}");
+    }
+    // The database: the file and its write-ahead log.
+    let size = |suffix: &str| {
+        let mut p = env.database().into_os_string();
+        p.push(suffix);
+        fs::metadata(p).map_or(0, |m| m.len())
+    };
+    assert_eq!(
+        sample(&samples, "ykhsm_database_size_bytes", &[]),
+        Some((size("") + size("-wal")) as f64)
+    );
+    // Nothing committed since the daemon started: no time to give.
+    assert_eq!(
+        sample(
+            &samples,
+            "ykhsm_database_last_commit_timestamp_seconds",
+            &[]
+        ),
+        None
+    );
+}
+
+#[test]
+fn metrics_ok_count_goes_up_by_one_after_a_login_and_the_commit_time_is_recent() {
+    let (env, mut key, d) = common::alice();
+    let ok = |s: &[Sample]| sample(s, "ykhsm_answers_total", &[("status", "OK")]).unwrap();
+    let (_, before) = metrics(&env);
+    let started = unix_now().floor();
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    let ended = unix_now().ceil();
+    let (o, after) = metrics(&env);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(ok(&after), ok(&before) + 1.0);
+    let commit = sample(&after, "ykhsm_database_last_commit_timestamp_seconds", &[])
+        .unwrap_or_else(|| panic!("no commit time: {after:?}"));
+    assert!(
+        (started..=ended).contains(&commit),
+        "commit at {commit}, login between {started} and {ended}"
+    );
+    assert_eq!(sample(&after, "ykhsm_database_keys", &[]), Some(1.0));
+}
+
+#[test]
+fn metrics_say_ykhsm_up_0_and_exit_3_when_the_daemon_is_stopped() {
+    let (env, _key, mut d) = common::alice();
+    let (o, samples) = metrics(&env);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(sample(&samples, "ykhsm_up", &[]), Some(1.0));
+    d.terminate();
+    let (o, samples) = metrics(&env);
+    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("is it running?"), "{}", o.stderr);
+    assert_eq!(sample(&samples, "ykhsm_up", &[]), Some(0.0));
+    assert_eq!(
+        sample(&samples, "ykhsm_answers_total", &[("status", "OK")]),
+        None
+    );
+}
+
+#[test]
+fn metrics_into_a_missing_directory_fail_naming_it() {
+    let (env, _key, _d) = common::alice();
+    let out = env.dir.path().join("no-such-dir/ykhsm.prom");
+    let o = ykadmin(&env, &["metrics", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("no-such-dir"), "{}", o.stderr);
+}
+
+#[test]
+fn metrics_without_out_go_to_standard_output() {
+    let (env, _key, _d) = common::alice();
+    let o = ykadmin(&env, &["metrics"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let samples = parse_exposition(&o.stdout);
+    assert_eq!(sample(&samples, "ykhsm_up", &[]), Some(1.0));
+}
