@@ -149,6 +149,24 @@ pub fn exposition(report: Option<&StatusReport>) -> String {
         &[("source", "unprivileged")],
         r.log.dropped_unprivileged_lines,
     );
+    if let Some(sys) = &r.log.syslog {
+        out.family(
+            "ykhsm_log_syslog_connected",
+            "gauge",
+            "1 if ykhsmd reaches its syslog socket, 0 while it does not (its lines go to stderr meanwhile).",
+        );
+        out.sample(
+            "ykhsm_log_syslog_connected",
+            &[],
+            u64::from(sys.away_seconds.is_none()),
+        );
+        out.family(
+            "ykhsm_log_syslog_missed_lines_total",
+            "counter",
+            "Log lines not sent to syslog since ykhsmd started (syslog away; they went to stderr).",
+        );
+        out.sample("ykhsm_log_syslog_missed_lines_total", &[], sys.missed_lines);
+    }
     out.text
 }
 

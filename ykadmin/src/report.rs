@@ -72,13 +72,22 @@ pub fn text(report: &StatusReport, now: u64) -> String {
     add(
         "log",
         format!(
-            "{} lines queued ({} KiB of {} KiB); dropped since start: {} of the daemon's own and root's audit lines, {} of unprivileged peers; {} peer uids' refusals being counted",
+            "{} lines queued ({} KiB of {} KiB); dropped since start: {} of the daemon's own and root's audit lines, {} of unprivileged peers; {} peer uids' refusals being counted{}",
             log.queued_lines,
             log.queued_bytes.div_ceil(1024),
             log.capacity_bytes / 1024,
             log.dropped_daemon_lines,
             log.dropped_unprivileged_lines,
-            log.counted_peer_uids
+            log.counted_peer_uids,
+            log.syslog.as_ref().map_or_else(String::new, |sys| format!(
+                "; syslog at {}: {}, {} lines not sent to it since start",
+                sys.path,
+                match sys.away_seconds {
+                    None => "connected".to_owned(),
+                    Some(s) => format!("not reached for {s} s (lines go to stderr)"),
+                },
+                sys.missed_lines
+            ))
         ),
     );
     add(
@@ -129,7 +138,7 @@ pub struct Json<'a> {
     checks: Vec<CheckJson<'a>>,
     authfile: AuthfileJson,
     database: DatabaseJson<'a>,
-    log: LogJson,
+    log: LogJson<'a>,
     /// Status word → answers since the daemon started.
     answers: BTreeMap<&'static str, u64>,
 }
@@ -170,13 +179,23 @@ struct DatabaseJson<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct LogJson {
+struct LogJson<'a> {
     queued_lines: u64,
     queued_bytes: u64,
     capacity_bytes: u64,
     dropped_daemon_lines: u64,
     dropped_unprivileged_lines: u64,
     counted_peer_uids: u64,
+    /// `null` when the daemon writes to no syslog.
+    syslog: Option<SyslogJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct SyslogJson<'a> {
+    path: &'a str,
+    connected: bool,
+    away_seconds: Option<u64>,
+    missed_lines: u64,
 }
 
 impl<'a> Json<'a> {
@@ -224,6 +243,12 @@ impl<'a> Json<'a> {
                 dropped_daemon_lines: log.dropped_daemon_lines,
                 dropped_unprivileged_lines: log.dropped_unprivileged_lines,
                 counted_peer_uids: log.counted_peer_uids,
+                syslog: log.syslog.as_ref().map(|sys| SyslogJson {
+                    path: &sys.path,
+                    connected: sys.away_seconds.is_none(),
+                    away_seconds: sys.away_seconds,
+                    missed_lines: sys.missed_lines,
+                }),
             },
             answers: report
                 .answers

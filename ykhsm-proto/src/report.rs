@@ -159,7 +159,7 @@ pub struct DatabaseStats {
 }
 
 /// The log queue's numbers since the daemon started (issue 12, item 5).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogStats {
     /// Lines waiting for the writer.
     pub queued_lines: u64,
@@ -173,6 +173,20 @@ pub struct LogStats {
     pub dropped_unprivileged_lines: u64,
     /// Peer uids whose refusals are being counted now.
     pub counted_peer_uids: u64,
+    /// The syslog socket the daemon writes to, if it has one.
+    pub syslog: Option<SyslogStats>,
+}
+
+/// The daemon's connection to syslog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyslogStats {
+    /// The socket (`syslog_socket`).
+    pub path: String,
+    /// `None` while connected; else for how long (seconds) it has not been
+    /// reached (its lines go to stderr meanwhile).
+    pub away_seconds: Option<u64>,
+    /// Lines not sent to it since the daemon started.
+    pub missed_lines: u64,
 }
 
 /// The answer to `Status`. (`Default`: an empty report, for tests.)
@@ -251,6 +265,15 @@ impl StatusReport {
         ] {
             w.u64(n);
         }
+        match &log.syslog {
+            None => w.u8(0),
+            Some(sys) => {
+                w.u8(1);
+                w.str(&sys.path);
+                write_opt(w, sys.away_seconds);
+                w.u64(sys.missed_lines);
+            }
+        }
         w.count(self.answers.len());
         for (status, n) in &self.answers {
             w.u8(status.code());
@@ -308,6 +331,19 @@ impl StatusReport {
             dropped_daemon_lines: r.u64("log dropped_daemon_lines")?,
             dropped_unprivileged_lines: r.u64("log dropped_unprivileged_lines")?,
             counted_peer_uids: r.u64("log counted_peer_uids")?,
+            syslog: match r.u8("log syslog")? {
+                0 => None,
+                1 => Some(SyslogStats {
+                    path: r.str("syslog path")?.to_owned(),
+                    away_seconds: read_opt(r, "syslog away_seconds")?,
+                    missed_lines: r.u64("syslog missed_lines")?,
+                }),
+                _ => {
+                    return Err(DecodeError::BadValue {
+                        field: "log syslog",
+                    });
+                }
+            },
         };
         let n = r.count("answers", 9)?;
         let mut answers = Vec::with_capacity(n);

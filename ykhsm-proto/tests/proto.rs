@@ -135,6 +135,11 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     dropped_daemon_lines: log[3],
                     dropped_unprivileged_lines: log[4],
                     counted_peer_uids: log[5],
+                    syslog: (log[0] % 3 != 0).then(|| ykhsm_proto::report::SyslogStats {
+                        path: "/dev/log".into(),
+                        away_seconds: (log[1] % 2 == 0).then_some(log[2]),
+                        missed_lines: log[3],
+                    }),
                 },
                 answers: words.into_iter().zip(counts).collect(),
             },

@@ -3,21 +3,30 @@
 //! Start-up refuses to run on anything it would later have to refuse
 //! logins for: every problem names the file and stops the daemon with a
 //! non-zero exit, before the socket exists.
+//!
+//! Under systemd (Type=notify) the daemon says when it is ready, what it
+//! is doing, and when it reloads or stops, on `NOTIFY_SOCKET`
+//! (sd_notify(3)); see [`notify`].
 
+use std::ffi::OsStr;
 use std::fs::{self, DirBuilder};
 use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use ykhsm_core::backend::Purpose;
 
 use crate::authfile::Authfile;
 use crate::config::{BackendConfig, Config};
 use crate::db::Db;
-use crate::log::Log;
+use crate::log::{Level, Log};
 use crate::server;
 use crate::service::{Service, load_backend};
 
@@ -200,13 +209,84 @@ fn report_opened(db: &Db, log: &Log) {
     }
 }
 
+/// Tells the service manager `states` (sd_notify(3)) on the socket named
+/// by `NOTIFY_SOCKET`; does nothing when that is unset or empty (started
+/// by hand, by a test, by a supervisor without the protocol). A failed
+/// send is logged, never fatal.
+///
+/// The daemon starts no process, so `NOTIFY_SOCKET` is left in its
+/// environment (unsetting it would need `unsafe`, which this crate
+/// forbids, and protects no child).
+pub fn notify(log: &Log, states: &[NotifyState<'_>]) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
+        return;
+    };
+    if let Err(e) = notify_to(&socket, states) {
+        log.limited(
+            "notify",
+            "error",
+            Level::Warning,
+            &format!(
+                "cannot notify the service manager at NOTIFY_SOCKET={}: {e}",
+                socket.to_string_lossy()
+            ),
+        );
+    }
+}
+
+fn notify_to(socket: &OsStr, states: &[NotifyState<'_>]) -> io::Result<()> {
+    let Some(name) = socket.as_bytes().strip_prefix(b"@") else {
+        // A path: systemd's own (/run/systemd/notify, the user manager's
+        // under $XDG_RUNTIME_DIR).
+        return sd_notify::notify(states);
+    };
+    // An abstract socket (`@name`), which sd_notify(3) allows and
+    // sd-notify 0.5 would take for a relative path: the same message, by
+    // hand.
+    let sock = UnixDatagram::unbound()?;
+    sock.connect_addr(&SocketAddr::from_abstract_name(name)?)?;
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    sock.send(message.as_bytes()).map(|_| ())
+}
+
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<()> {
     let log = Arc::new(Log::new(&config.syslog_socket, config.debug));
     let result = serve(config, &log);
+    if let Err(e) = &result {
+        // What `systemctl status` shows next to "failed".
+        notify(
+            &log,
+            &[NotifyState::Status(&format!("start-up failed: {e:#}"))],
+        );
+    }
     // Every line written, also on a start-up error.
     log.stop();
     result
+}
+
+/// What the backend's first answers said, for the READY=1 notification's
+/// STATUS: each configured key handle usable or not and, for a YubiHSM,
+/// whether the device answered at all. A YubiHSM that is absent at start
+/// does not hold the daemon back (it is reopened at each login, which get
+/// BACKEND_ERROR meanwhile), so the daemon is ready once the first attempt
+/// is over, and says what it found.
+fn backend_state(
+    config: &Config,
+    health: Option<Result<String, ykhsm_core::backend::BackendError>>,
+    key_handles: &[String],
+) -> String {
+    match (&config.backend, health) {
+        (BackendConfig::Yubihsm { .. }, Some(Err(e))) => format!(
+            "YubiHSM not answering: {e}; logins get BACKEND_ERROR until it does (it is reopened at each login)"
+        ),
+        (BackendConfig::Yubihsm { device }, _) => {
+            format!("YubiHSM {}: {}", device.display(), key_handles.join(", "))
+        }
+        (BackendConfig::Soft { keys_file }, _) => {
+            format!("keys {}: {}", keys_file.display(), key_handles.join(", "))
+        }
+    }
 }
 
 fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
@@ -229,11 +309,27 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     // 0666, and its directory, 0755, are chmod'ed explicitly).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let backend = load_backend(&config)?;
+    let mut key_handles = Vec::new();
+    let mut all_usable = true;
     for kh in &config.key_handles {
-        if let Err(e) = backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
-            log.warn(&format!("key handle {}: {e}", kh.spelled()));
+        match backend.check_key_handle(kh.value(), Purpose::OtpDecode) {
+            Ok(()) => key_handles.push(format!("key handle {} usable", kh.spelled())),
+            Err(e) => {
+                all_usable = false;
+                log.warn(&format!("key handle {}: {e}", kh.spelled()));
+                key_handles.push(format!("key handle {}: {e}", kh.spelled()));
+            }
         }
     }
+    // Whether a YubiHSM answers at all, asked only when a key handle
+    // check failed (the checks opened it if it is there); nothing to ask
+    // of keys.json.
+    let health = if all_usable { None } else { backend.health() };
+    let ready = format!(
+        "serving on {}; {}",
+        config.socket.display(),
+        backend_state(&config, health, &key_handles)
+    );
     let users = authfile(&config, log)?;
     aead_store(&config)?;
     if config.accept_random_nonce {
@@ -287,18 +383,44 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        // Ready: the socket has listened since `bind` (a login that comes
+        // now waits in its backlog for the acceptors, which start next),
+        // the database is open, the backend has answered (or is known to
+        // be absent), and SIGTERM is handled.
+        notify(log, &[NotifyState::Ready, NotifyState::Status(&ready)]);
         let svc = Arc::clone(&service);
+        let reload_log = Arc::clone(log);
+        let serving = format!(
+            "serving on {}; reloaded (the log says what was re-read)",
+            svc.config().socket.display()
+        );
         let reloader = tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                // systemd ≥ 253 asks for the monotonic time with RELOADING=1.
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                notify(&reload_log, &reloading);
                 let s = Arc::clone(&svc);
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                notify(
+                    &reload_log,
+                    &[NotifyState::Ready, NotifyState::Status(&serving)],
+                );
             }
         });
+        let stop_log = Arc::clone(log);
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            notify(
+                &stop_log,
+                &[
+                    NotifyState::Stopping,
+                    NotifyState::Status("stopping: answering the requests in flight"),
+                ],
+            );
         };
         let served = server::run(listener, Arc::clone(&service), limits, shutdown)
             .await

@@ -20,19 +20,44 @@
 //! has the totals. Refusals of an unprivileged peer are not queued one by
 //! one: the first is written, the rest are counted per uid and written as
 //! one line a second ([`Log::refusal`]).
+//!
+//! **Each line is written once under systemd** (issue 13). There stderr is
+//! a stream into the journal, and `/dev/log` is the journal's too: every
+//! line would be stored twice. systemd names the stream it connected in
+//! `JOURNAL_STREAM` (`DEV:INO`); when that is stderr ([`Stderr::Journal`])
+//! each line goes to syslog only, which keeps what the audit trail needs
+//! (facility authpriv, so `auth.log` and whatever forwards authpriv get
+//! it, and the severity), and stderr carries only the lines syslog could
+//! not take, with their severity as a `<N>` prefix the journal reads.
+//! Started any other way (by hand, in tests) every line goes to both.
+//!
+//! **The syslog socket is followed** (issue 13): a syslog that is not
+//! there at start, restarts, or replaces its socket gets the lines again
+//! as soon as it takes them. Before each batch the writer compares the
+//! file the path names with the one it is connected to (one `stat`), and
+//! connects to a new one at once; a send that fails because the socket
+//! went away reconnects once; a socket that refuses is tried again at
+//! most once per [`SYSLOG_RETRY`]. Lines that could not be sent meanwhile
+//! are counted (and are on stderr); the first line syslog gets when it is
+//! back says how many, and [`Log::summary`] has the total. Only the
+//! writer does any of this: loggers still never wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io::{IoSlice, Write as _};
+use std::fs;
+use std::io::{self, IoSlice, Write as _};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, UnixAddr, sendmmsg};
-use syslog::{Facility, LogFormat, Logger, LoggerBackend, Severity};
-use ykhsm_proto::report::LogStats;
+use syslog::{Facility, LogFormat, Severity};
+use ykhsm_proto::report::{LogStats, SyslogStats};
 
 /// RFC 3164 lines without a timestamp, `<PRI>ykhsmd[PID]: message`, facility
 /// authpriv: syslogd stamps the time on receipt, in local time. (The syslog
@@ -292,10 +317,19 @@ struct State {
     /// The writer sleeps on `wake`: a new line must wake it.
     writer_waiting: bool,
     stopping: bool,
+    /// Lines the syslog socket did not take since start (the writer's
+    /// count, copied after each batch).
+    syslog_missed: u64,
+    /// Since when syslog has been out of reach, if it is.
+    syslog_away: Option<Instant>,
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// What stderr is.
+    stderr: Stderr,
+    /// The syslog socket's path (`None`: stderr only).
+    syslog_path: Option<PathBuf>,
     /// The writer waits here for lines.
     wake: Condvar,
     /// [`Log::stop`] waits here for the writer's last write.
@@ -308,12 +342,54 @@ impl Shared {
     }
 }
 
-fn stderr_text(level: Level, msg: &str, out: &mut String) {
+/// What stderr is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stderr {
+    /// A terminal, a file, a pipe: every line goes to stderr and to
+    /// syslog.
+    Own,
+    /// The journal's stream (`JOURNAL_STREAM` names stderr): each line
+    /// goes to syslog, and to stderr only if syslog did not take it.
+    Journal,
+}
+
+impl Stderr {
+    /// Compares `JOURNAL_STREAM` with stderr's device and inode numbers,
+    /// as systemd.exec(5) asks: the variable is inherited by whatever the
+    /// service starts, whose stderr may be something else.
+    fn detect() -> Self {
+        let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+            return Self::Own;
+        };
+        let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+            return Self::Own;
+        };
+        if names_stream(&var.to_string_lossy(), st.st_dev, st.st_ino) {
+            Self::Journal
+        } else {
+            Self::Own
+        }
+    }
+}
+
+/// Whether `JOURNAL_STREAM`'s `DEV:INO` (decimal) names this device and
+/// inode.
+fn names_stream(var: &str, dev: u64, ino: u64) -> bool {
+    var.split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+fn stderr_text(level: Level, msg: &str, out: &mut String, stderr: Stderr) {
     let tag = match level {
         Level::Error => "error: ",
         Level::Warning => "warning: ",
         Level::Info | Level::Debug => "",
     };
+    if stderr == Stderr::Journal {
+        // sd-daemon(3)'s prefix: the journal stores the line with this
+        // priority (the facility is the unit's SyslogFacility=).
+        let _ = write!(out, "<{}>", severity(level) as u8);
+    }
     out.push_str("ykhsmd: ");
     out.push_str(tag);
     out.push_str(msg);
@@ -332,60 +408,321 @@ fn severity(level: Level) -> Severity {
 /// Lines per write to stderr and per `sendmmsg` to syslog.
 const WRITE_BATCH: usize = 64;
 
-/// Sends lines to syslog: over a datagram socket (`/dev/log`) in one
-/// `sendmmsg`, one datagram each, so a burst of logins costs the writer
-/// one system call and syslogd one wake-up; otherwise line by line.
-fn syslog_batch(l: &mut Logger<LoggerBackend, Authpriv>, batch: &[Queued]) {
-    let LoggerBackend::Unix(sock) = &l.backend else {
-        for q in batch {
-            let _ = match q.level {
-                Level::Error => l.err(&q.text),
-                Level::Warning => l.warning(&q.text),
-                Level::Info => l.info(&q.text),
-                Level::Debug => l.debug(&q.text),
-            };
-        }
-        return;
-    };
-    let lines: Vec<Vec<u8>> = batch
-        .iter()
-        .map(|q| {
-            let mut line = Vec::with_capacity(q.text.len() + 24);
-            let _ = l
-                .formatter
-                .format(&mut line, severity(q.level), q.text.as_str());
-            line
-        })
-        .collect();
-    let iovs: Vec<[IoSlice<'_>; 1]> = lines.iter().map(|m| [IoSlice::new(m)]).collect();
-    let mut headers = MultiHeaders::<UnixAddr>::preallocate(lines.len(), None);
-    let sent = sendmmsg(
-        sock.as_raw_fd(),
-        &mut headers,
-        &iovs,
-        vec![None; lines.len()],
-        [] as [ControlMessage<'_>; 0],
-        MsgFlags::empty(),
+/// How often a syslog socket that refused a connection is tried again
+/// while its path still names the same file. A new file at the path (a
+/// syslogd that made or replaced its socket) is tried at the next batch.
+pub const SYSLOG_RETRY: Duration = Duration::from_secs(1);
+
+/// Which file a path names: device and inode numbers, and the inode's
+/// change time (a socket bound where another was just removed may get the
+/// same inode number).
+type FileId = (u64, u64, i64, i64);
+
+/// What `path` names now (following a symbolic link, as `/dev/log` is one
+/// to journald's socket on Debian).
+fn file_id(path: &Path) -> Option<FileId> {
+    fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Whether a send failed because the socket at the other end is gone:
+/// closed (its syslogd exited), or never connected.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
     )
-    .map_or(0, Iterator::count);
-    // What one call did not take (a full receive queue): one by one,
-    // waiting as the syslog crate would. Only the writer waits.
-    for m in lines.iter().skip(sent) {
-        let _ = sock.send(m);
+}
+
+/// A connection to syslog's socket.
+enum Conn {
+    /// `/dev/log` as syslogd and journald make it: one datagram a line.
+    Datagram(UnixDatagram),
+    /// A stream socket (some containers' syslog): each line ends with a
+    /// NUL, as syslog(3) sends it.
+    Stream(UnixStream),
+}
+
+impl Conn {
+    fn open(path: &Path) -> io::Result<Self> {
+        let sock = UnixDatagram::unbound()?;
+        match sock.connect(path) {
+            Ok(()) => Ok(Self::Datagram(sock)),
+            Err(e) if e.raw_os_error() == Some(Errno::EPROTOTYPE as i32) => {
+                UnixStream::connect(path).map(Self::Stream)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `lines` in order: over a datagram socket in one `sendmmsg`,
+    /// so a burst of logins costs the writer one system call and syslogd
+    /// one wake-up; what one call did not take (a full receive queue) one
+    /// by one, waiting as syslog(3) would — only the writer waits. Returns
+    /// how many were sent, and the error that stopped it.
+    fn send(&mut self, lines: &[Vec<u8>]) -> (usize, Option<io::Error>) {
+        let mut sent = 0;
+        while sent < lines.len() {
+            let rest = &lines[sent..];
+            let one = match self {
+                Self::Datagram(sock) => {
+                    let iovs: Vec<[IoSlice<'_>; 1]> =
+                        rest.iter().map(|m| [IoSlice::new(m)]).collect();
+                    let mut headers = MultiHeaders::<UnixAddr>::preallocate(rest.len(), None);
+                    let taken = sendmmsg(
+                        sock.as_raw_fd(),
+                        &mut headers,
+                        &iovs,
+                        vec![None; rest.len()],
+                        [] as [ControlMessage<'_>; 0],
+                        MsgFlags::empty(),
+                    )
+                    .map_or(0, Iterator::count);
+                    if taken > 0 {
+                        sent += taken;
+                        continue;
+                    }
+                    sock.send(&rest[0]).map(|_| ())
+                }
+                Self::Stream(sock) => sock.write_all(&rest[0]).and_then(|()| sock.write_all(&[0])),
+            };
+            match one {
+                Ok(()) => sent += 1,
+                Err(e) => return (sent, Some(e)),
+            }
+        }
+        (sent, None)
     }
 }
 
-/// Writes lines to stderr and syslog, [`WRITE_BATCH`] at a time.
-fn write_out(lines: &[Queued], syslog: &mut Option<Logger<LoggerBackend, Authpriv>>) {
+/// syslog out of reach: since when, and how many lines it missed.
+struct Away {
+    since: Instant,
+    missed: u64,
+}
+
+/// The writer's syslog: a socket at a path, followed when syslogd
+/// replaces it and reconnected when it comes back.
+struct Syslog {
+    path: PathBuf,
+    formatter: Authpriv,
+    /// The connection, and the file the path named when it was made.
+    conn: Option<(Conn, Option<FileId>)>,
+    /// The last connection attempt that failed: when, and the file the
+    /// path named then.
+    refused: Option<(Instant, Option<FileId>)>,
+    away: Option<Away>,
+    /// Lines not sent since start.
+    missed_total: u64,
+    /// Lines about syslog itself, for stderr only (syslog cannot take them).
+    notices: Vec<String>,
+}
+
+impl Syslog {
+    /// Connects to `path`; if that fails, syslog is away from the start,
+    /// and the error says why.
+    fn open(path: &Path, formatter: Authpriv) -> (Self, Option<io::Error>) {
+        let mut syslog = Self {
+            path: path.to_owned(),
+            formatter,
+            conn: None,
+            refused: None,
+            away: None,
+            missed_total: 0,
+            notices: Vec::new(),
+        };
+        let now = Instant::now();
+        let refused = syslog.connect(now).err();
+        if refused.is_some() {
+            syslog.away = Some(Away {
+                since: now,
+                missed: 0,
+            });
+        }
+        (syslog, refused)
+    }
+
+    fn connect(&mut self, now: Instant) -> io::Result<()> {
+        let file = file_id(&self.path);
+        match Conn::open(&self.path) {
+            Ok(conn) => {
+                self.conn = Some((conn, file));
+                self.refused = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.refused = Some((now, file));
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether to try connecting now: at once to a file not tried yet, at
+    /// most once per [`SYSLOG_RETRY`] to one that refused.
+    fn may_try(&self, file: Option<FileId>, now: Instant) -> bool {
+        match self.refused {
+            None => true,
+            Some((at, refused)) => {
+                refused != file || now.saturating_duration_since(at) >= SYSLOG_RETRY
+            }
+        }
+    }
+
+    /// Before a batch: connects to a new socket at the path (syslogd
+    /// replaced it; the old one may still be open, taking lines no one
+    /// will read), or again to a syslog that was away.
+    fn follow(&mut self, now: Instant) {
+        let file = file_id(&self.path);
+        match &self.conn {
+            Some((_, current)) if file.is_none() || file == *current => {}
+            _ if !self.may_try(file, now) => {}
+            Some(_) => {
+                let old = self.conn.take();
+                if self.connect(now).is_err() {
+                    self.conn = old;
+                }
+            }
+            None => {
+                let _ = self.connect(now);
+            }
+        }
+    }
+
+    fn format(&self, level: Level, text: &str) -> Vec<u8> {
+        let mut line = Vec::with_capacity(text.len() + 24);
+        let _ = self.formatter.format(&mut line, severity(level), text);
+        line
+    }
+
+    /// When syslog is reachable again after it was away: sends the line
+    /// that says how long and how many lines it missed, and returns it
+    /// once it is sent (then syslog is back).
+    fn announce_back(&mut self, now: Instant, stderr: Stderr) -> Option<Queued> {
+        let away = self.away.as_ref()?;
+        self.conn.as_ref()?;
+        let text = format!(
+            "log: syslog at {} reached after {:.1} s without it; {} lines could not be sent to it meanwhile ({})",
+            self.path.display(),
+            now.saturating_duration_since(away.since).as_secs_f64(),
+            away.missed,
+            match stderr {
+                Stderr::Own => "they are on stderr only",
+                Stderr::Journal =>
+                    "they went to the journal through stderr, without facility authpriv",
+            }
+        );
+        let line = self.format(Level::Warning, &text);
+        let (conn, _) = self.conn.as_mut()?;
+        match conn.send(std::slice::from_ref(&line)) {
+            (1, _) => {
+                self.away = None;
+                Some(Queued {
+                    level: Level::Warning,
+                    source: Source::Daemon,
+                    text,
+                })
+            }
+            _ => {
+                // Gone again: the batch finds no connection.
+                self.conn = None;
+                None
+            }
+        }
+    }
+
+    /// Sends `lines`; returns the indices of those not sent (counted as
+    /// missed). A socket that went away is reconnected once (syslogd
+    /// restarted: the line goes to the new one); if that fails, syslog is
+    /// away and a notice says so.
+    fn send(&mut self, lines: &[Vec<u8>], now: Instant) -> Vec<usize> {
+        let mut unsent = Vec::new();
+        let mut i = 0;
+        let mut retried = false;
+        while i < lines.len() {
+            let Some((conn, _)) = self.conn.as_mut() else {
+                unsent.extend(i..lines.len());
+                break;
+            };
+            let (n, err) = conn.send(&lines[i..]);
+            i += n;
+            let Some(e) = err else { continue };
+            if !gone(&e) {
+                // This line only (one longer than the socket takes).
+                unsent.push(i);
+                i += 1;
+                continue;
+            }
+            self.conn = None;
+            if !retried && self.may_try(file_id(&self.path), now) {
+                retried = true;
+                if self.connect(now).is_ok() {
+                    continue;
+                }
+            }
+            if self.away.is_none() {
+                self.away = Some(Away {
+                    since: now,
+                    missed: 0,
+                });
+                self.notices.push(format!(
+                    "log: syslog at {}: {e}; lines go to stderr only until it can be reached again (tried at once when a new socket appears there, else at most every {} s)",
+                    self.path.display(),
+                    SYSLOG_RETRY.as_secs()
+                ));
+            }
+        }
+        let missed = u64::try_from(unsent.len()).unwrap_or(u64::MAX);
+        if let Some(away) = self.away.as_mut() {
+            away.missed += missed;
+        }
+        self.missed_total += missed;
+        unsent
+    }
+}
+
+/// Writes lines to syslog and stderr, [`WRITE_BATCH`] at a time: with
+/// [`Stderr::Own`] each line to both; with [`Stderr::Journal`] each to
+/// syslog, and to stderr only if syslog did not take it.
+fn write_out(lines: &[Queued], syslog: &mut Syslog, stderr: Stderr) {
     let mut text = String::new();
     for chunk in lines.chunks(WRITE_BATCH) {
+        let now = Instant::now();
         text.clear();
-        for q in chunk {
-            stderr_text(q.level, &q.text, &mut text);
+        syslog.follow(now);
+        if let Some(back) = syslog.announce_back(now, stderr)
+            && stderr == Stderr::Own
+        {
+            stderr_text(back.level, &back.text, &mut text, stderr);
         }
-        let _ = std::io::stderr().write_all(text.as_bytes());
-        if let Some(l) = syslog.as_mut() {
-            syslog_batch(l, chunk);
+        let formatted: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|q| syslog.format(q.level, &q.text))
+            .collect();
+        match stderr {
+            Stderr::Own => {
+                for q in chunk {
+                    stderr_text(q.level, &q.text, &mut text, stderr);
+                }
+                let _ = std::io::stderr().write_all(text.as_bytes());
+                text.clear();
+                syslog.send(&formatted, now);
+            }
+            Stderr::Journal => {
+                for i in syslog.send(&formatted, now) {
+                    stderr_text(chunk[i].level, &chunk[i].text, &mut text, stderr);
+                }
+            }
+        }
+        for notice in syslog.notices.drain(..) {
+            stderr_text(Level::Warning, &notice, &mut text, stderr);
+        }
+        if !text.is_empty() {
+            let _ = std::io::stderr().write_all(text.as_bytes());
         }
     }
 }
@@ -396,7 +733,7 @@ const LINGER: Duration = Duration::from_millis(10);
 /// The writer thread: waits for a line (or the end of a counting
 /// interval), lets more gather, writes them all, and only then gives their
 /// room in the queue back.
-fn writer(shared: &Shared, mut syslog: Option<Logger<LoggerBackend, Authpriv>>) {
+fn writer(shared: &Shared, mut syslog: Syslog) {
     let mut batch = VecDeque::new();
     let mut st = shared.lock();
     loop {
@@ -451,8 +788,8 @@ fn writer(shared: &Shared, mut syslog: Option<Logger<LoggerBackend, Authpriv>>) 
             });
         }
         drop(st);
-        write_out(batch.make_contiguous(), &mut syslog);
-        write_out(&extra, &mut syslog);
+        write_out(batch.make_contiguous(), &mut syslog, shared.stderr);
+        write_out(&extra, &mut syslog, shared.stderr);
         // Freed before the lock is taken: loggers never wait on it for
         // this batch's memory.
         let mut written = [0usize; 2];
@@ -463,6 +800,8 @@ fn writer(shared: &Shared, mut syslog: Option<Logger<LoggerBackend, Authpriv>>) 
         for (held, done) in st.held.iter_mut().zip(written) {
             *held = held.saturating_sub(done);
         }
+        st.syslog_missed = syslog.missed_total;
+        st.syslog_away = syslog.away.as_ref().map(|a| a.since);
         if stopping && st.queue.is_empty() {
             st.threaded = false;
             shared.stopped.notify_all();
@@ -472,24 +811,33 @@ fn writer(shared: &Shared, mut syslog: Option<Logger<LoggerBackend, Authpriv>>) 
 }
 
 impl Log {
-    /// Logs to stderr, and to syslog at `syslog_socket` when it can be
-    /// reached (a missing syslog is said once on stderr, not fatal), from a
-    /// writer thread.
+    /// Logs to syslog at `syslog_socket` and to stderr (see [`Stderr`]),
+    /// from a writer thread. A syslog that cannot be reached is said on
+    /// stderr, not fatal: lines go to stderr until it can be.
     pub fn new(syslog_socket: &Path, debug: bool) -> Self {
         let formatter = Authpriv {
             pid: std::process::id(),
         };
-        let syslog = match syslog::unix_custom(formatter, syslog_socket) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!(
-                    "ykhsmd: warning: no syslog at {} ({e}); logging to stderr only",
-                    syslog_socket.display()
-                );
-                None
-            }
-        };
-        let log = Self::stderr_only(debug);
+        let (syslog, refused) = Syslog::open(syslog_socket, formatter);
+        let mut log = Self::stderr_only(debug);
+        if let Some(shared) = Arc::get_mut(&mut log.shared) {
+            shared.syslog_path = Some(syslog_socket.to_owned());
+        }
+        if let Some(e) = refused {
+            let mut text = String::new();
+            stderr_text(
+                Level::Warning,
+                &format!(
+                    "log: no syslog at {} ({e}); lines go to stderr only until it can be reached (tried at once when a socket appears there, else at most every {} s)",
+                    syslog_socket.display(),
+                    SYSLOG_RETRY.as_secs()
+                ),
+                &mut text,
+                log.shared.stderr,
+            );
+            let _ = std::io::stderr().write_all(text.as_bytes());
+            log.shared.lock().syslog_away = Some(Instant::now());
+        }
         let shared = Arc::clone(&log.shared);
         // No thread: the callers write, to stderr only.
         if let Ok(handle) = thread::Builder::new()
@@ -515,7 +863,11 @@ impl Log {
                     counted: Counted::default(),
                     writer_waiting: false,
                     stopping: false,
+                    syslog_missed: 0,
+                    syslog_away: None,
                 }),
+                stderr: Stderr::detect(),
+                syslog_path: None,
                 wake: Condvar::new(),
                 stopped: Condvar::new(),
             }),
@@ -554,7 +906,7 @@ impl Log {
     fn push(&self, mut st: MutexGuard<'_, State>, source: Source, level: Level, msg: &str) {
         if !st.threaded {
             let mut text = String::new();
-            stderr_text(level, msg, &mut text);
+            stderr_text(level, msg, &mut text, self.shared.stderr);
             // One write per line, under the lock: lines never mix.
             let _ = std::io::stderr().write_all(text.as_bytes());
             return;
@@ -649,6 +1001,11 @@ impl Log {
                 .keys()
                 .filter(|t| !matches!(t, Topic::Daemon(_)))
                 .count()),
+            syslog: self.shared.syslog_path.as_ref().map(|path| SyslogStats {
+                path: path.display().to_string(),
+                away_seconds: st.syslog_away.map(|since| since.elapsed().as_secs()),
+                missed_lines: st.syslog_missed,
+            }),
         }
     }
 
@@ -716,8 +1073,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{
-        COUNT_INTERVAL, COUNTED_UIDS, Counted, DAEMON_SHARE, Level, Log, Topic, UNPRIVILEGED_SHARE,
-        escape, user,
+        Authpriv, COUNT_INTERVAL, COUNTED_UIDS, Counted, DAEMON_SHARE, Level, Log, SYSLOG_RETRY,
+        Syslog, Topic, UNPRIVILEGED_SHARE, escape, names_stream, user,
     };
 
     /// A log whose lines stay queued (no writer takes them).
@@ -845,6 +1202,72 @@ mod tests {
             .filter(|q| q.text.contains("peer_uid=65534"))
             .count();
         assert_eq!((root, other), (10, 1));
+    }
+
+    #[test]
+    fn journal_stream_names_a_device_and_inode() {
+        assert!(names_stream("64768:1234", 64768, 1234));
+        assert!(!names_stream("64768:1235", 64768, 1234));
+        assert!(!names_stream("1:1234", 64768, 1234));
+        for bad in [
+            "",
+            "64768",
+            "64768:",
+            ":1234",
+            "64768:1234:5",
+            "x:y",
+            "-1:1234",
+        ] {
+            assert!(!names_stream(bad, 64768, 1234), "{bad:?}");
+        }
+    }
+
+    /// A socket file nobody listens on (syslogd died and left it) is
+    /// tried at most once per SYSLOG_RETRY; a new socket at the path at
+    /// once; lines sent meanwhile are counted.
+    #[test]
+    fn a_refusing_syslog_is_retried_at_a_bounded_rate_and_a_new_one_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
+        let (mut syslog, refused) = Syslog::open(&path, Authpriv { pid: 1 });
+        let e = refused.expect("a socket nobody listens on refuses");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+        let (t0, _) = syslog.refused.unwrap();
+        syslog.follow(t0 + SYSLOG_RETRY / 2);
+        assert_eq!(syslog.refused.unwrap().0, t0, "tried again too soon");
+        let lines = vec![
+            syslog.format(Level::Info, "a"),
+            syslog.format(Level::Info, "b"),
+        ];
+        assert_eq!(syslog.send(&lines, t0 + SYSLOG_RETRY / 2), vec![0, 1]);
+        assert_eq!(
+            (syslog.missed_total, syslog.away.as_ref().unwrap().missed),
+            (2, 2)
+        );
+        let t1 = t0 + SYSLOG_RETRY;
+        syslog.follow(t1);
+        assert_eq!(
+            syslog.refused.unwrap().0,
+            t1,
+            "not tried again after SYSLOG_RETRY"
+        );
+        // syslogd is back: a new socket at the path, taken at once.
+        std::fs::remove_file(&path).unwrap();
+        let new = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        syslog.follow(t1);
+        assert!(syslog.conn.is_some() && syslog.refused.is_none());
+        let back = syslog.announce_back(t1, super::Stderr::Own).unwrap();
+        assert!(
+            back.text.contains("; 2 lines could not be sent"),
+            "{}",
+            back.text
+        );
+        assert!(syslog.send(&lines, t1).is_empty());
+        let mut buf = [0u8; 512];
+        let n = new.recv(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("; 2 lines"));
+        assert_eq!(new.recv(&mut buf).unwrap(), lines[0].len());
     }
 
     #[test]

@@ -745,3 +745,135 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A syslog socket a test binds itself at the configured `syslog_socket`
+/// path (see [`Env::bind_syslog`]): a syslogd that starts late, or one that
+/// replaced the socket. Its datagrams are kept apart (so a test can tell
+/// which socket got a line) and go to the [`Env`]'s logs too.
+pub struct SyslogSocket {
+    lines: Arc<Mutex<Vec<String>>>,
+    sock: UnixDatagram,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl SyslogSocket {
+    /// The datagrams this socket received.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Closes the socket (a syslogd that exits): the daemon's next send to
+    /// it fails. The path stays, as a dead syslogd leaves it.
+    pub fn close(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+    }
+}
+
+impl Drop for SyslogSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Env {
+    /// The configured `syslog_socket`.
+    pub fn syslog_path(&self) -> PathBuf {
+        self.syslog.path.clone()
+    }
+
+    /// Removes the syslog socket's path, as if no syslogd had made it yet.
+    /// (The harness's own socket stays open, reachable by no path.)
+    pub fn unlink_syslog(&self) {
+        fs::remove_file(&self.syslog.path).unwrap();
+    }
+
+    /// Binds a new syslog socket at the configured path, replacing
+    /// whatever is there (unlink, then bind: what syslogd does).
+    pub fn bind_syslog(&self) -> SyslogSocket {
+        let path = &self.syslog.path;
+        let _ = fs::remove_file(path);
+        let sock = UnixDatagram::bind(path).unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (own, all, halt) = (
+            Arc::clone(&lines),
+            Arc::clone(&self.logs),
+            Arc::clone(&stop),
+        );
+        let reading = sock.try_clone().unwrap();
+        let reader = thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            // Ends when `close` shuts the socket down (recv then returns 0);
+            // the socket is closed when this thread drops it.
+            while let Ok(n) = reading.recv(&mut buf) {
+                if n == 0 && halt.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                own.lock().unwrap().push(line.clone());
+                all.lock().unwrap().push(line);
+            }
+        });
+        SyslogSocket {
+            lines,
+            sock,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    /// Starts the daemon as systemd would with `StandardError=journal`:
+    /// its stderr is a pipe whose device and inode numbers are in
+    /// `JOURNAL_STREAM` (what the pipe carries goes to the logs, as with
+    /// [`Env::spawn`]). Waits until it answers.
+    pub fn start_as_journal(&self) -> Daemon {
+        let d = self.spawn_with_stderr_stream(true);
+        d.wait_ready();
+        d
+    }
+
+    /// As [`Env::start_as_journal`], with `JOURNAL_STREAM` naming another
+    /// stream than the daemon's stderr (a daemon started by hand from a
+    /// shell that systemd started).
+    pub fn start_with_stale_journal_stream(&self) -> Daemon {
+        let d = self.spawn_with_stderr_stream(false);
+        d.wait_ready();
+        d
+    }
+
+    fn spawn_with_stderr_stream(&self, matching: bool) -> Daemon {
+        use std::os::unix::fs::MetadataExt;
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let meta = File::from(write.try_clone().unwrap()).metadata().unwrap();
+        let ino = if matching { meta.ino() } else { meta.ino() + 1 };
+        let child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .envs(self.daemon_env.lock().unwrap().iter().cloned())
+            .env("JOURNAL_STREAM", format!("{}:{ino}", meta.dev()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(write))
+            .spawn()
+            .unwrap();
+        // The child has the write end; ours was closed with the Command.
+        let logs = Arc::clone(&self.logs);
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(File::from(read)).lines() {
+                let Ok(line) = line else { break };
+                logs.lock().unwrap().push(line);
+            }
+        });
+        Daemon {
+            child,
+            socket: self.socket.clone(),
+            reader: Some(reader),
+        }
+    }
+}
