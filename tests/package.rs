@@ -57,9 +57,10 @@ const STATE_DIR: &str = "/var/lib/ykhsm";
 const AEAD_DIR: &str = "/var/cache/yubikey-ksm/aeads";
 /// What the test may leave behind and so takes away at the end: each must
 /// be absent when it starts (an operator's installation is never touched).
-const OPERATOR_STATE: [&str; 7] = [
+const OPERATOR_STATE: [&str; 8] = [
     "/etc/ykhsm",
     AUTHFILE,
+    "/etc/yubikeys.lock",
     STATE_DIR,
     "/var/cache/yubikey-ksm",
     "/run/ykhsm",
@@ -298,8 +299,12 @@ fn assert_installed(path: &str, mode: u32) {
     let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(meta.is_file(), "{path} is not a regular file");
     assert_eq!(
-        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
-        (0, 0, mode),
+        (
+            meta.uid(),
+            meta.gid(),
+            format!("{:04o}", meta.mode() & 0o7777)
+        ),
+        (0, 0, format!("{mode:04o}")),
         "{path}: owner, group, mode"
     );
 }
@@ -310,8 +315,12 @@ fn assert_dir(path: &str, mode: u32) {
     let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(meta.is_dir(), "{path} is not a directory");
     assert_eq!(
-        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
-        (0, 0, mode),
+        (
+            meta.uid(),
+            meta.gid(),
+            format!("{:04o}", meta.mode() & 0o7777)
+        ),
+        (0, 0, format!("{mode:04o}")),
         "{path}: owner, group, mode"
     );
 }
@@ -395,6 +404,10 @@ fn check_installed_files() {
     assert_dir("/etc/ykhsm", 0o755);
     assert_dir(AEAD_DIR, 0o755);
     assert_dir(STATE_DIR, 0o700);
+    // An empty authfile, so that the daemon can start before anyone is
+    // enrolled.
+    assert_installed(AUTHFILE, 0o644);
+    assert_eq!(fs::read(AUTHFILE).unwrap(), b"", "{AUTHFILE} after install");
     // No key is shipped: the operator makes keys.json.
     assert!(!Path::new(KEYS_FILE).exists(), "{KEYS_FILE} shipped");
     let listed = ok(Command::new("dpkg").args(["-L", "ykhsm"]));
@@ -597,7 +610,7 @@ impl Drop for Daemon {
     }
 }
 
-/// The test's YubiKey and the operator's files for it.
+/// The test's YubiKey and keys.json for it.
 struct YubiKey {
     key: SoftYubiKey,
     /// Every OTP and secret handed out, to look for in the logs.
@@ -900,12 +913,17 @@ fn installed_package_logs_in_through_pam_and_sshd_and_keeps_its_counters_until_p
     // with ykadmin, the user in the authfile.
     let (mut yubikey, ykksm_line) = YubiKey::new();
     let password = create_user(dir);
-    fs::write(AUTHFILE, format!("{USER}:{}\n", yubikey.public_id())).unwrap();
     let daemon = Daemon::start(dir);
     let (code, out) = ykadmin(&["import-ykksm", "-"], &format!("{ykksm_line}\n"));
     assert_eq!(code, 0, "ykadmin import-ykksm: {out}");
     assert!(out.contains("imported 1, skipped 0, failed 0"), "{out}");
     let pubid = yubikey.public_id();
+    let (code, out) = ykadmin(&["enroll", USER, &pubid], "");
+    assert_eq!(code, 0, "ykadmin enroll: {out}");
+    assert_eq!(
+        fs::read_to_string(AUTHFILE).unwrap(),
+        format!("{USER}:{pubid}\n")
+    );
     let aead = aead_path(&pubid);
     assert_installed(&aead, 0o600);
 
@@ -995,7 +1013,7 @@ fn installed_package_logs_in_through_pam_and_sshd_and_keeps_its_counters_until_p
     assert!(
         said.contains("Kept, because deleting them cannot be undone")
             && said.contains("what refuses a replayed OTP"),
-        "{said}"
+        "purge must keep the counters and say why: {said}"
     );
     for kept in [STATE_DIR, AEAD_DIR, KEYS_FILE, AUTHFILE] {
         assert!(
