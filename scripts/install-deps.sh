@@ -13,7 +13,12 @@ packages=(
     pamtester         # a real PAM application for the module's tests
     openssh-server    # the end-to-end login test (tests/sshd.rs)
     openssh-client
-    man-db            # groff and man: the shipped man pages render without warnings (ykhsmd/tests/man.rs)
+    dpkg-dev          # packaging/build-deb: dpkg-shlibdeps (the .deb's Depends), dpkg-parsechangelog
+    man-db            # groff and man: shipped pages render without warnings (ykhsmd/tests/man.rs, build-deb, the package test)
+    lintian           # scripts/test.sh: lintian on the .deb must show no error
+    systemd           # systemd-analyze: verify and the offline security score of ykhsmd.service (no systemd running needed)
+    bash-completion   # the package test: `ykadmin <TAB>` completes with the installed completion
+    libpam-runtime    # pam-auth-update: the package's maintainer scripts and its test run it
 )
 
 missing=()

@@ -22,3 +22,25 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== ykhsmd's suites again (daemon, PAM, sshd, ykadmin), on the YubiHSM 1 emulator: same tests, same AEAD files"
 YKHSM_TEST_BACKEND=yubihsm cargo test -p ykhsmd --locked --tests
+
+# The Debian package (issue 13): built, linted, its unit scored, then
+# installed and used by the whole-system test, after every other suite
+# (it installs the package and edits /etc/pam.d, and restores them).
+echo "== the Debian package: packaging/build-deb"
+deb=$(packaging/build-deb | tee /dev/stderr | tail -n 1)
+echo "== lintian $deb (no error and no warning; info tags and overrides shown)"
+# As nobody: lintian unpacks the archive, and needs no privilege for it.
+runuser -u nobody -- lintian --display-info --show-overrides --fail-on error,warning "$deb"
+echo "== systemd-analyze security: packaging/ykhsmd.service, exposure at most 2.0"
+security=$(systemd-analyze security --offline=yes --no-pager --threshold=20 packaging/ykhsmd.service) || {
+    echo "$security" >&2
+    echo "ykhsmd.service: exposure above 2.0" >&2
+    exit 1
+}
+echo "$security" | grep 'Overall exposure level'
+echo "== the installed package: tests/package.rs (systemd-analyze verify of the installed unit, logins, remove, reinstall, purge)"
+if [ "$(id -u)" -eq 0 ]; then
+    cargo test -p ykhsm-tests --test package --locked -- --ignored
+else
+    echo "skipped: it installs a package and edits /etc/pam.d, so it runs as root only" >&2
+fi

@@ -175,8 +175,10 @@ fn newer(path: &Path, version: i64) -> DbError {
         path,
         format!(
             "schema version {version} was written by a newer ykhsmd than this one (which knows \
-             versions up to {SCHEMA_VERSION}); run the newer ykhsmd, or restore the copy of the \
-             older database the newer one kept next to it (*.schema-{SCHEMA_VERSION}.*.bak)"
+             versions up to {SCHEMA_VERSION}); install the newer ykhsmd again. The copy the newer \
+             one kept next to it when it migrated (*.schema-{SCHEMA_VERSION}.*.bak) holds the \
+             counters as they were before: restoring it would accept once more every OTP \
+             accepted since, so restore it only if the newer ykhsmd accepted none"
         ),
     )
 }
