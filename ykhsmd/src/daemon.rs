@@ -18,17 +18,58 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
-use ykhsm_core::backend::Purpose;
+use ykhsm_core::backend::{Backend, Purpose, SoftBackend};
+use ykhsm_core::keys_file::{KeysFile, KeysFileError};
+use ykhsm_yubihsm::YubiHsmBackend;
 
 use crate::authfile::Authfile;
 use crate::config::{BackendConfig, Config};
 use crate::db::Db;
 use crate::log::{Level, Log};
 use crate::server;
-use crate::service::{Service, load_backend};
+use crate::service::Service;
+
+/// How long one exchange with the YubiHSM may take (pyhsm's is 1 s).
+const HSM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Builds the configured backend: keys.json read and checked now (owner,
+/// mode, every key); a YubiHSM is opened at its first request, and again
+/// after it went away — a daemon started before the HSM is plugged in, or
+/// one whose HSM was reset, recovers by itself (answering BACKEND_ERROR
+/// meanwhile).
+pub fn load_backend(config: &Config) -> Result<Arc<dyn Backend>, KeysFileError> {
+    Ok(match &config.backend {
+        BackendConfig::Soft { keys_file } => Arc::new(SoftBackend::new(KeysFile::load(keys_file)?)),
+        BackendConfig::Yubihsm { device } => {
+            Arc::new(YubiHsmBackend::new_lazy(device, HSM_TIMEOUT))
+        }
+    })
+}
+
+/// SIGHUP: forgets the cached authfile (re-read at the next use) and
+/// re-reads keys.json, keeping the keys already loaded if the new file is
+/// refused. A YubiHSM stays open: nothing of the device's to re-read, and
+/// reopening it would only cost the start-up checks.
+fn reload(service: &Service) {
+    let log = service.log();
+    service.authfile().invalidate();
+    if service.has_device() {
+        log.info("reload: authfile re-read (the YubiHSM stays open)");
+        return;
+    }
+    match load_backend(service.config()) {
+        Ok(backend) => {
+            service.replace_backend(backend);
+            log.info("reload: keys and authfile re-read");
+        }
+        Err(e) => log.error(&format!("reload: keeping the keys already loaded: {e}")),
+    }
+}
 
 /// No core files (they would hold keys), and as many descriptors as the
 /// hard limit allows (each client connection is one). Returns the limit
@@ -401,7 +442,7 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
                 notify(&reload_log, &reloading);
                 let s = Arc::clone(&svc);
-                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
                 notify(
                     &reload_log,
                     &[NotifyState::Ready, NotifyState::Status(&serving)],
@@ -428,10 +469,10 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         reloader.abort();
         served
     });
-    service.drain_device(service.config().client_timeout + std::time::Duration::from_secs(1));
+    service.drain_device(service.config().client_timeout + Duration::from_secs(1));
     log.info("stopping: in-flight requests answered; closing the database");
     drop(service);
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    runtime.shutdown_timeout(Duration::from_secs(2));
     drop(bound);
     db.close();
     log.info("stopped");

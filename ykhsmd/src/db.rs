@@ -17,14 +17,18 @@
 //! request its result. No answer leaves before the commit it depends on; if
 //! the commit fails, every request in the batch gets an error and no `OK`.
 //!
-//! Who commits: a login arriving when nothing is being committed commits
-//! its own check-and-set on its own thread ([`Db::accept_here`]): no
-//! hand-off between threads on its way to the disk and back, which is most
-//! of a login's latency beyond the fsync itself. Whatever queues while a
-//! commit is running is committed next, as one batch, by the commit thread,
-//! so the threads that read requests keep reading during the fsync. Only one
-//! commit runs at a time, so batches commit in order.
+//! Who commits ([`Committer`]): a root login read by an acceptor with
+//! nothing else waiting, arriving when nothing is being committed, commits
+//! its own check-and-set on its own thread ([`Db::accept`] with
+//! [`Committer::Acceptor`]): no hand-off between threads on its way to the
+//! disk and back, which is most of a login's latency beyond the fsync
+//! itself. Whatever queues while a commit is running is committed next, as
+//! one batch, by the commit thread, so the threads that read requests keep
+//! reading during the fsync; so is everything from a thread that has other
+//! work (more connections to accept, the event loop, the YubiHSM's
+//! thread). Only one commit runs at a time, so batches commit in order.
 
+use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,14 +53,135 @@ const WAL_CHECKPOINT_PAGES: i64 = 4096;
 /// (public id, AEAD fingerprint); 2: per public id, with a generation.
 pub const SCHEMA_VERSION: i64 = 2;
 
-/// A database failure. The message names the file.
+/// A database failure: the file, and what failed.
+///
+/// The cause (SQLite's error, the I/O error) is kept typed in [`DbErrorKind`]
+/// and shown in the message, as sudo-rs's `Io(path, io::Error)` does; it is
+/// not also returned by `source()`, so that the `{:#}` chains of start-up
+/// errors do not print it twice. Clone: one failed commit answers every
+/// request of its batch.
 #[derive(Debug, Clone, Error)]
-#[error("counter database {}: {message}", path.display())]
+#[error("counter database {}: {kind}", path.display())]
 pub struct DbError {
-    /// The file.
+    /// The file (the database, or one of its companions or its copy).
     pub path: PathBuf,
     /// What failed.
-    pub message: String,
+    pub kind: DbErrorKind,
+}
+
+/// What failed in the counter database.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum DbErrorKind {
+    /// SQLite refused or failed.
+    #[error("{0}")]
+    Sql(Arc<rusqlite::Error>),
+    /// The file could not be created or opened.
+    #[error("cannot open: {0}")]
+    Open(Arc<io::Error>),
+    /// The file's metadata could not be read.
+    #[error("{0}")]
+    Stat(Arc<io::Error>),
+    /// Group and other bits could not be taken off the file.
+    #[error("cannot chmod 0600: {0}")]
+    Chmod(Arc<io::Error>),
+    /// The path is a symbolic link: never followed.
+    #[error("is a symbolic link; refused")]
+    SymbolicLink,
+    /// The path is not a regular file.
+    #[error("is not a regular file; refused")]
+    NotRegularFile,
+    /// SQLite would not put the file in WAL mode.
+    #[error("WAL mode refused (journal mode {0})")]
+    NotWal(String),
+    /// A newer ykhsmd wrote the file: what to do, and what not.
+    #[error(
+        "schema version {0} was written by a newer ykhsmd than this one (which knows \
+         versions up to {SCHEMA_VERSION}); install the newer ykhsmd again. The copy the newer \
+         one kept next to it when it migrated (*.schema-{SCHEMA_VERSION}.*.bak) holds the \
+         counters as they were before: restoring it would accept once more every OTP \
+         accepted since, so restore it only if the newer ykhsmd accepted none"
+    )]
+    NewerSchema(i64),
+    /// A schema version no ykhsm wrote.
+    #[error("schema version {0} is not one ykhsm ever wrote; is this a ykhsm counter database?")]
+    UnknownSchema(i64),
+    /// The copy kept before a migration cannot be named to SQLite.
+    #[error("the path is not UTF-8")]
+    NotUtf8,
+    /// The copy kept before a migration could not be written.
+    #[error("cannot keep a copy before migrating: {0}")]
+    Backup(Arc<rusqlite::Error>),
+    /// The commit thread could not be started.
+    #[error("cannot start the commit thread: {0}")]
+    CommitThread(Arc<io::Error>),
+    /// The database is closed (the daemon is stopping).
+    #[error("the database is closed")]
+    Closed,
+    /// The commit thread stopped without answering.
+    #[error("the committer has stopped")]
+    CommitterStopped,
+    /// An earlier statement of the same transaction failed: nothing of it
+    /// was committed.
+    #[error("an earlier statement in the same transaction failed")]
+    EarlierStatementFailed,
+}
+
+impl DbError {
+    /// `kind` for the file at `path`.
+    pub fn new(path: &Path, kind: DbErrorKind) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            kind,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for DbErrorKind {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(Arc::new(e))
+    }
+}
+
+/// Who commits a login's check-and-set when it finds no commit running,
+/// and why. (If a commit is running, the login joins the next batch
+/// whoever was named: the commit thread takes it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committer {
+    /// The acceptor thread that read the login: nothing else waits for it
+    /// (no other connection to accept, or only ones behind another uid's
+    /// connection — a flood, which is no reason to hand root's commit to a
+    /// thread that would compete with it for the CPU). No hand-off between
+    /// threads on the way to the disk and back: most of a login's latency
+    /// beyond the fsync itself.
+    Acceptor,
+    /// The commit thread, because the thread that ran the checks has other
+    /// work meanwhile.
+    CommitThread(Busy),
+}
+
+/// What the thread that ran a login's checks goes back to while the commit
+/// thread commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Accepting: other connections wait behind a root login, most likely
+    /// more logins.
+    Accepting,
+    /// The event loop's other connections (it never waits on the disk),
+    /// and the admin requests, which the event loop serves.
+    EventLoop,
+    /// The YubiHSM's next OTP.
+    Device,
+}
+
+impl Committer {
+    /// Whether the calling thread commits (unless a commit is running).
+    fn commits_here(self) -> bool {
+        match self {
+            Self::Acceptor => true,
+            Self::CommitThread(Busy::Accepting | Busy::EventLoop | Busy::Device) => false,
+        }
+    }
 }
 
 /// Which key a counter pair belongs to, and the AEAD that decoded the OTP.
@@ -231,10 +356,7 @@ impl Db {
         let handle = thread::Builder::new()
             .name("ykhsmd-commit".into())
             .spawn(move || commit_thread(&for_thread))
-            .map_err(|e| DbError {
-                path: path.to_path_buf(),
-                message: format!("cannot start the commit thread: {e}"),
-            })?;
+            .map_err(|e| DbError::new(path, DbErrorKind::CommitThread(Arc::new(e))))?;
         *inner.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(Self { inner })
     }
@@ -256,26 +378,24 @@ impl Db {
         Some(self.inner.last_commit.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
-    fn error(&self, message: impl Into<String>) -> DbError {
-        DbError {
-            path: self.inner.path.clone(),
-            message: message.into(),
-        }
+    fn error(&self, kind: DbErrorKind) -> DbError {
+        DbError::new(&self.inner.path, kind)
     }
 
-    /// Queues `op`. With `here`, and no commit running, commits the queue
-    /// on this thread before returning; otherwise the commit thread will.
-    fn submit(&self, op: Op, here: bool) {
+    /// Queues `op`. If no commit is running and `committer` is the calling
+    /// thread, commits the queue here before returning; otherwise the
+    /// commit thread will.
+    fn submit(&self, op: Op, committer: Committer) {
         let mut q = self.inner.queue();
         if q.closed {
             drop(q);
-            return fail_all(vec![op], &self.error("the database is closed"));
+            return fail_all(vec![op], &self.error(DbErrorKind::Closed));
         }
         q.ops.push(op);
         if q.committing {
             return; // taken by the running commit's successor
         }
-        if !here {
+        if !committer.commits_here() {
             self.inner.work.notify_one();
             return;
         }
@@ -317,16 +437,17 @@ impl Db {
         }
     }
 
-    /// Accepts `presented` for `key` iff it is above the stored pair;
-    /// `reply` gets the result only after the new pair is committed
-    /// (fsynced). If nothing is being committed, the commit runs on this
-    /// thread before this returns; otherwise it joins the next batch and
-    /// this returns at once.
-    pub fn accept_here(
+    /// Steps 6 and 7 of a login: accepts `presented` for `key` iff it is
+    /// above the stored pair; `reply` gets the result only after the new
+    /// pair is committed (fsynced), on the thread that committed. If
+    /// nothing is being committed and `committer` is the calling thread,
+    /// the commit runs here before this returns; otherwise it joins the
+    /// next batch and this returns at once.
+    pub fn accept(
         &self,
         key: CounterKey,
         presented: Presented,
-        here: bool,
+        committer: Committer,
         reply: Reply<Accept>,
     ) {
         self.submit(
@@ -335,24 +456,8 @@ impl Db {
                 presented,
                 reply,
             },
-            here,
+            committer,
         );
-    }
-
-    /// [`Db::accept_here`] for async callers: always committed by the commit
-    /// thread, so the event loop never waits on the disk.
-    pub async fn accept(&self, key: CounterKey, presented: Presented) -> Result<Accept, DbError> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(
-            Op::Accept {
-                key,
-                presented,
-                reply: to_oneshot(tx),
-            },
-            false,
-        );
-        rx.await
-            .map_err(|_| self.error("the committer has stopped"))?
     }
 
     /// Merges records: per key the higher record wins, nothing is lowered.
@@ -363,10 +468,10 @@ impl Db {
                 records,
                 reply: to_oneshot(tx),
             },
-            false,
+            Committer::CommitThread(Busy::EventLoop),
         );
         rx.await
-            .map_err(|_| self.error("the committer has stopped"))?
+            .map_err(|_| self.error(DbErrorKind::CommitterStopped))?
     }
 
     /// Starts `public_id` afresh: the next generation, no counters, bound to
@@ -383,10 +488,10 @@ impl Db {
                 aeads,
                 reply: to_oneshot(tx),
             },
-            false,
+            Committer::CommitThread(Busy::EventLoop),
         );
         rx.await
-            .map_err(|_| self.error("the committer has stopped"))?
+            .map_err(|_| self.error(DbErrorKind::CommitterStopped))?
     }
 
     /// Every record, sorted by public id.
@@ -396,10 +501,10 @@ impl Db {
             Op::Export {
                 reply: to_oneshot(tx),
             },
-            false,
+            Committer::CommitThread(Busy::EventLoop),
         );
         rx.await
-            .map_err(|_| self.error("the committer has stopped"))?
+            .map_err(|_| self.error(DbErrorKind::CommitterStopped))?
     }
 }
 
@@ -455,13 +560,7 @@ fn commit_batch(inner: &Inner, batch: Vec<Op>) -> Vec<Done> {
             }
             done
         }
-        None => failed(
-            batch,
-            &DbError {
-                path: inner.path.clone(),
-                message: "the database is closed".into(),
-            },
-        ),
+        None => failed(batch, &DbError::new(&inner.path, DbErrorKind::Closed)),
     }
 }
 
@@ -835,10 +934,7 @@ impl Drop for Txn<'_> {
 
 /// One batch: one transaction, one commit; the results to hand out.
 fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done> {
-    let err = |e: &dyn std::fmt::Display| DbError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
+    let err = |e: rusqlite::Error| DbError::new(path, e.into());
     // A lone verify is one statement in its own (implicit) transaction:
     // committed, fsync included, when `execute` returns.
     if let [Op::Accept { .. }] = batch.as_slice()
@@ -848,12 +944,12 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
             reply,
         }) = batch.pop()
     {
-        let r = accept_in(conn, &key, &presented).map_err(|e| err(&e));
+        let r = accept_in(conn, &key, &presented).map_err(err);
         return vec![Done::Accept(reply, r)];
     }
     let tx = match Txn::begin(conn) {
         Ok(tx) => tx,
-        Err(e) => return failed(batch, &err(&e)),
+        Err(e) => return failed(batch, &err(e)),
     };
     let mut done = Vec::with_capacity(batch.len());
     let mut ops = batch.into_iter();
@@ -864,22 +960,16 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
                 key,
                 presented,
                 reply,
-            } => Done::Accept(
-                reply,
-                accept_in(tx.conn, &key, &presented).map_err(|e| err(&e)),
-            ),
+            } => Done::Accept(reply, accept_in(tx.conn, &key, &presented).map_err(err)),
             Op::Merge { records, reply } => {
-                Done::Merge(reply, merge_in(tx.conn, &records).map_err(|e| err(&e)))
+                Done::Merge(reply, merge_in(tx.conn, &records).map_err(err))
             }
-            Op::Export { reply } => Done::Export(reply, export_all(tx.conn).map_err(|e| err(&e))),
+            Op::Export { reply } => Done::Export(reply, export_all(tx.conn).map_err(err)),
             Op::Reset {
                 public_id,
                 aeads,
                 reply,
-            } => Done::Reset(
-                reply,
-                reset_in(tx.conn, &public_id, &aeads).map_err(|e| err(&e)),
-            ),
+            } => Done::Reset(reply, reset_in(tx.conn, &public_id, &aeads).map_err(err)),
         };
         let broke = match &d {
             Done::Accept(_, Err(e)) | Done::Merge(_, Err(e)) | Done::Reset(_, Err(e)) => {
@@ -898,7 +988,7 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
             drop(tx); // rolls back
             Err(e)
         }
-        None => tx.commit().map_err(|e| err(&e)),
+        None => tx.commit().map_err(err),
     };
     let mut out: Vec<Done> = match committed {
         Ok(()) => done,
@@ -906,10 +996,7 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
     };
     out.extend(failed(
         ops.collect(),
-        &DbError {
-            path: path.to_path_buf(),
-            message: "an earlier statement in the same transaction failed".into(),
-        },
+        &DbError::new(path, DbErrorKind::EarlierStatementFailed),
     ));
     out
 }
@@ -937,6 +1024,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use ykhsm_core::counters::is_fresh;
+
+    /// Only an acceptor with nothing else to do commits on its own thread.
+    #[test]
+    fn only_an_idle_acceptor_commits_on_its_own_thread() {
+        assert!(Committer::Acceptor.commits_here());
+        for busy in [Busy::Accepting, Busy::EventLoop, Busy::Device] {
+            assert!(!Committer::CommitThread(busy).commits_here(), "{busy:?}");
+        }
+    }
 
     fn key() -> CounterKey {
         CounterKey {
@@ -993,7 +1089,12 @@ mod tests {
         let accept = |c: u16| {
             let (tx, rx) = std::sync::mpsc::channel();
             let p = presented(Counters::new(c, 0).unwrap());
-            db.accept_here(key(), p, true, Box::new(move |r| tx.send(r).unwrap()));
+            db.accept(
+                key(),
+                p,
+                Committer::Acceptor,
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
             rx.recv().unwrap().unwrap()
         };
         assert_eq!(db.last_commit(), None);

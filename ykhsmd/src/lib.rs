@@ -5,7 +5,12 @@
 //! - [`config`]: the TOML file, validated;
 //! - [`authfile`]: pam_yubico's `/etc/yubikeys`, re-read on change;
 //! - [`db`]: counters in SQLite, exactly-once, durable, group commit;
-//! - [`service`]: the checks in interface.md's order, and admin requests;
+//! - [`service`]: every request dispatched, and the daemon's state;
+//! - [`login`]: the login pipeline — the checks of a login, in order;
+//! - [`error`]: every refusal, and the one table from each to its status word;
+//! - [`admin`]: root's admin requests;
+//! - [`report`]: the status report (`ykadmin status`);
+//! - [`audit`]: the audit line of each verification;
 //! - [`device`]: the YubiHSM's own thread, so nothing waits behind it;
 //! - [`server`]: the socket, peer credentials, limits, deadlines, shutdown;
 //! - [`daemon`]: start-up, `--check`, signals, process hygiene;
@@ -13,12 +18,17 @@
 //! - [`manual`]: `--help`'s reference and the man page ykhsmd(8).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
 pub mod authfile;
 pub use ykhsm_config as config;
 pub mod daemon;
 pub mod db;
 pub mod device;
+pub mod error;
 pub mod log;
+pub mod login;
 pub mod manual;
+pub mod report;
 pub mod server;
 pub mod service;

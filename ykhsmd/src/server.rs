@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -43,9 +43,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use ykhsm_proto::frame::{self, FrameError, HEADER_LEN, MAX_FRAME, MAX_UNPRIVILEGED_FRAME};
-use ykhsm_proto::{Request, Response, Status};
+use ykhsm_proto::{Request, Response};
 use zeroize::Zeroizing;
 
+use crate::db::{Busy, Committer};
+use crate::login::Ask;
 use crate::service::{Peer, Service};
 
 /// Why the socket could not be set up. Every message names the path.
@@ -640,11 +642,15 @@ fn accept_loop(listener: &StdUnixListener, shared: &Shared, helper: bool, to: &P
             // uid, they are most likely that uid's flood, which is no
             // reason to hand root's commit to a thread that would compete
             // with the flood for the CPU.
-            let alone = !waiting || !after_root;
+            let committer = if waiting && after_root {
+                Committer::CommitThread(Busy::Accepting)
+            } else {
+                Committer::Acceptor
+            };
             // A panic costs this connection (closed: the client fails
             // closed), not the acceptor.
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                serve_here(stream, peer, alone, to);
+                serve_here(stream, peer, committer, to);
             }));
         }
         spare.refill();
@@ -764,14 +770,14 @@ fn more_waiting(listener: &StdUnixListener) -> bool {
 /// this thread: read, checks, commit (or a place in the next batch, whose
 /// committer then answers) and answer, with no event loop in between.
 /// Anything else goes to the event loop.
-fn serve_here(stream: StdUnixStream, peer: Peer, alone: bool, to: &Passer<'_>) {
+fn serve_here(stream: StdUnixStream, peer: Peer, committer: Committer, to: &Passer<'_>) {
     let service = to.service;
     let pass = |stream: StdUnixStream, read: &[u8]| to.pass_root(stream, peer, read);
     let mut first = Zeroizing::new([0u8; FIRST_READ]);
     let Some(mut n) = recv_now(&stream, &mut first[..]) else {
         return;
     };
-    if alone && matches!(whole_frame(&first[..n], MAX_FRAME), Ok(None)) {
+    if committer == Committer::Acceptor && matches!(whole_frame(&first[..n], MAX_FRAME), Ok(None)) {
         // Connected a moment ago and still writing: worth a short wait
         // here rather than a trip through the event loop — unless others
         // are waiting to be accepted.
@@ -788,28 +794,21 @@ fn serve_here(stream: StdUnixStream, peer: Peer, alone: bool, to: &Passer<'_>) {
         Ok(None) => return pass(stream, &first[..n]),
         Err(e) => return refuse_here(&stream, service, peer, "frame", &e),
     };
-    match Request::decode(body) {
-        Err(e) => refuse_here(&stream, service, peer, "request", &e),
-        Ok(Request::Verify { user, otp }) => {
-            let svc = Arc::clone(service);
-            // Commit here only if no other connection was waiting to be
-            // accepted: otherwise the commit thread commits, and this
-            // thread goes back to accepting.
-            service.verify_here(peer, &user, &otp, alone, move |handled| {
-                // The audit line first: lines stay in the order of the
-                // answers, whichever threads gave them.
-                if let Some(line) = handled.audit {
-                    svc.write_audit(&line);
-                }
-                answer_here(&stream, &handled.response);
-            });
+    let ask = match Request::decode(body) {
+        Err(e) => return refuse_here(&stream, service, peer, "request", &e),
+        Ok(Request::Verify { user, otp }) => Ask::Verify { user, otp },
+        Ok(Request::HasUser { user }) => Ask::HasUser { user },
+        Ok(_) => return pass(stream, &first[..n]),
+    };
+    let svc = Arc::clone(service);
+    service.answer(peer, &ask, Instant::now(), committer, move |handled| {
+        // The audit line first: lines stay in the order of the answers,
+        // whichever threads gave them.
+        if let Some(audit) = &handled.audit {
+            audit.write(svc.log(), &peer);
         }
-        Ok(Request::HasUser { user }) => {
-            let status = service.has_user(&peer, &user);
-            answer_here(&stream, &Response::Verdict { status });
-        }
-        Ok(_) => pass(stream, &first[..n]),
-    }
+        answer_here(&stream, &handled.response);
+    });
 }
 
 /// How long an acceptor waits for a root client's request that is not all
@@ -1062,34 +1061,8 @@ async fn serve(
     };
     drop(body);
     let handled = service.handle(peer, request).await;
-    if let Some(line) = handled.audit {
-        write_audit(service, peer, &handled.response, &line);
+    if let Some(audit) = &handled.audit {
+        audit.write(service.log(), &peer);
     }
     send(&mut stream, &handled.response, limit).await;
-}
-
-/// Writes the audit line of an answer from the event loop: root's as it
-/// is; an unprivileged peer's refusals counted per uid (the first one
-/// written), its accepted OTPs in full but in its own share of the log.
-fn write_audit(service: &Service, peer: Peer, response: &Response, line: &str) {
-    let status = match response {
-        Response::Verdict { status }
-        | Response::Failed { status, .. }
-        | Response::Consumed { status, .. } => Some(*status),
-        _ => None,
-    };
-    match status {
-        _ if peer.uid == 0 => service.write_audit(line),
-        Some(Status::Ok) => service
-            .log()
-            .peer_line(peer.uid, crate::log::Level::Info, line),
-        Some(refused) => {
-            service
-                .log()
-                .refusal(peer.uid, refused.as_str(), crate::log::Level::Info, line)
-        }
-        None => service
-            .log()
-            .refusal(peer.uid, "OTHER", crate::log::Level::Info, line),
-    }
 }

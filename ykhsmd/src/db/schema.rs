@@ -14,12 +14,15 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use rusqlite::{Connection, params};
 
-use super::{BUSY_TIMEOUT, DbError, PAGE_SIZE, SCHEMA_VERSION, WAL_CHECKPOINT_PAGES, now};
+use super::{
+    BUSY_TIMEOUT, DbError, DbErrorKind, PAGE_SIZE, SCHEMA_VERSION, WAL_CHECKPOINT_PAGES, now,
+};
 
 /// What opening the database did besides opening it, for the log.
 #[derive(Debug, Default, Clone)]
@@ -49,15 +52,17 @@ pub struct Migration {
     pub merged: Vec<String>,
 }
 
-fn err(path: &Path, message: impl Into<String>) -> DbError {
-    DbError {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+fn err(path: &Path, kind: DbErrorKind) -> DbError {
+    DbError::new(path, kind)
 }
 
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
-    move |e| err(path, e.to_string())
+    move |e| err(path, e.into())
+}
+
+/// An I/O error of `kind`'s shape, kept.
+fn io(kind: fn(Arc<io::Error>) -> DbErrorKind) -> impl Fn(io::Error) -> DbErrorKind {
+    move |e| kind(Arc::new(e))
 }
 
 /// The database file and SQLite's companions next to it.
@@ -86,24 +91,24 @@ fn secure_files(path: &Path) -> Result<Vec<(PathBuf, u32)>, DbError> {
     {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
-            return Err(err(path, "is a symbolic link; refused"));
+            return Err(err(path, DbErrorKind::SymbolicLink));
         }
-        Err(e) => return Err(err(path, format!("cannot open: {e}"))),
+        Err(e) => return Err(err(path, io(DbErrorKind::Open)(e))),
     }
     let mut fixed = Vec::new();
     for file in files(path) {
         let meta = match fs::symlink_metadata(&file) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(err(&file, e.to_string())),
+            Err(e) => return Err(err(&file, io(DbErrorKind::Stat)(e))),
         };
         if !meta.file_type().is_file() {
-            return Err(err(&file, "is not a regular file; refused"));
+            return Err(err(&file, DbErrorKind::NotRegularFile));
         }
         let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
             fs::set_permissions(&file, fs::Permissions::from_mode(mode & 0o700))
-                .map_err(|e| err(&file, format!("cannot chmod 0600: {e}")))?;
+                .map_err(|e| err(&file, io(DbErrorKind::Chmod)(e)))?;
             fixed.push((file, mode));
         }
     }
@@ -134,7 +139,7 @@ pub(super) fn open(path: &Path) -> Result<(Connection, Opened), DbError> {
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(&e)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(err(path, format!("WAL mode refused (journal mode {mode})")));
+        return Err(err(path, DbErrorKind::NotWal(mode)));
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(&e)?;
@@ -151,15 +156,8 @@ pub(super) fn open(path: &Path) -> Result<(Connection, Opened), DbError> {
         }
         1 => Some(migrate_from_1(&conn, path)?),
         SCHEMA_VERSION => None,
-        v if v > SCHEMA_VERSION => return Err(newer(path, v)),
-        v => {
-            return Err(err(
-                path,
-                format!(
-                    "schema version {v} is not one ykhsm ever wrote; is this a ykhsm counter database?"
-                ),
-            ));
-        }
+        v if v > SCHEMA_VERSION => return Err(err(path, DbErrorKind::NewerSchema(v))),
+        v => return Err(err(path, DbErrorKind::UnknownSchema(v))),
     };
     Ok((
         conn,
@@ -168,19 +166,6 @@ pub(super) fn open(path: &Path) -> Result<(Connection, Opened), DbError> {
             modes_fixed,
         },
     ))
-}
-
-fn newer(path: &Path, version: i64) -> DbError {
-    err(
-        path,
-        format!(
-            "schema version {version} was written by a newer ykhsmd than this one (which knows \
-             versions up to {SCHEMA_VERSION}); install the newer ykhsmd again. The copy the newer \
-             one kept next to it when it migrated (*.schema-{SCHEMA_VERSION}.*.bak) holds the \
-             counters as they were before: restoring it would accept once more every OTP \
-             accepted since, so restore it only if the newer ykhsmd accepted none"
-        ),
-    )
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -236,11 +221,11 @@ fn migrate_from_1(conn: &Connection, path: &Path) -> Result<Migration, DbError> 
     let backup = backup_path(path, 1);
     let target = backup
         .to_str()
-        .ok_or_else(|| err(&backup, "the path is not UTF-8"))?;
+        .ok_or_else(|| err(&backup, DbErrorKind::NotUtf8))?;
     conn.execute("VACUUM INTO ?1", [target])
-        .map_err(|x| err(&backup, format!("cannot keep a copy before migrating: {x}")))?;
+        .map_err(|x| err(&backup, DbErrorKind::Backup(Arc::new(x))))?;
     fs::set_permissions(&backup, fs::Permissions::from_mode(0o600))
-        .map_err(|x| err(&backup, format!("cannot chmod 0600: {x}")))?;
+        .map_err(|x| err(&backup, io(DbErrorKind::Chmod)(x)))?;
     let tx = conn.unchecked_transaction().map_err(&e)?;
     type Rank = (u16, u8, i64, u8, u16);
     let mut best: BTreeMap<String, (Rank, usize)> = BTreeMap::new();
@@ -304,9 +289,9 @@ fn migrate_from_1(conn: &Connection, path: &Path) -> Result<Migration, DbError> 
 /// changing the file (no migration, no mode change).
 pub fn inspect(path: &Path) -> Result<String, DbError> {
     let e = sql(path);
-    let meta = fs::symlink_metadata(path).map_err(|x| err(path, x.to_string()))?;
+    let meta = fs::symlink_metadata(path).map_err(|x| err(path, io(DbErrorKind::Stat)(x)))?;
     if !meta.file_type().is_file() {
-        return Err(err(path, "is not a regular file"));
+        return Err(err(path, DbErrorKind::NotRegularFile));
     }
     let conn = Connection::open_with_flags(
         path,
@@ -327,10 +312,7 @@ pub fn inspect(path: &Path) -> Result<String, DbError> {
             "{} (schema 1: ykhsmd migrates it to schema {SCHEMA_VERSION} when it starts, keeping a copy{modes})",
             path.display()
         )),
-        v if v > SCHEMA_VERSION => Err(newer(path, v)),
-        v => Err(err(
-            path,
-            format!("schema version {v} is not one ykhsm ever wrote"),
-        )),
+        v if v > SCHEMA_VERSION => Err(err(path, DbErrorKind::NewerSchema(v))),
+        v => Err(err(path, DbErrorKind::UnknownSchema(v))),
     }
 }
