@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ykhsm_core::backend::Backend;
 use ykhsm_core::store::AeadStore;
-use ykhsm_proto::{Request, Response, Status};
+use ykhsm_proto::{Request, Response};
 
 use crate::admin;
 use crate::audit::{self, Audit, Audited};
@@ -18,7 +18,7 @@ use crate::config::Config;
 
 use crate::db::{Busy, Committer, Db};
 use crate::device::DeviceQueue;
-use crate::error::Error;
+use crate::error::{Error, status_of};
 use crate::log::{self, Log};
 use crate::login::{Ask, Outcome};
 use crate::report::{self, Answers};
@@ -136,9 +136,10 @@ impl Service {
     /// if any, is for the caller to write once the answer is on its way.
     pub async fn handle(self: &Arc<Self>, peer: Peer, request: Request) -> Handled {
         if request.is_admin() && peer.uid != 0 {
+            let denied = Error::AdminNeedsRoot;
             self.log.refusal(
                 peer.uid,
-                Status::Denied.as_str(),
+                status_of(&denied).as_str(),
                 log::Level::Warning,
                 &format!(
                     "denied: {} request from peer_uid={} peer_pid={}",
@@ -147,7 +148,7 @@ impl Service {
                     audit::pid(&peer)
                 ),
             );
-            return Error::AdminNeedsRoot.to_response().into();
+            return denied.to_response().into();
         }
         let response = match request {
             Request::Verify { user, otp } => {
@@ -327,7 +328,7 @@ impl Answer {
     /// The answer when no outcome came: `BACKEND_ERROR`, in the shape the
     /// client expects.
     fn fail_closed(&self) -> Response {
-        let status = Status::BackendError;
+        let status = status_of(&Error::Internal);
         match self {
             Self::HasUser | Self::Verify { .. } => Response::Verdict { status },
             Self::Consume => Response::Consumed {
