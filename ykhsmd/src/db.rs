@@ -339,8 +339,9 @@ mod schema;
 pub use schema::{Migration, Opened, inspect};
 
 impl Db {
-    /// Opens (creating if needed) the database. Nothing is committed until
-    /// [`Db::run_committer`] runs on the daemon's runtime.
+    /// Opens (creating if needed) the database and starts its commit
+    /// thread (`ykhsmd-commit`), which commits whatever no login commits on
+    /// its own thread.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let (conn, opened) = schema::open(path)?;
         let inner = Arc::new(Inner {

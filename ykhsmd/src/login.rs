@@ -74,7 +74,7 @@ impl std::fmt::Debug for Ask {
 
 impl Ask {
     /// The user steps 0 and 1 are about (none for `ConsumeOtp`).
-    pub fn user(&self) -> Option<&str> {
+    fn user(&self) -> Option<&str> {
         match self {
             Self::HasUser { user } | Self::Verify { user, .. } => Some(user),
             Self::Consume { .. } => None,
@@ -125,7 +125,7 @@ impl Outcome {
     }
 
     /// A refusal before the OTP was read, or (`public_id`) after.
-    pub fn refused(e: &Error, public_id: Option<&PublicId>) -> Self {
+    fn refused(e: &Error, public_id: Option<&PublicId>) -> Self {
         Self {
             status: status_of(e),
             public_id: public_id.cloned(),

@@ -780,7 +780,8 @@ fn serve_here(stream: StdUnixStream, peer: Peer, committer: Committer, to: &Pass
     if committer == Committer::Acceptor && matches!(whole_frame(&first[..n], MAX_FRAME), Ok(None)) {
         // Connected a moment ago and still writing: worth a short wait
         // here rather than a trip through the event loop — unless others
-        // are waiting to be accepted.
+        // are waiting to be accepted (then this acceptor does not commit
+        // either).
         let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
         if poll(&mut fds, PollTimeout::from(FIRST_WAIT_MS)).is_ok_and(|k| k > 0) {
             let Some(more) = recv_now(&stream, &mut first[n..]) else {
