@@ -1,4 +1,5 @@
-//! The module's arguments (interface.md, "PAM module arguments").
+//! The module's arguments, as pam_ykhsm(8) (`packaging/man/pam_ykhsm.8`)
+//! documents them.
 //!
 //! Unknown words are reported and ignored, as pam_yubico does, so a PAM line
 //! edited from pam_yubico's keeps working; pam_yubico's own options are
@@ -105,7 +106,8 @@ impl fmt::Display for ArgError {
     }
 }
 
-/// pam_yubico's options (pam-yubico-compat.md §2), flags and `key=` forms.
+/// pam_yubico's own options (its pam_yubico(8) page), flags and `key=`
+/// forms.
 const PAM_YUBICO: &[&str] = &[
     "mode",
     "authfile",
@@ -260,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn every_argument_of_interface_md_is_read() {
+    fn every_argument_of_the_man_page_is_read() {
         let a = parse([
             "socket=/tmp/x.sock",
             "debug",

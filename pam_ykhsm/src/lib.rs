@@ -2,7 +2,7 @@
 //!
 //! `auth required pam_ykhsm.so [socket=PATH] [debug] [nullok]
 //! [use_first_pass|try_first_pass] [verbose_otp] [timeout=SECONDS]
-//! [token_id_length=N]` (interface.md). The module holds no secret and
+//! [token_id_length=N]` (pam_ykhsm(8)). The module holds no secret and
 //! opens nothing but the daemon's socket; it keeps no state between calls.
 //! Every path that is not the daemon's `OK` returns something other than
 //! `PAM_SUCCESS`: the answer must come from a server running as root

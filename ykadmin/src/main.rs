@@ -1,4 +1,5 @@
-//! ykadmin, the operator's tool (interface.md, "Commands").
+//! ykadmin, the operator's tool; its subcommands are documented in
+//! ykadmin(8), made from the clap definition below (`ykadmin man`).
 //!
 //! Exit codes (also in `ykadmin --help`):
 //! - 0: done, and the answer was yes (`verify`: `OK`; `decrypt`: an `OK`
