@@ -11,15 +11,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The socket the daemon listens on.
-pub const DEFAULT_SOCKET: &str = "/run/ykhsm/ykhsmd.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/ykhsm/ykhsmd.sock";
 /// How long the module waits for the daemon, per request.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// pam_yubico's default public-id length.
-pub const DEFAULT_TOKEN_ID_LENGTH: usize = 12;
+pub(crate) const DEFAULT_TOKEN_ID_LENGTH: usize = 12;
 /// The longest public id (pam_yubico's `MAX_TOKEN_ID_LEN`).
-pub const MAX_TOKEN_ID_LENGTH: usize = 16;
+pub(crate) const MAX_TOKEN_ID_LENGTH: usize = 16;
 /// The longest timeout accepted, in seconds.
-pub const MAX_TIMEOUT_SECS: u64 = 300;
+pub(crate) const MAX_TIMEOUT_SECS: u64 = 300;
 
 /// Where the OTP comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use ykhsm_proto::{Response, Status};
 /// only `Verdict{OK}` gives [`Status::Ok`]; a refusal (`Failed`) keeps its
 /// word but never `OK` (the decoder already refuses `Failed{OK}`; this
 /// refuses it again), and any other answer means the daemon did not decide.
-pub fn status_of(response: &Response) -> Status {
+pub(crate) fn status_of(response: &Response) -> Status {
     match response {
         Response::Verdict { status } => *status,
         Response::Failed {
@@ -70,7 +70,7 @@ fn is_modhex(c: u8) -> bool {
 /// characters), and only if it looks like one — 2 to 16 modhex characters,
 /// even length. Anything else (a password typed at the OTP prompt, half an
 /// OTP) logs nothing.
-pub fn loggable_public_id(otp: &[u8]) -> Option<&str> {
+pub(crate) fn loggable_public_id(otp: &[u8]) -> Option<&str> {
     let id = otp.get(..otp.len().checked_sub(32)?)?;
     let fits = (2..=16).contains(&id.len()) && id.len().is_multiple_of(2);
     if fits && id.iter().all(|&c| is_modhex(c)) {

@@ -18,6 +18,7 @@
 //! With `--json` a subcommand prints exactly one JSON document on standard
 //! output, from the serde types of [`ykadmin::json`], and nothing else
 //! there; warnings and progress go to standard error.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};

@@ -74,7 +74,7 @@ impl Status {
     }
 
     /// The status of a wire byte.
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         ALL.into_iter().find(|s| s.code() == code)
     }
 }
