@@ -19,6 +19,7 @@ packages=(
     systemd           # systemd-analyze: verify and the offline security score of ykhsmd.service (no systemd running needed)
     bash-completion   # the package test: `ykadmin <TAB>` completes with the installed completion
     libpam-runtime    # pam-auth-update: the package's maintainer scripts and its test run it
+    python3           # ykhsmd/tests/protocol_client.py: a client written from docs/protocol.md alone (ykhsmd/tests/protocol.rs)
 )
 
 missing=()

@@ -1,4 +1,5 @@
-//! The module's arguments (interface.md, "PAM module arguments").
+//! The module's arguments, as pam_ykhsm(8) (`packaging/man/pam_ykhsm.8`)
+//! documents them.
 //!
 //! Unknown words are reported and ignored, as pam_yubico does, so a PAM line
 //! edited from pam_yubico's keeps working; pam_yubico's own options are
@@ -10,15 +11,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The socket the daemon listens on.
-pub const DEFAULT_SOCKET: &str = "/run/ykhsm/ykhsmd.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/ykhsm/ykhsmd.sock";
 /// How long the module waits for the daemon, per request.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// pam_yubico's default public-id length.
-pub const DEFAULT_TOKEN_ID_LENGTH: usize = 12;
+pub(crate) const DEFAULT_TOKEN_ID_LENGTH: usize = 12;
 /// The longest public id (pam_yubico's `MAX_TOKEN_ID_LEN`).
-pub const MAX_TOKEN_ID_LENGTH: usize = 16;
+pub(crate) const MAX_TOKEN_ID_LENGTH: usize = 16;
 /// The longest timeout accepted, in seconds.
-pub const MAX_TIMEOUT_SECS: u64 = 300;
+pub(crate) const MAX_TIMEOUT_SECS: u64 = 300;
 
 /// Where the OTP comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +106,8 @@ impl fmt::Display for ArgError {
     }
 }
 
-/// pam_yubico's options (pam-yubico-compat.md §2), flags and `key=` forms.
+/// pam_yubico's own options (its pam_yubico(8) page), flags and `key=`
+/// forms.
 const PAM_YUBICO: &[&str] = &[
     "mode",
     "authfile",
@@ -260,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn every_argument_of_interface_md_is_read() {
+    fn every_argument_of_the_man_page_is_read() {
         let a = parse([
             "socket=/tmp/x.sock",
             "debug",

@@ -4,11 +4,12 @@
 //! the stack, and syslog. The only `unsafe` in the crate.
 #![allow(unsafe_code)]
 
-use std::ffi::{CString, c_int};
+use std::ffi::{CStr, CString, c_int};
 
 use pam::constants::PamResultCode;
 use pam::items::{AuthTok, Item};
 use pam::module::PamHandle;
+use ykhsm_proto::Zeroizing;
 
 use crate::Module;
 
@@ -16,23 +17,18 @@ pam::pam_hooks!(Module);
 
 /// Sets `PAM_AUTHTOK` to `password` for the modules after this one.
 pub(crate) fn set_authtok(pamh: &mut PamHandle, password: &[u8]) -> Result<(), PamResultCode> {
-    let c = CString::new(password).map_err(|_| PamResultCode::PAM_AUTHTOK_ERR)?;
+    // The C string PAM reads: made at its final size (no reallocation
+    // leaves a copy behind) and wiped when dropped, on every path (also a
+    // password with a NUL inside, refused below).
+    let mut buf = Zeroizing::new(Vec::with_capacity(password.len() + 1));
+    buf.extend_from_slice(password);
+    buf.push(0);
+    let c = CStr::from_bytes_with_nul(&buf).map_err(|_| PamResultCode::PAM_AUTHTOK_ERR)?;
     // SAFETY: `c` is a NUL-terminated string that outlives `tok`, which is
     // used only by the `set_item_str` call below; Linux-PAM copies
     // PAM_AUTHTOK into its own memory (`_pam_strdup` in pam_set_item).
     let tok = unsafe { AuthTok::from_raw(c.as_ptr()) };
-    let r = pamh.set_item_str(tok);
-    wipe(c.into_bytes_with_nul());
-    r
-}
-
-/// Overwrites a buffer that held a password before it is freed.
-fn wipe(mut bytes: Vec<u8>) {
-    for b in &mut bytes {
-        // SAFETY: `b` is a valid, aligned, exclusive reference into `bytes`;
-        // a volatile write so the wipe is not optimised away before free.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
+    pamh.set_item_str(tok)
 }
 
 /// One line to syslog, facility authpriv, under the host program's ident

@@ -2,7 +2,7 @@
 //!
 //! `auth required pam_ykhsm.so [socket=PATH] [debug] [nullok]
 //! [use_first_pass|try_first_pass] [verbose_otp] [timeout=SECONDS]
-//! [token_id_length=N]` (interface.md). The module holds no secret and
+//! [token_id_length=N]` (pam_ykhsm(8)). The module holds no secret and
 //! opens nothing but the daemon's socket; it keeps no state between calls.
 //! Every path that is not the daemon's `OK` returns something other than
 //! `PAM_SUCCESS`: the answer must come from a server running as root
@@ -13,11 +13,23 @@
 //! logged, and a user name shaped like an OTP (typed at the login prompt)
 //! is withheld, by the daemon's rule ([`ykhsm_proto::user_name`]).
 #![deny(unsafe_code)]
-// A panic inside sshd's PAM stack is at best PAM_ABORT: no unwrap, expect
-// or panic outside tests (as kanidm's PAM module).
+// kanidm's list for its PAM and client crates, outside tests: a panic
+// inside sshd's PAM stack is at best PAM_ABORT (pam-bindings runs every
+// hook under catch_unwind), so no unwrap, expect, panic, unreachable, todo
+// or unimplemented; and arguments taken the cheapest way. (kanidm's
+// await_holding_lock is left out: nothing here is async.)
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::needless_pass_by_value,
+        clippy::trivially_copy_pass_by_ref
+    )
 )]
 
 pub mod args;
@@ -37,7 +49,7 @@ use crate::verdict::{loggable_public_id, pam_code, split, status_of};
 
 /// The module, for pam-bindings' hooks.
 #[derive(Debug)]
-pub struct Module;
+pub(crate) struct Module;
 
 impl PamHooks for Module {
     fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
@@ -99,7 +111,7 @@ fn authenticate(pamh: &mut PamHandle, words: &[&CStr]) -> PamResultCode {
         Err(code) => return not_success(code),
     };
     // 1. Does the user have a line? (No prompt for a user without one.)
-    match ask(&args, Request::HasUser { user: user.clone() }) {
+    match ask(&args, &Request::HasUser { user: user.clone() }) {
         Ok(Status::Ok) => {}
         Ok(status) => {
             let code = pam_code(status, args.nullok);
@@ -151,7 +163,7 @@ fn authenticate(pamh: &mut PamHandle, words: &[&CStr]) -> PamResultCode {
         otp: Zeroizing::new(otp.to_owned()),
     };
     drop(typed);
-    match ask(&args, request) {
+    match ask(&args, &request) {
         Ok(status) => {
             let code = pam_code(status, args.nullok);
             let priority = if status == Status::Ok {
@@ -216,8 +228,8 @@ fn obtain(
 
 /// Asks the daemon — a server running as root, or nothing is sent —
 /// within the timeout; the status word of its answer.
-fn ask(args: &Args, request: Request) -> Result<Status, ClientError> {
-    let response = call(&args.socket, ServerUid::ROOT, &request, args.timeout)?;
+fn ask(args: &Args, request: &Request) -> Result<Status, ClientError> {
+    let response = call(&args.socket, ServerUid::ROOT, request, args.timeout)?;
     Ok(status_of(&response))
 }
 

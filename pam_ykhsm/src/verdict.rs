@@ -9,7 +9,7 @@ use ykhsm_proto::{Response, Status};
 /// only `Verdict{OK}` gives [`Status::Ok`]; a refusal (`Failed`) keeps its
 /// word but never `OK` (the decoder already refuses `Failed{OK}`; this
 /// refuses it again), and any other answer means the daemon did not decide.
-pub fn status_of(response: &Response) -> Status {
+pub(crate) fn status_of(response: &Response) -> Status {
     match response {
         Response::Verdict { status } => *status,
         Response::Failed {
@@ -27,9 +27,10 @@ pub fn status_of(response: &Response) -> Status {
     }
 }
 
-/// The PAM code for a status word (interface.md, "Status words"). One
-/// exhaustive match: only `OK` is `PAM_SUCCESS`, and a new status word
-/// cannot be added without deciding its code here.
+/// The PAM code for a status word (the table of docs/protocol.md, "The
+/// order of the checks"; pam_ykhsm(8), STATUS WORDS). One exhaustive
+/// match: only `OK` is `PAM_SUCCESS`, and a new status word cannot be
+/// added without deciding its code here.
 pub fn pam_code(status: Status, nullok: bool) -> PamResultCode {
     match status {
         Status::Ok => PamResultCode::PAM_SUCCESS,
@@ -47,10 +48,10 @@ pub fn pam_code(status: Status, nullok: bool) -> PamResultCode {
     }
 }
 
-/// Splits typed input as pam_yubico does (pam-yubico-compat.md §3): with
-/// more than `otp_len` bytes, the OTP is the last `otp_len` and the rest is
-/// a password for the next module; otherwise all of it is the OTP.
-/// Returns (OTP, password).
+/// Splits typed input (at the prompt or on the stack) as pam_yubico does:
+/// with more than `otp_len` bytes, the OTP is the last `otp_len` and the
+/// rest is a password for the next module; otherwise all of it is the
+/// OTP. Returns (OTP, password).
 pub fn split(input: &[u8], otp_len: usize) -> (&[u8], Option<&[u8]>) {
     if input.len() > otp_len {
         let (password, otp) = input.split_at(input.len() - otp_len);
@@ -69,7 +70,7 @@ fn is_modhex(c: u8) -> bool {
 /// characters), and only if it looks like one — 2 to 16 modhex characters,
 /// even length. Anything else (a password typed at the OTP prompt, half an
 /// OTP) logs nothing.
-pub fn loggable_public_id(otp: &[u8]) -> Option<&str> {
+pub(crate) fn loggable_public_id(otp: &[u8]) -> Option<&str> {
     let id = otp.get(..otp.len().checked_sub(32)?)?;
     let fits = (2..=16).contains(&id.len()) && id.len().is_multiple_of(2);
     if fits && id.iter().all(|&c| is_modhex(c)) {
@@ -157,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_those_of_interface_md() {
+    fn codes_are_those_of_the_check_table() {
         use PamResultCode::*;
         let table = [
             (Status::Denied, PAM_AUTH_ERR),

@@ -130,14 +130,14 @@ use ykhsm_proto::CounterRecord;
 use ykhsm_proto::message::{FINGERPRINT_LEN, MAX_BOUND_AEADS};
 
 /// The exact first line of the ykhsm counters format, version 2.
-pub const EXPORT_HEADER: &str = "# ykhsm-counters 2";
+pub(crate) const EXPORT_HEADER: &str = "# ykhsm-counters 2";
 
 /// The first line of version 1, still read.
-pub const EXPORT_HEADER_V1: &str = "# ykhsm-counters 1";
+pub(crate) const EXPORT_HEADER_V1: &str = "# ykhsm-counters 1";
 
 /// The comment line [`write_export`] puts after the header, naming the
 /// columns. Readers ignore it like any comment.
-pub const EXPORT_COLUMNS: &str =
+pub(crate) const EXPORT_COLUMNS: &str =
     "# public_id generation counter session_use ts_high ts_low modified reset_at aeads";
 
 /// The prefix of the header line, before the version number.

@@ -1,4 +1,5 @@
 //! ykadmin's library: the pieces the subcommands are made of.
+#![forbid(unsafe_code)]
 
 pub mod authfile_edit;
 pub mod counters_text;

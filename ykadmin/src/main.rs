@@ -1,4 +1,5 @@
-//! ykadmin, the operator's tool (interface.md, "Commands").
+//! ykadmin, the operator's tool; its subcommands are documented in
+//! ykadmin(8), made from the clap definition below (`ykadmin man`).
 //!
 //! Exit codes (also in `ykadmin --help`):
 //! - 0: done, and the answer was yes (`verify`: `OK`; `decrypt`: an `OK`
@@ -17,6 +18,7 @@
 //! With `--json` a subcommand prints exactly one JSON document on standard
 //! output, from the serde types of [`ykadmin::json`], and nothing else
 //! there; warnings and progress go to standard error.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};

@@ -24,7 +24,7 @@ use ykhsm_proto::Zeroizing;
 /// The longest first line read from standard input, without its line end.
 /// An OTP has at most [`MAX_OTP_CHARS`] characters; the slack lets a
 /// mistyped one reach the parser, which says what is wrong with it.
-pub const MAX_LINE: usize = 256;
+pub(crate) const MAX_LINE: usize = 256;
 
 /// Why no OTP could be had.
 #[derive(Debug, Error)]

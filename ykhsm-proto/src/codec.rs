@@ -1,7 +1,9 @@
 //! The byte-level reader and writer behind every message: big-endian
-//! integers, length-prefixed strings and lists. Reading is total: a short or
-//! malformed body is a [`DecodeError`], never a panic; [`Reader::finish`]
-//! refuses trailing bytes (rustls's `Reader::all`).
+//! integers, length-prefixed strings and lists (docs/protocol.md, "Body
+//! encoding"). Reading is total: a short or malformed body is a
+//! [`DecodeError`], never a panic; `Reader::finish` refuses trailing bytes
+//! (rustls's `Reader::all`). Only [`DecodeError`] is public: the messages
+//! are read and written through `Request` and `Response`.
 
 use thiserror::Error;
 
@@ -51,18 +53,18 @@ pub enum DecodeError {
 
 /// Reads fields from a message body.
 #[derive(Debug)]
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     /// A reader over a whole body.
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
 
     /// The next `n` bytes.
-    pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated {
                 field,
@@ -76,7 +78,10 @@ impl<'a> Reader<'a> {
     }
 
     /// A fixed-size array.
-    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], DecodeError> {
         let b = self.take(N, field)?;
         let mut out = [0u8; N];
         out.copy_from_slice(b);
@@ -84,40 +89,40 @@ impl<'a> Reader<'a> {
     }
 
     /// One byte.
-    pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(field)?[0])
     }
 
     /// A big-endian u16.
-    pub fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(field)?))
     }
 
     /// A big-endian u32.
-    pub fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }
 
     /// A big-endian u64.
-    pub fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }
 
     /// A u16-length-prefixed byte string.
-    pub fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let n = usize::from(self.u16(field)?);
         self.take(n, field)
     }
 
     /// A u16-length-prefixed UTF-8 string.
-    pub fn str(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
+    pub(crate) fn str(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         std::str::from_utf8(self.bytes(field)?).map_err(|_| DecodeError::NotUtf8 { field })
     }
 
     /// A u32 element count, checked against the bytes left (each element
     /// needs at least `min_item_len` bytes), so a huge count cannot make the
     /// caller reserve memory the body does not back.
-    pub fn count(
+    pub(crate) fn count(
         &mut self,
         field: &'static str,
         min_item_len: usize,
@@ -135,7 +140,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Ends reading: any byte left is an error.
-    pub fn finish(self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
@@ -148,49 +153,49 @@ impl<'a> Reader<'a> {
 
 /// Writes fields of a message body.
 #[derive(Debug, Default)]
-pub struct Writer {
+pub(crate) struct Writer {
     buf: Vec<u8>,
 }
 
 impl Writer {
     /// An empty body.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The bytes written.
-    pub fn into_inner(self) -> Vec<u8> {
+    pub(crate) fn into_inner(self) -> Vec<u8> {
         self.buf
     }
 
     /// Raw bytes, no prefix.
-    pub fn raw(&mut self, b: &[u8]) {
+    pub(crate) fn raw(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);
     }
 
     /// One byte.
-    pub fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
 
     /// A big-endian u16.
-    pub fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.raw(&v.to_be_bytes());
     }
 
     /// A big-endian u32.
-    pub fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.raw(&v.to_be_bytes());
     }
 
     /// A big-endian u64.
-    pub fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.raw(&v.to_be_bytes());
     }
 
     /// A u16-length-prefixed byte string; longer input is cut at 65535
     /// bytes (callers validate lengths before writing).
-    pub fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         let n = b.len().min(usize::from(u16::MAX));
         self.u16(u16::try_from(n).unwrap_or(u16::MAX));
         self.raw(&b[..n]);
@@ -198,7 +203,7 @@ impl Writer {
 
     /// A u16-length-prefixed UTF-8 string (cut like [`Writer::bytes`], at a
     /// character boundary).
-    pub fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         let mut end = s.len().min(usize::from(u16::MAX));
         while !s.is_char_boundary(end) {
             end -= 1;
@@ -207,7 +212,7 @@ impl Writer {
     }
 
     /// A u32 element count.
-    pub fn count(&mut self, n: usize) {
+    pub(crate) fn count(&mut self, n: usize) {
         self.u32(u32::try_from(n).unwrap_or(u32::MAX));
     }
 }

@@ -24,7 +24,7 @@ pub enum Health {
 
 impl Health {
     /// The byte on the wire.
-    pub const fn code(self) -> u8 {
+    pub(crate) const fn code(self) -> u8 {
         match self {
             Self::Ok => 0,
             Self::Warning => 1,

@@ -1,5 +1,5 @@
-//! The status words of the daemon's answer (interface.md, "Status words and
-//! the order of the checks"), spelled exactly as operators and logs see them.
+//! The status words of the daemon's answer (docs/protocol.md, "Status
+//! words"), spelled exactly as operators and logs see them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,7 +43,7 @@ pub const ALL: [Status; 9] = [
 ];
 
 impl Status {
-    /// The word, as in interface.md.
+    /// The word, as operators, logs and docs/protocol.md spell it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "OK",
@@ -74,7 +74,7 @@ impl Status {
     }
 
     /// The status of a wire byte.
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         ALL.into_iter().find(|s| s.code() == code)
     }
 }
@@ -104,9 +104,9 @@ impl FromStr for Status {
 mod tests {
     use super::*;
 
-    /// The table of interface.md, word for word.
+    /// The table of docs/protocol.md, word for word and code for code.
     #[test]
-    fn words_are_the_interface_table() {
+    fn words_are_those_of_the_protocol_document() {
         let words: Vec<&str> = ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             words,

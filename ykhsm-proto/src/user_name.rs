@@ -6,7 +6,7 @@
 //! The rule is the OTP parser's (`ykhsm_core::otp::Otp::parse`, which this
 //! crate cannot link: it brings AES into the PAM module): 32 to 48
 //! characters, an even number, all modhex after ASCII case folding or all
-//! of the Dvorak spellings of modhex (yubico-otp.md §9).
+//! of the Dvorak spellings of modhex (docs/protocol.md, check 2).
 //! `ykhsmd/tests/pam.rs` checks that the two agree.
 
 /// What a log line shows instead of a user name shaped like an OTP.

@@ -3,6 +3,7 @@
 //! configuration or start-up error or a failed check, 2 a wrong command
 //! line. `--man` prints ykhsmd(8), made from this definition and
 //! `ykhsmd::manual`.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -792,8 +792,10 @@ fn serve_here(stream: StdUnixStream, peer: Peer, committer: Committer, to: &Pass
     }
     let body = match whole_frame(&first[..n], MAX_FRAME) {
         Ok(Some(body)) => body,
-        Ok(None) => return pass(stream, &first[..n]),
-        Err(e) => return refuse_here(&stream, service, peer, "frame", &e),
+        // Not all here yet; or refused, which the event loop answers and
+        // then waits for the rest of the frame (`refuse`), as no acceptor
+        // may.
+        Ok(None) | Err(_) => return pass(stream, &first[..n]),
     };
     let ask = match Request::decode(body) {
         Err(e) => return refuse_here(&stream, service, peer, "request", &e),
@@ -1019,7 +1021,8 @@ async fn send(stream: &mut UnixStream, response: &Response, limit: Duration) {
     }
 }
 
-/// Logs a request that could not be read and tells the client why.
+/// Logs a request that could not be read and tells the client why, then
+/// lets it finish writing ([`drain`]).
 async fn refuse(
     stream: &mut UnixStream,
     service: &Service,
@@ -1029,6 +1032,35 @@ async fn refuse(
 ) {
     let limit = service.config().client_timeout;
     send(stream, &refusal(service, peer, what, e), limit).await;
+    drain(stream, limit).await;
+}
+
+/// The most a refused client's writing is waited for: the largest frame
+/// anyone may send.
+const DRAIN_MAX: usize = HEADER_LEN + MAX_FRAME;
+
+/// After a refusal, the rest of the client's frame (an oversized body) may
+/// still be on its way or unread, and closing a Unix socket with unread
+/// bytes resets the connection: the client's read after the answer fails
+/// with ECONNRESET, a write still under way with EPIPE, and a client that
+/// writes its whole frame before it reads loses the answer (issue 14). So
+/// the daemon ends its side (the client reads the answer, then end of
+/// file) and reads and drops what still comes, until the client closes,
+/// up to [`DRAIN_MAX`] bytes or for `limit` (docs/protocol.md, "Frames").
+async fn drain(stream: &mut UnixStream, limit: Duration) {
+    let _ = stream.shutdown().await;
+    // On the heap, and only here: every connection's task stays small.
+    let mut buf = Zeroizing::new(vec![0u8; 16 << 10]);
+    let mut left = DRAIN_MAX;
+    let _ = timeout(limit, async {
+        while left > 0 {
+            match stream.read(&mut buf[..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// One connection: one request, one answer.

@@ -95,6 +95,24 @@ fn helper_client() {
             };
             println!("RESULT {word}");
         }
+        "oversized-whole" => {
+            // As a client in any language would: the whole frame in one
+            // write, then read until the daemon closes.
+            let len: usize = arg.parse().unwrap();
+            let mut s = UnixStream::connect(socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut framed = frame::header(len).unwrap().to_vec();
+            framed.resize(frame::HEADER_LEN + len, 0x02);
+            let written = s.write_all(&framed);
+            let mut answer = Vec::new();
+            let read = s.read_to_end(&mut answer);
+            let word = match (written, read) {
+                (Ok(()), Ok(_)) if protocol_error(&answer) => "PROTOCOL_ERROR then EOF".to_owned(),
+                (w, r) => format!("UNEXPECTED write {w:?}, read {r:?}, {} bytes", answer.len()),
+            };
+            println!("RESULT {len}: {word}");
+        }
         "flood" => {
             let n: usize = arg.parse().unwrap();
             let mut held = Vec::new();
@@ -293,6 +311,25 @@ fn non_root_peer_may_not_send_a_large_frame() {
     let env = Env::new();
     let _d = env.start();
     assert_eq!(as_nobody(&env, "oversized", "", ""), ["PROTOCOL_ERROR"]);
+}
+
+/// Issue 14: a non-root peer that writes an oversized frame whole and
+/// then reads, as docs/protocol.md tells a client to, gets the promised
+/// `ProtocolError` and then end of file — also with a body larger than the
+/// socket buffers hold. The daemon used to close the connection with the
+/// body unread, which makes the kernel reset it: the client's read after
+/// the answer failed with ECONNRESET, and a write still under way with
+/// EPIPE, so the answer was lost to a client that had not read it yet.
+#[test]
+fn non_root_peer_writing_an_oversized_frame_whole_gets_protocol_error_then_eof() {
+    let env = Env::new();
+    let _d = env.start();
+    for len in [frame::MAX_UNPRIVILEGED_FRAME + 1, 1 << 20] {
+        assert_eq!(
+            as_nobody(&env, "oversized-whole", &len.to_string(), ""),
+            [format!("{len}: PROTOCOL_ERROR then EOF")]
+        );
+    }
 }
 
 /// Sends raw bytes on a new connection and returns what came back before
