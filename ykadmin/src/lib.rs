@@ -1,6 +1,5 @@
 //! ykadmin's library: the pieces the subcommands are made of.
 
-pub mod authfile_edit;
 pub mod counters_text;
 pub mod digest;
 pub mod generate;
