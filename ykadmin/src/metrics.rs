@@ -13,9 +13,10 @@
 //! so the file is replaced, never rewritten in place: written to a hidden
 //! temporary file in the same directory (not matching `*.prom`), fsynced,
 //! made 0644 (node_exporter runs as another user), renamed over the old
-//! one, and the directory fsynced (`secure_file::replace`). The collector does not accept
-//! timestamps on samples; it exports each file's modification time itself
-//! (`node_textfile_mtime_seconds`), which says how fresh this one is.
+//! one, and the directory fsynced (`secure_file::replace`). The collector
+//! does not accept timestamps on samples; it exports each file's
+//! modification time itself (`node_textfile_mtime_seconds`), which says how
+//! fresh this one is.
 
 use std::fmt::Write as _;
 use std::path::Path;

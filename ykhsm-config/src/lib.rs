@@ -512,7 +512,7 @@ mod tests {
             matches!(
                 e,
                 ConfigError::Unsafe(SecureFileError {
-                    kind: SecureFileErrorKind::Symlink { .. },
+                    kind: SecureFileErrorKind::Symlink,
                     ..
                 })
             ),

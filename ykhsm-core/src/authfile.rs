@@ -383,7 +383,7 @@ mod tests {
         ));
         // 1022 bytes and a newline: what pam_yubico reads as one line.
         let mut long = "bob".to_owned();
-        while long.len() + 13 <= MAX_LINE_LEN - 1 {
+        while long.len() + 13 < MAX_LINE_LEN {
             long.push_str(":cccccccccccc");
         }
         while long.len() < MAX_LINE_LEN - 1 {

@@ -556,6 +556,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn canonical_public_ids_are_lower_case_and_not_empty() {
+        for id in ["cb", "ccccccdbjrgf", "vvvvvvvvvvvvvvvv"] {
+            assert_eq!(PublicId::parse_canonical(id).unwrap().as_str(), id);
+        }
+        let refused = |id: &str| PublicId::parse_canonical(id).unwrap_err();
+        assert_eq!(refused(""), PublicIdError::Empty);
+        assert_eq!(
+            refused("ccccccDbjrgf"),
+            PublicIdError::UpperCase {
+                position: 6,
+                found: 'D'
+            }
+        );
+        assert!(refused("CCCCCCCCCCCB").to_string().contains("lower case"));
+        assert!(matches!(
+            refused("ccccccccccc0"),
+            PublicIdError::NotModhex(ModhexError::InvalidChar {
+                position: 11,
+                found: '0'
+            })
+        ));
+        assert_eq!(refused("ccc"), PublicIdError::OddLength { len: 3 });
+        assert_eq!(refused(&"c".repeat(18)), PublicIdError::TooLong { len: 18 });
+        // What others wrote is still read as before.
+        assert_eq!(
+            PublicId::parse("CCCCCCCCCCCB").unwrap().as_str(),
+            "cccccccccccb"
+        );
+        assert!(PublicId::parse("").unwrap().is_empty());
+    }
+
+    #[test]
     fn lengths_are_checked_before_copying() {
         assert_eq!(Otp::parse(""), Err(OtpError::Empty));
         assert_eq!(Otp::parse("c"), Err(OtpError::TooShort { len: 1 }));

@@ -408,6 +408,21 @@ pub fn open_regular(path: &Path, options: &mut OpenOptions) -> Result<File, Secu
     }
 }
 
+/// Opens (and makes, 0600, if missing) a lock file for `flock`, as
+/// [`open_regular`] opens any file: the authfile's `<authfile>.lock`, the
+/// socket's `<socket>.lock`.
+pub fn open_lock_file(path: &Path) -> Result<File, SecureFileError> {
+    open_regular(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+    )
+}
+
 /// Opens `path` as [`open_regular`] does, checks it against `policy` on
 /// the open descriptor (no check-then-open race), and reads it into a
 /// buffer that is wiped on drop.
@@ -963,6 +978,163 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+    }
+
+    fn me() -> u32 {
+        Uid::effective().as_raw()
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn errors_name_the_path_once_then_what_is_wrong() {
+        let e = SecureFileError::new(
+            Path::new("/etc/yubikeys"),
+            SecureFileErrorKind::Mode {
+                mode: 0o664,
+                forbidden: 0o022,
+                fix: 0o644,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/yubikeys has mode 0664; the bits 0022 must be clear (try chmod 0644)"
+        );
+        let e = SecureFileError::io(
+            Path::new("/etc/yubikeys"),
+            Op::Open,
+            io::Error::from(io::ErrorKind::NotFound),
+        );
+        assert!(e.is_not_found());
+        assert!(
+            e.to_string()
+                .starts_with("/etc/yubikeys cannot be opened: "),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_is_refused_without_waiting_or_following() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        // Nobody writes to it: a blocking open would wait forever.
+        let e = read_checked(&fifo, FilePolicy::trusted(me(), 100)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::NotRegular {
+                    found: FileKind::Fifo
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("is not a regular file (it is a named pipe)"),
+            "{e}"
+        );
+        let real = dir.path().join("real");
+        fs::write(&real, "x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = open_regular(&link, OpenOptions::new().read(true)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Symlink), "{e}");
+        let e = open_regular(dir.path(), OpenOptions::new().read(true)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::NotRegular {
+                    found: FileKind::Directory
+                }
+            ),
+            "{e}"
+        );
+        // Any owner and mode, when the policy says so; never a link.
+        fs::set_permissions(&real, Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(
+            &*read_checked(&real, FilePolicy::any_owner(1)).unwrap(),
+            b"x"
+        );
+        let e = read_checked(&real, FilePolicy::trusted(me(), 1)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Mode { .. }), "{e}");
+        assert!(read_checked(&link, FilePolicy::any_owner(1)).is_err());
+    }
+
+    #[test]
+    fn ensure_dir_makes_a_missing_directory_and_checks_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("run/ykhsm");
+        ensure_dir(&made, 0o755, FilePolicy::trusted(me(), 0)).unwrap();
+        assert_eq!(mode_of(&made), 0o755);
+        // As it is, when it exists.
+        fs::set_permissions(&made, Permissions::from_mode(0o775)).unwrap();
+        let e = ensure_dir(&made, 0o755, FilePolicy::trusted(me(), 0)).unwrap_err();
+        assert!(
+            matches!(e.kind, SecureFileErrorKind::Mode { mode: 0o775, .. }),
+            "{e}"
+        );
+        assert_eq!(e.path, made);
+        let e = check_dir(&made, FilePolicy::trusted(me() + 1, 0)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Owner { .. }), "{e}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        let e = ensure_dir(&link, 0o755, FilePolicy::any_owner(0)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Symlink), "{e}");
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        let e = ensure_dir(&file, 0o755, FilePolicy::any_owner(0)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::NotDirectory {
+                    found: FileKind::Regular
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn replace_writes_whole_with_owner_and_mode_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        replace(&path, b"one", NewFile::with_mode(0o640)).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        assert_eq!(mode_of(&path), 0o640);
+        let old = fs::metadata(&path).unwrap();
+        replace(&path, b"two", NewFile::like(&old)).unwrap();
+        let new = fs::metadata(&path).unwrap();
+        assert_ne!(new.ino(), old.ino(), "renamed over, not written in place");
+        assert_eq!(
+            (new.uid(), new.gid(), mode_of(&path)),
+            (old.uid(), old.gid(), 0o640)
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        // Keep: the file there stays, the write fails.
+        let e = replace(&path, b"three", NewFile::with_mode(0o600).create_new()).unwrap_err();
+        assert!(
+            matches!(&e.kind, SecureFileErrorKind::Io { op: Op::Rename, source } if source.kind() == io::ErrorKind::AlreadyExists),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        // Into a missing directory: named, nothing made.
+        let e = replace(&dir.path().join("no/f"), b"x", NewFile::with_mode(0o600)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::Io {
+                    op: Op::CreateTemp,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Only the file: no temporary file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

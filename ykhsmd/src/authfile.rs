@@ -552,6 +552,7 @@ impl Authfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ykhsm_core::authfile::MAX_LINE_LEN;
 
     fn ids(v: &[&str]) -> Vec<PublicId> {
         v.iter().map(|s| PublicId::parse(s).unwrap()).collect()
@@ -799,6 +800,38 @@ mod tests {
             .map(|x| (x.line, x.fails_closed))
             .collect();
         assert_eq!(lines, [(2, true), (4, true), (5, true)]);
+    }
+
+    #[test]
+    fn a_line_pam_yubico_reads_as_a_users_fails_that_user_closed() {
+        let p = Parsed::parse(b"alice:cccccccccccb\n:bob:cccccccccccd\n");
+        assert_eq!(p.lookup("bob", &Account::Unknown), Lookup::Broken);
+        assert_eq!(
+            p.lookup("alice", &Account::Unknown),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
+        assert_eq!(p.problems.len(), 1);
+        assert_eq!(p.problems[0].user.as_deref(), Some("bob"));
+        let reason = p.problems[0].reason.to_string();
+        assert!(
+            reason.starts_with(
+                "the line has no user name before ':'; pam_yubico reads it as a line of bob"
+            ),
+            "{reason}"
+        );
+        // A line of many pieces names a few of them.
+        let piece = |head: &str| format!("{head}{}", "x".repeat(MAX_LINE_LEN - head.len()));
+        let mut text = piece("eve:");
+        for i in 0..10 {
+            text.push_str(&piece(&format!("u{i}:")));
+        }
+        let p = Parsed::parse(text.as_bytes());
+        assert_eq!(p.lookup("u9", &Account::Unknown), Lookup::Broken);
+        let reason = p.problems[0].reason.to_string();
+        assert!(
+            reason.ends_with("a line of u0, u1, u2 and 7 more, so it fails closed for them too"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -138,16 +138,8 @@ pub fn bind(path: &Path, owner: u32) -> Result<BoundSocket, BindError> {
     let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
     lock_name.push(".lock");
     let lock_path = dir.join(lock_name);
-    let lock_file = secure_file::open_regular(
-        &lock_path,
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600),
-    )
-    .map_err(|e| fail(&e.path, BindErrorKind::LockFile(e.kind)))?;
+    let lock_file = secure_file::open_lock_file(&lock_path)
+        .map_err(|e| fail(&e.path, BindErrorKind::LockFile(e.kind)))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
             fail(

@@ -12,8 +12,7 @@
 //! file's owner and mode.
 
 use std::fmt;
-use std::fs::{Metadata, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -130,15 +129,7 @@ pub fn rewrite(
     let mut lock_name = name.to_owned();
     lock_name.push(".lock");
     let lock_path = path.with_file_name(lock_name);
-    let lock_file = secure_file::open_regular(
-        &lock_path,
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600),
-    )?;
+    let lock_file = secure_file::open_lock_file(&lock_path)?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| SecureFileError::io(&lock_path, Op::Lock, e.into()))?;
 
