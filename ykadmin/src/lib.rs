@@ -1,7 +1,6 @@
 //! ykadmin's library: the pieces the subcommands are made of.
 #![forbid(unsafe_code)]
 
-pub mod authfile_edit;
 pub mod counters_text;
 pub mod digest;
 pub mod generate;

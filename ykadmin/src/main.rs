@@ -27,7 +27,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use ykadmin::authfile_edit;
 use ykadmin::counters_text;
 use ykadmin::digest;
 use ykadmin::generate;
@@ -37,6 +36,7 @@ use ykadmin::metrics;
 use ykadmin::otp_input;
 use ykadmin::report;
 use ykhsm_config::Config;
+use ykhsm_core::authfile;
 use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
 use ykhsm_core::otp::PublicId;
@@ -614,8 +614,8 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Enroll { user, key } => enroll(cli, user, key.as_deref()),
         Command::Revoke { user, pubid, purge } => {
             let config = load_config(&cli.config)?;
-            let edit = authfile_edit::rewrite(&config.authfile, |text| {
-                authfile_edit::revoke(text, user, pubid.as_deref(), *purge)
+            let edit = authfile::rewrite(&config.authfile, |text| {
+                authfile::revoke(text, user, pubid.as_deref(), *purge)
             })
             .map_err(|e| fail(1, e.to_string()))?;
             if cli.json {
@@ -707,8 +707,8 @@ fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
             public_id.len()
         );
     }
-    let edit = authfile_edit::rewrite(&config.authfile, |text| {
-        authfile_edit::enroll(text, user, &public_id)
+    let edit = authfile::rewrite(&config.authfile, |text| {
+        authfile::enroll(text, user, &public_id)
     })
     .map_err(|e| fail(1, e.to_string()))?;
     if cli.json {
@@ -732,11 +732,8 @@ fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
 
 fn list(cli: &Cli, only: Option<&str>) -> Result<u8, Failure> {
     let config = load_config(&cli.config)?;
-    let text = match fs::read(&config.authfile) {
-        Ok(t) => t,
-        Err(e) => return Err(trouble(format!("{}: {e}", config.authfile.display()))),
-    };
-    let users = authfile_edit::list(&text);
+    let (_, text) = authfile::read(&config.authfile).map_err(|e| trouble(e.to_string()))?;
+    let users = authfile::list(&text);
     // Counters, if the daemon is there (listing works without it).
     let records = match call(
         &config.socket,

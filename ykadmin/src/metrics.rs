@@ -13,16 +13,15 @@
 //! so the file is replaced, never rewritten in place: written to a hidden
 //! temporary file in the same directory (not matching `*.prom`), fsynced,
 //! made 0644 (node_exporter runs as another user), renamed over the old
-//! one, and the directory fsynced. The collector does not accept
-//! timestamps on samples; it exports each file's modification time itself
-//! (`node_textfile_mtime_seconds`), which says how fresh this one is.
+//! one, and the directory fsynced (`secure_file::replace`). The collector
+//! does not accept timestamps on samples; it exports each file's
+//! modification time itself (`node_textfile_mtime_seconds`), which says how
+//! fresh this one is.
 
 use std::fmt::Write as _;
-use std::fs::{File, Permissions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use ykhsm_core::secure_file::{self, NewFile, SecureFileError};
 use ykhsm_proto::StatusReport;
 use ykhsm_proto::report::Health;
 
@@ -212,54 +211,13 @@ fn escape_label(v: &str) -> String {
     out
 }
 
-/// A failure to write the metrics file, naming the path.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
-pub struct WriteError {
-    /// The file or directory that failed.
-    pub path: PathBuf,
-    /// Why.
-    pub source: io::Error,
-}
-
 /// Replaces `path` with `text` atomically: a reader sees the old file or
 /// the new one, whole, never a part; nothing is left behind on failure.
-/// The file is 0644 whatever the umask. The directory must exist.
-pub fn write_atomically(path: &Path, text: &[u8]) -> Result<(), WriteError> {
-    let err = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| WriteError { path: p, source }
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))
-        .map_err(err(path))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // Hidden, and ending in .tmp: node_exporter reads only `*.prom`.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(err(dir))?;
-    let write = |f: &mut File| {
-        f.set_permissions(Permissions::from_mode(0o644))?;
-        f.write_all(text)?;
-        f.sync_all()
-    };
-    write(tmp.as_file_mut()).map_err(err(tmp.path()))?;
-    // On failure the temporary file is removed when the error is dropped.
-    tmp.persist(path).map_err(|e| WriteError {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    // The rename itself on disk.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err(dir))?;
-    Ok(())
+/// The file is 0644 whatever the umask (node_exporter runs as another
+/// user); the temporary file is hidden and ends in `.tmp`, and
+/// node_exporter reads only `*.prom`. The directory must exist.
+pub fn write_atomically(path: &Path, text: &[u8]) -> Result<(), SecureFileError> {
+    secure_file::replace(path, text, NewFile::with_mode(0o644))
 }
 
 #[cfg(test)]

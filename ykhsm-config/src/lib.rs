@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use ykhsm_core::keyhandle::{KeyHandleError, KeyHandleName};
-use ykhsm_core::secure_file::{self, FilePolicy, SecureFileError};
+use ykhsm_core::secure_file::{self, FilePolicy, SecureFileError, SecureFileErrorKind};
 use ykhsm_core::store::{AeadStore, V1Nonce};
 
 /// Where the configuration is read from when `--config` is not given.
@@ -172,9 +172,12 @@ impl Config {
     /// run as root).
     pub fn load_owned_by(path: &Path, owner: u32) -> Result<Self, ConfigError> {
         let bytes = secure_file::read_checked(path, FilePolicy::trusted(owner, MAX_CONFIG_LEN))
-            .map_err(|e| match e {
-                SecureFileError::Io { path, source } => ConfigError::Read { path, source },
-                e => ConfigError::Unsafe(e),
+            .map_err(|e| match e.kind {
+                SecureFileErrorKind::Io { source, .. } => ConfigError::Read {
+                    path: e.path,
+                    source,
+                },
+                kind => ConfigError::Unsafe(SecureFileError { path: e.path, kind }),
             })?;
         let text = std::str::from_utf8(&bytes).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -478,7 +481,13 @@ mod tests {
             mode(bad);
             let e = Config::load_owned_by(&path, me).unwrap_err();
             assert!(
-                matches!(e, ConfigError::Unsafe(SecureFileError::Mode { .. })),
+                matches!(
+                    e,
+                    ConfigError::Unsafe(SecureFileError {
+                        kind: SecureFileErrorKind::Mode { .. },
+                        ..
+                    })
+                ),
                 "{bad:o}: {e}"
             );
             assert!(e.to_string().contains(&path.display().to_string()), "{e}");
@@ -486,7 +495,13 @@ mod tests {
         mode(0o600);
         let e = Config::load_owned_by(&path, me + 1).unwrap_err();
         assert!(
-            matches!(e, ConfigError::Unsafe(SecureFileError::Owner { .. })),
+            matches!(
+                e,
+                ConfigError::Unsafe(SecureFileError {
+                    kind: SecureFileErrorKind::Owner { .. },
+                    ..
+                })
+            ),
             "{e}"
         );
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
@@ -494,7 +509,13 @@ mod tests {
         symlink(&path, &link).unwrap();
         let e = Config::load_owned_by(&link, me).unwrap_err();
         assert!(
-            matches!(e, ConfigError::Unsafe(SecureFileError::Symlink { .. })),
+            matches!(
+                e,
+                ConfigError::Unsafe(SecureFileError {
+                    kind: SecureFileErrorKind::Symlink,
+                    ..
+                })
+            ),
             "{e}"
         );
         let e = Config::load_owned_by(&dir.path().join("absent.toml"), me).unwrap_err();

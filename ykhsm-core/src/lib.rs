@@ -17,13 +17,17 @@
 //! - [`serial`]: public ids made from serial numbers;
 //! - [`softkey`]: a software YubiKey for tests and the demo;
 //! - [`yubihsm`]: the YubiHSM 1 serial protocol as bytes, both directions;
-//! - [`secure_file`]: opening files whose owner and mode matter;
+//! - [`secure_file`]: opening, checking and replacing files and directories
+//!   whose owner and mode matter;
+//! - [`authfile`]: pam_yubico's authfile: one parse for ykhsmd and ykadmin,
+//!   the edits, the locked rewrite;
 //! - [`username`]: user names with characters a reader does not see.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod aead;
 pub mod aead_file;
+pub mod authfile;
 pub mod backend;
 pub mod counters;
 pub mod crc;

@@ -47,6 +47,20 @@ pub enum PublicIdError {
         /// Length in characters.
         len: usize,
     },
+    /// Empty where a key's id is needed ([`PublicId::parse_canonical`]).
+    #[error("the public id is empty")]
+    Empty,
+    /// An upper-case modhex letter where ids are written in lower case
+    /// ([`PublicId::parse_canonical`]).
+    #[error(
+        "public id: character {found:?} at position {position} is upper case; write it in lower case"
+    )]
+    UpperCase {
+        /// Zero-based character position.
+        position: usize,
+        /// The character.
+        found: char,
+    },
 }
 
 /// A YubiKey's public id: 0 to 16 lower-case modhex characters, even length.
@@ -65,6 +79,26 @@ impl PublicId {
             return Err(PublicIdError::OddLength { len });
         }
         Ok(Self(s.to_ascii_lowercase()))
+    }
+
+    /// Parses a public id as ykhsm writes one (`ykadmin enroll` into the
+    /// authfile): 2 to 16 lower-case modhex characters, an even number of
+    /// them. [`PublicId::parse`] reads what others wrote, folding upper
+    /// case and taking the empty id of a bare token; this one refuses both,
+    /// the first bad character named by position.
+    pub fn parse_canonical(s: &str) -> Result<Self, PublicIdError> {
+        if s.is_empty() {
+            return Err(PublicIdError::Empty);
+        }
+        let lower = |c: char| u8::try_from(c).is_ok_and(|b| modhex::ALPHABET.contains(&b));
+        if let Some((position, found)) = s.chars().enumerate().find(|&(_, c)| !lower(c)) {
+            return Err(if lower(found.to_ascii_lowercase()) {
+                PublicIdError::UpperCase { position, found }
+            } else {
+                PublicIdError::NotModhex(ModhexError::InvalidChar { position, found })
+            });
+        }
+        Self::parse(s)
     }
 
     /// The id as modhex text.
@@ -520,6 +554,38 @@ impl OtpCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_public_ids_are_lower_case_and_not_empty() {
+        for id in ["cb", "ccccccdbjrgf", "vvvvvvvvvvvvvvvv"] {
+            assert_eq!(PublicId::parse_canonical(id).unwrap().as_str(), id);
+        }
+        let refused = |id: &str| PublicId::parse_canonical(id).unwrap_err();
+        assert_eq!(refused(""), PublicIdError::Empty);
+        assert_eq!(
+            refused("ccccccDbjrgf"),
+            PublicIdError::UpperCase {
+                position: 6,
+                found: 'D'
+            }
+        );
+        assert!(refused("CCCCCCCCCCCB").to_string().contains("lower case"));
+        assert!(matches!(
+            refused("ccccccccccc0"),
+            PublicIdError::NotModhex(ModhexError::InvalidChar {
+                position: 11,
+                found: '0'
+            })
+        ));
+        assert_eq!(refused("ccc"), PublicIdError::OddLength { len: 3 });
+        assert_eq!(refused(&"c".repeat(18)), PublicIdError::TooLong { len: 18 });
+        // What others wrote is still read as before.
+        assert_eq!(
+            PublicId::parse("CCCCCCCCCCCB").unwrap().as_str(),
+            "cccccccccccb"
+        );
+        assert!(PublicId::parse("").unwrap().is_empty());
+    }
 
     #[test]
     fn lengths_are_checked_before_copying() {

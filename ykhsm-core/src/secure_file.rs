@@ -1,22 +1,31 @@
-//! Opening files and directories whose owner and mode are part of the
-//! security of the system (keys.json, the authfile, the configuration, the
-//! AEAD store): named checks, each error naming the path (the shape of
-//! sudo-rs's `secure_open`). The one module for ownership checks.
+//! Opening, checking and replacing files and directories whose owner and
+//! mode are part of the security of the system: keys.json, the
+//! configuration, the authfile, the AEAD store, the socket's and the
+//! state's directories. The one module for ownership checks (the shape of
+//! sudo-rs's `secure_open`): one policy type, one set of named checks, each
+//! error naming the path once ([`SecureFileError`] is a path and a
+//! [`SecureFileErrorKind`]).
 //!
-//! A file is opened without following a final symbolic link and checked on
-//! the open descriptor ([`read_checked`]). A tree (the AEAD store) is walked
-//! from its root down with [`CheckedDir`]: the root is opened with
-//! `O_DIRECTORY | O_NOFOLLOW`, every child with `openat` relative to its
-//! checked parent and `O_NOFOLLOW`, and each is checked on its own
-//! descriptor, so a walk never leaves the directories it checked and never
-//! follows a link planted on the way.
+//! A file is opened without following a final symbolic link (and without
+//! blocking, so a FIFO planted at the path is refused rather than waited
+//! on) and checked on the open descriptor ([`read_checked`],
+//! [`open_regular`]). A directory is checked the same way ([`check_dir`],
+//! [`ensure_dir`]). A tree (the AEAD store) is walked from its root down
+//! with [`CheckedDir`]: the root is opened with `O_DIRECTORY | O_NOFOLLOW`,
+//! every child with `openat` relative to its checked parent and
+//! `O_NOFOLLOW`, and each is checked on its own descriptor, so a walk never
+//! leaves the directories it checked and never follows a link planted on
+//! the way. A file is written by [`replace`]: a temporary file in the same
+//! directory, owner and mode set, synced, renamed over the old one, the
+//! directory synced — a reader sees the old file or the new one, whole.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::fmt;
+use std::fs::{self, DirBuilder, File, Metadata, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +33,7 @@ use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
+use nix::unistd::{Gid, Uid};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -78,83 +88,240 @@ impl FileVersion {
     }
 }
 
-/// What a file must satisfy to be read.
+/// What a file or directory must satisfy to be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FilePolicy {
-    /// The uid that must own the file (0 in production).
-    pub owner: u32,
+    /// The uid that must own it (0 in production); `None`: any owner.
+    pub owner: Option<u32>,
     /// Mode bits that must all be clear, e.g. `0o077` (no group/other
     /// access) or `0o022` (not writable by group/other).
     pub forbidden_mode: u32,
-    /// The largest size accepted, in bytes.
+    /// The largest size accepted for a file, in bytes.
     pub max_len: u64,
 }
 
 impl FilePolicy {
-    /// A secret file: owned by `owner`, no permission bit for group or other.
+    /// A secret: owned by `owner`, no permission bit for group or other
+    /// (keys.json, the state directory).
     pub const fn secret(owner: u32, max_len: u64) -> Self {
         Self {
-            owner,
+            owner: Some(owner),
             forbidden_mode: 0o077,
             max_len,
         }
     }
 
-    /// A trusted file: owned by `owner`, writable by nobody else.
+    /// Trusted: owned by `owner`, writable by nobody else (the
+    /// configuration, the authfile, the AEAD store, the socket's
+    /// directory).
     pub const fn trusted(owner: u32, max_len: u64) -> Self {
         Self {
-            owner,
+            owner: Some(owner),
             forbidden_mode: 0o022,
+            max_len,
+        }
+    }
+
+    /// Any owner and mode: the type (a regular file or a directory, never
+    /// a link) and the size only. For a file whose owner and mode are
+    /// someone else's to check: the authfile as ykadmin edits it, keeping
+    /// both (ykhsmd checks them at every use).
+    pub const fn any_owner(max_len: u64) -> Self {
+        Self {
+            owner: None,
+            forbidden_mode: 0,
             max_len,
         }
     }
 }
 
-/// Why a checked file was refused. Every variant names the file.
+/// What a path is, as `lstat` or `fstat` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A block device.
+    BlockDevice,
+    /// A character device.
+    CharDevice,
+    /// Anything else.
+    Unknown,
+}
+
+impl FileKind {
+    /// What `file_type` says.
+    pub fn of(file_type: fs::FileType) -> Self {
+        if file_type.is_file() {
+            Self::Regular
+        } else if file_type.is_dir() {
+            Self::Directory
+        } else if file_type.is_symlink() {
+            Self::Symlink
+        } else if file_type.is_fifo() {
+            Self::Fifo
+        } else if file_type.is_socket() {
+            Self::Socket
+        } else if file_type.is_block_device() {
+            Self::BlockDevice
+        } else if file_type.is_char_device() {
+            Self::CharDevice
+        } else {
+            Self::Unknown
+        }
+    }
+
+    fn of_mode(st_mode: u32) -> Self {
+        let fmt = SFlag::from_bits_truncate(st_mode & SFlag::S_IFMT.bits());
+        [
+            (SFlag::S_IFREG, Self::Regular),
+            (SFlag::S_IFDIR, Self::Directory),
+            (SFlag::S_IFLNK, Self::Symlink),
+            (SFlag::S_IFIFO, Self::Fifo),
+            (SFlag::S_IFSOCK, Self::Socket),
+            (SFlag::S_IFBLK, Self::BlockDevice),
+            (SFlag::S_IFCHR, Self::CharDevice),
+        ]
+        .into_iter()
+        .find_map(|(flag, kind)| (fmt == flag).then_some(kind))
+        .unwrap_or(Self::Unknown)
+    }
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Regular => "regular file",
+            Self::Directory => "directory",
+            Self::Symlink => "symbolic link",
+            Self::Fifo => "named pipe",
+            Self::Socket => "socket",
+            Self::BlockDevice => "block device",
+            Self::CharDevice => "character device",
+            Self::Unknown => "special file",
+        })
+    }
+}
+
+/// The operation on a path that failed, as an error says it after the
+/// path ("/etc/yubikeys cannot be opened: …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// `open`.
+    Open,
+    /// `read`.
+    Read,
+    /// `fstat`, `lstat`.
+    Stat,
+    /// Listing a directory.
+    List,
+    /// Making a file or directory.
+    Create,
+    /// Making a temporary file in a directory.
+    CreateTemp,
+    /// `flock`.
+    Lock,
+    /// `fchown`.
+    Chown,
+    /// `chmod`.
+    Chmod,
+    /// `write`.
+    Write,
+    /// `fsync` of a file.
+    Sync,
+    /// Renaming a new file over the path.
+    Rename,
+    /// `fsync` of a directory.
+    SyncDir,
+    /// `unlink`.
+    Remove,
+    /// `bind` of a socket.
+    Bind,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Open => "cannot be opened",
+            Self::Read => "cannot be read",
+            Self::Stat => "cannot be examined (stat)",
+            Self::List => "cannot be listed",
+            Self::Create => "cannot be created",
+            Self::CreateTemp => "cannot hold a new temporary file",
+            Self::Lock => "cannot be locked",
+            Self::Chown => "cannot be given its owner",
+            Self::Chmod => "cannot be given its mode",
+            Self::Write => "cannot be written",
+            Self::Sync => "cannot be synced to disk",
+            Self::Rename => "cannot be replaced",
+            Self::SyncDir => "cannot be synced to disk (the directory)",
+            Self::Remove => "cannot be removed",
+            Self::Bind => "cannot be bound (socket)",
+        })
+    }
+}
+
+/// Why a file or directory was refused: its path, once, and what is wrong.
+/// Displayed as the path followed by the kind ("/etc/yubikeys has mode
+/// 0664; …").
+#[derive(Debug)]
+pub struct SecureFileError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub kind: SecureFileErrorKind,
+}
+
+/// What is wrong with a file or directory ([`SecureFileError`]); each
+/// reads after the path.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum SecureFileError {
-    /// Open or read failed (missing, unreadable, a symbolic link).
-    #[error("cannot read {}: {source}", path.display())]
+pub enum SecureFileErrorKind {
+    /// A system call failed (missing, unreadable, a full disk).
+    #[error("{op}: {source}")]
     Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
+        /// What was being done.
+        op: Op,
+        /// The error.
         source: io::Error,
     },
-    /// Not a regular file.
-    #[error("{} is not a regular file", path.display())]
-    NotRegular {
-        /// The file.
-        path: PathBuf,
-    },
     /// A symbolic link where a file or directory must be: never followed.
-    #[error("{} is a symbolic link; links are not followed here (put the file or directory itself there)", path.display())]
-    Symlink {
-        /// The link.
-        path: PathBuf,
+    #[error(
+        "is a symbolic link; links are not followed here (put the file or directory itself there)"
+    )]
+    Symlink,
+    /// Not a regular file where one must be.
+    #[error("is not a regular file (it is a {found})")]
+    NotRegular {
+        /// What it is.
+        found: FileKind,
     },
     /// Not a directory where one must be.
-    #[error("{} is not a directory", path.display())]
+    #[error("is not a directory (it is a {found})")]
     NotDirectory {
-        /// The path.
-        path: PathBuf,
+        /// What it is.
+        found: FileKind,
     },
     /// Owned by the wrong user.
-    #[error("{} is owned by uid {found}, it must be owned by uid {expected}", path.display())]
+    #[error("is owned by uid {found}, it must be owned by uid {expected}")]
     Owner {
-        /// The file.
-        path: PathBuf,
         /// The owner found.
         found: u32,
         /// The owner required.
         expected: u32,
     },
     /// Has a forbidden permission bit.
-    #[error("{} has mode {mode:04o}; the bits {forbidden:04o} must be clear (try chmod {fix:04o})", path.display())]
+    #[error("has mode {mode:04o}; the bits {forbidden:04o} must be clear (try chmod {fix:04o})")]
     Mode {
-        /// The file.
-        path: PathBuf,
         /// Its permission bits.
         mode: u32,
         /// The bits that must be clear.
@@ -163,52 +330,131 @@ pub enum SecureFileError {
         fix: u32,
     },
     /// Larger than the policy allows.
-    #[error("{} is {len} bytes, more than the {max} allowed", path.display())]
+    #[error("is {len} bytes, more than the {max} allowed")]
     TooLarge {
-        /// The file.
-        path: PathBuf,
         /// Its size.
         len: u64,
         /// The limit.
         max: u64,
     },
+    /// A name inside a directory that is not one path component (it has a
+    /// `/`, or is `.`, `..` or empty): never resolved.
+    #[error("is not reached by one name inside its directory")]
+    NotOneComponent,
+    /// The path names no file (it ends in `..`, or is `/`).
+    #[error("does not name a file")]
+    NoFileName,
 }
 
 impl SecureFileError {
+    /// The error `kind` for `path`.
+    pub fn new(path: &Path, kind: SecureFileErrorKind) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            kind,
+        }
+    }
+
+    /// `op` on `path` failed with `source`.
+    pub fn io(path: &Path, op: Op, source: io::Error) -> Self {
+        Self::new(path, SecureFileErrorKind::Io { op, source })
+    }
+
     /// Whether the path (or a directory on the way to it) does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(&self.kind, SecureFileErrorKind::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 }
 
-/// Opens `path` without following a final symbolic link, checks it against
-/// `policy` on the open descriptor (no check-then-open race), and reads it
-/// into a buffer that is wiped on drop.
+impl fmt::Display for SecureFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.path.display(), self.kind)
+    }
+}
+
+impl std::error::Error for SecureFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
+/// A closure for `map_err` turning an I/O error of `op` on `path` into a
+/// [`SecureFileError`].
+fn io_err(path: &Path, op: Op) -> impl FnOnce(io::Error) -> SecureFileError + '_ {
+    move |source| SecureFileError::io(path, op, source)
+}
+
+fn errno_err(path: &Path, op: Op, e: Errno) -> SecureFileError {
+    SecureFileError::io(path, op, io::Error::from(e))
+}
+
+/// Opens a file with `options` plus: never through a final symbolic link
+/// (refused as [`SecureFileErrorKind::Symlink`]), without blocking (a FIFO
+/// at the path is opened at once, then refused), never as a controlling
+/// terminal, close-on-exec; and refuses anything but a regular file, on
+/// the open descriptor.
+pub fn open_regular(path: &Path, options: &mut OpenOptions) -> Result<File, SecureFileError> {
+    let file = options
+        .custom_flags(FILE_FLAGS.bits())
+        .open(path)
+        .map_err(|e| refused_open(path, e))?;
+    let meta = file.metadata().map_err(io_err(path, Op::Stat))?;
+    match FileKind::of(meta.file_type()) {
+        FileKind::Regular => Ok(file),
+        found => Err(SecureFileError::new(
+            path,
+            SecureFileErrorKind::NotRegular { found },
+        )),
+    }
+}
+
+/// Opens (and makes, 0600, if missing) a lock file for `flock`, as
+/// [`open_regular`] opens any file: the authfile's `<authfile>.lock`, the
+/// socket's `<socket>.lock`.
+pub fn open_lock_file(path: &Path) -> Result<File, SecureFileError> {
+    open_regular(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+    )
+}
+
+/// Opens `path` as [`open_regular`] does, checks it against `policy` on
+/// the open descriptor (no check-then-open race), and reads it into a
+/// buffer that is wiped on drop.
 pub fn read_checked(
     path: &Path,
     policy: FilePolicy,
 ) -> Result<Zeroizing<Vec<u8>>, SecureFileError> {
-    let io_err = |source| SecureFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| refused_open(path, e))?;
-    check(path, &file, policy)?;
-    let expected = file.metadata().map_err(io_err)?.len();
-    let buf = read_wiped(&file, expected, policy.max_len + 1).map_err(io_err)?;
+    read_checked_with_metadata(path, policy).map(|(_, bytes)| bytes)
+}
+
+/// As [`read_checked`], with the metadata of the file read (its owner and
+/// mode, for a writer that keeps them).
+pub fn read_checked_with_metadata(
+    path: &Path,
+    policy: FilePolicy,
+) -> Result<(Metadata, Zeroizing<Vec<u8>>), SecureFileError> {
+    let file = open_regular(path, OpenOptions::new().read(true))?;
+    let meta = file.metadata().map_err(io_err(path, Op::Stat))?;
+    check_metadata(path, &meta, policy)?;
+    let buf = read_wiped(&file, meta.len(), policy.max_len.saturating_add(1))
+        .map_err(io_err(path, Op::Read))?;
     let len = buf.len() as u64;
     if len > policy.max_len {
-        return Err(SecureFileError::TooLarge {
-            path: path.to_path_buf(),
-            len,
-            max: policy.max_len,
-        });
+        return Err(SecureFileError::new(
+            path,
+            SecureFileErrorKind::TooLarge {
+                len,
+                max: policy.max_len,
+            },
+        ));
     }
-    Ok(buf)
+    Ok((meta, buf))
 }
 
 /// Reads `reader` to its end, or to `limit` bytes, into a buffer wiped on
@@ -245,10 +491,7 @@ fn read_wiped(mut reader: impl Read, expected: u64, limit: u64) -> io::Result<Ze
 
 /// The checks of [`read_checked`] on an open file.
 pub fn check(path: &Path, file: &File, policy: FilePolicy) -> Result<(), SecureFileError> {
-    let meta = file.metadata().map_err(|source| SecureFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let meta = file.metadata().map_err(io_err(path, Op::Stat))?;
     check_metadata(path, &meta, policy)
 }
 
@@ -259,7 +502,7 @@ pub fn check_metadata(
     meta: &Metadata,
     policy: FilePolicy,
 ) -> Result<(), SecureFileError> {
-    Facts::of(meta).check(path, Kind::File, policy)
+    Facts::of(meta).check(path, Want::File, policy)
 }
 
 /// The checks of a directory on its metadata: a directory, owner, forbidden
@@ -269,22 +512,50 @@ pub fn check_dir_metadata(
     meta: &Metadata,
     policy: FilePolicy,
 ) -> Result<(), SecureFileError> {
-    Facts::of(meta).check(path, Kind::Dir, policy)
+    Facts::of(meta).check(path, Want::Dir, policy)
 }
 
-/// What a directory entry is, as `lstat` tells it.
+/// Checks the directory at `path` against `policy`: opened without
+/// following a final link (`O_DIRECTORY | O_NOFOLLOW`), checked on its
+/// descriptor (type, owner, mode).
+pub fn check_dir(path: &Path, policy: FilePolicy) -> Result<(), SecureFileError> {
+    CheckedDir::open(path, policy).map(drop)
+}
+
+/// The directory at `path`, checked as [`check_dir`] checks it; made first,
+/// with its missing parents, if it does not exist, and given `mode`
+/// whatever the umask (the socket's directory, `state_dir`).
+pub fn ensure_dir(
+    path: &Path,
+    mode: u32,
+    policy: FilePolicy,
+) -> Result<CheckedDir, SecureFileError> {
+    match CheckedDir::open(path, policy) {
+        Err(e) if e.is_not_found() => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(path)
+                .map_err(io_err(path, Op::Create))?;
+            fs::set_permissions(path, Permissions::from_mode(mode))
+                .map_err(io_err(path, Op::Chmod))?;
+            CheckedDir::open(path, policy)
+        }
+        found => found,
+    }
+}
+
+/// Which type a check wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum Want {
     File,
     Dir,
-    Symlink,
-    Other,
 }
 
 /// The part of a file's metadata the checks look at.
 #[derive(Debug, Clone, Copy)]
 struct Facts {
-    kind: Kind,
+    kind: FileKind,
     uid: u32,
     mode: u32,
     len: u64,
@@ -292,18 +563,8 @@ struct Facts {
 
 impl Facts {
     fn of(meta: &Metadata) -> Self {
-        let t = meta.file_type();
-        let kind = if t.is_file() {
-            Kind::File
-        } else if t.is_dir() {
-            Kind::Dir
-        } else if t.is_symlink() {
-            Kind::Symlink
-        } else {
-            Kind::Other
-        };
         Self {
-            kind,
+            kind: FileKind::of(meta.file_type()),
             uid: meta.uid(),
             mode: meta.mode(),
             len: meta.len(),
@@ -311,18 +572,8 @@ impl Facts {
     }
 
     fn of_stat(st: &FileStat) -> Self {
-        let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        let kind = if fmt == SFlag::S_IFREG {
-            Kind::File
-        } else if fmt == SFlag::S_IFDIR {
-            Kind::Dir
-        } else if fmt == SFlag::S_IFLNK {
-            Kind::Symlink
-        } else {
-            Kind::Other
-        };
         Self {
-            kind,
+            kind: FileKind::of_mode(st.st_mode),
             uid: st.st_uid,
             mode: st.st_mode,
             len: u64::try_from(st.st_size).unwrap_or(0),
@@ -331,33 +582,33 @@ impl Facts {
 
     /// Type first (a link is named as such), then owner, mode and, for
     /// files, size.
-    fn check(&self, path: &Path, want: Kind, policy: FilePolicy) -> Result<(), SecureFileError> {
-        let path_buf = || path.to_path_buf();
+    fn check(&self, path: &Path, want: Want, policy: FilePolicy) -> Result<(), SecureFileError> {
+        use SecureFileErrorKind as K;
+        let refuse = |kind| Err(SecureFileError::new(path, kind));
         match (self.kind, want) {
-            (Kind::Symlink, _) => return Err(SecureFileError::Symlink { path: path_buf() }),
-            (Kind::File, Kind::File) | (Kind::Dir, Kind::Dir) => {}
-            (_, Kind::Dir) => return Err(SecureFileError::NotDirectory { path: path_buf() }),
-            (_, _) => return Err(SecureFileError::NotRegular { path: path_buf() }),
+            (FileKind::Symlink, _) => return refuse(K::Symlink),
+            (FileKind::Regular, Want::File) | (FileKind::Directory, Want::Dir) => {}
+            (found, Want::Dir) => return refuse(K::NotDirectory { found }),
+            (found, Want::File) => return refuse(K::NotRegular { found }),
         }
-        if self.uid != policy.owner {
-            return Err(SecureFileError::Owner {
-                path: path_buf(),
+        if let Some(expected) = policy.owner
+            && self.uid != expected
+        {
+            return refuse(K::Owner {
                 found: self.uid,
-                expected: policy.owner,
+                expected,
             });
         }
         let mode = self.mode & 0o7777;
         if mode & policy.forbidden_mode != 0 {
-            return Err(SecureFileError::Mode {
-                path: path_buf(),
+            return refuse(K::Mode {
                 mode,
                 forbidden: policy.forbidden_mode,
                 fix: mode & !policy.forbidden_mode,
             });
         }
-        if want == Kind::File && self.len > policy.max_len {
-            return Err(SecureFileError::TooLarge {
-                path: path_buf(),
+        if want == Want::File && self.len > policy.max_len {
+            return refuse(K::TooLarge {
                 len: self.len,
                 max: policy.max_len,
             });
@@ -370,21 +621,9 @@ impl Facts {
 /// is called a link; anything else is an I/O error on the path.
 fn refused_open(path: &Path, e: io::Error) -> SecureFileError {
     if e.raw_os_error() == Some(libc::ELOOP) {
-        return SecureFileError::Symlink {
-            path: path.to_path_buf(),
-        };
+        return SecureFileError::new(path, SecureFileErrorKind::Symlink);
     }
-    SecureFileError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-fn io_error(path: &Path, e: Errno) -> SecureFileError {
-    SecureFileError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::from(e),
-    }
+    SecureFileError::io(path, Op::Open, e)
 }
 
 /// Opens a directory: never through a final link, close-on-exec, readable
@@ -394,12 +633,12 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-/// Opens a file for reading: never through a final link, close-on-exec,
-/// and without blocking (a FIFO planted at the path cannot hang the reader;
-/// it is then refused as not a regular file).
-const FILE_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_NOFOLLOW)
+/// Opens a file: never through a final link, close-on-exec, never as a
+/// controlling terminal, and without blocking (a FIFO planted at the path
+/// cannot hang the reader; it is then refused as not a regular file).
+const FILE_FLAGS: OFlag = OFlag::O_NOFOLLOW
     .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
     .union(OFlag::O_CLOEXEC);
 
 /// A directory opened without following a symbolic link and checked on its
@@ -458,8 +697,8 @@ impl CheckedDir {
         let path = self.path.join(name);
         one_component(&path, name)?;
         let st = fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| io_error(&path, e))?;
-        Facts::of_stat(&st).check(&path, Kind::File, self.policy)?;
+            .map_err(|e| errno_err(&path, Op::Stat, e))?;
+        Facts::of_stat(&st).check(&path, Want::File, self.policy)?;
         let fd = openat(&self.fd, name, FILE_FLAGS, Mode::empty())
             .map_err(|e| Self::refused(&path, e, || self.kind_of(name)))?;
         read_open(&path, File::from(fd), self.policy, limit)
@@ -469,10 +708,10 @@ impl CheckedDir {
     /// its own (`openat(fd, ".")`: the same directory, a fresh offset).
     pub fn names(&self) -> Result<Vec<OsString>, SecureFileError> {
         let mut dir = Dir::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())
-            .map_err(|e| io_error(&self.path, e))?;
+            .map_err(|e| errno_err(&self.path, Op::List, e))?;
         let mut out = Vec::new();
         for entry in dir.iter() {
-            let entry = entry.map_err(|e| io_error(&self.path, e))?;
+            let entry = entry.map_err(|e| errno_err(&self.path, Op::List, e))?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
                 out.push(OsStr::from_bytes(name).to_os_string());
@@ -483,10 +722,7 @@ impl CheckedDir {
 
     fn checked(fd: OwnedFd, path: PathBuf, policy: FilePolicy) -> Result<Self, SecureFileError> {
         let file = File::from(fd);
-        let meta = file.metadata().map_err(|source| SecureFileError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = file.metadata().map_err(io_err(&path, Op::Stat))?;
         check_dir_metadata(&path, &meta, policy)?;
         Ok(Self {
             fd: OwnedFd::from(file),
@@ -496,7 +732,7 @@ impl CheckedDir {
     }
 
     /// What the child `name` is, without following it.
-    fn kind_of(&self, name: &OsStr) -> Option<Kind> {
+    fn kind_of(&self, name: &OsStr) -> Option<FileKind> {
         fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .ok()
             .map(|st| Facts::of_stat(&st).kind)
@@ -505,20 +741,16 @@ impl CheckedDir {
     /// An `open(at)` that failed, named: `O_NOFOLLOW` refuses a link with
     /// `ELOOP`, `O_DIRECTORY` anything else with `ENOTDIR`; `kind` says
     /// which it was.
-    fn refused(path: &Path, e: Errno, kind: impl FnOnce() -> Option<Kind>) -> SecureFileError {
+    fn refused(path: &Path, e: Errno, kind: impl FnOnce() -> Option<FileKind>) -> SecureFileError {
         if e != Errno::ELOOP && e != Errno::ENOTDIR {
-            return io_error(path, e);
+            return errno_err(path, Op::Open, e);
         }
-        let path = path.to_path_buf();
         match kind() {
-            Some(Kind::Symlink) => SecureFileError::Symlink { path },
-            Some(Kind::File | Kind::Other) if e == Errno::ENOTDIR => {
-                SecureFileError::NotDirectory { path }
+            Some(FileKind::Symlink) => SecureFileError::new(path, SecureFileErrorKind::Symlink),
+            Some(found) if e == Errno::ENOTDIR && found != FileKind::Directory => {
+                SecureFileError::new(path, SecureFileErrorKind::NotDirectory { found })
             }
-            _ => SecureFileError::Io {
-                path,
-                source: io::Error::from(e),
-            },
+            _ => errno_err(path, Op::Open, e),
         }
     }
 }
@@ -528,19 +760,19 @@ impl CheckedDir {
 fn one_component(path: &Path, name: &OsStr) -> Result<(), SecureFileError> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
-        return Err(SecureFileError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
-        });
+        return Err(SecureFileError::new(
+            path,
+            SecureFileErrorKind::NotOneComponent,
+        ));
     }
     Ok(())
 }
 
 /// What `path` is, without following it.
-fn fs_kind(path: &Path) -> Option<Kind> {
-    std::fs::symlink_metadata(path)
+fn fs_kind(path: &Path) -> Option<FileKind> {
+    fs::symlink_metadata(path)
         .ok()
-        .map(|m| Facts::of(&m).kind)
+        .map(|m| FileKind::of(m.file_type()))
 }
 
 /// The checks on an open file's descriptor, then at most `limit` bytes of
@@ -551,18 +783,14 @@ fn read_open(
     policy: FilePolicy,
     limit: usize,
 ) -> Result<(Metadata, Vec<u8>), SecureFileError> {
-    let io_err = |source| SecureFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = file.metadata().map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err(path, Op::Stat))?;
     check_metadata(path, &meta, policy)?;
     let mut buf = vec![0u8; limit];
     let n = loop {
         match file.read(&mut buf) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(SecureFileError::io(path, Op::Read, e)),
         }
     };
     buf.truncate(n);
@@ -580,11 +808,9 @@ pub fn read_path(
 ) -> Result<(Metadata, Vec<u8>), SecureFileError> {
     let fd = open(path, FILE_FLAGS, Mode::empty()).map_err(|e| {
         if e == Errno::ELOOP {
-            SecureFileError::Symlink {
-                path: path.to_path_buf(),
-            }
+            SecureFileError::new(path, SecureFileErrorKind::Symlink)
         } else {
-            io_error(path, e)
+            errno_err(path, Op::Open, e)
         }
     })?;
     read_open(path, File::from(fd), policy, limit)
@@ -612,20 +838,126 @@ fn walk(dir: &CheckedDir, count: &mut TreeCount) -> Result<(), SecureFileError> 
             Ok(st) => st,
             // Removed since the listing: nothing left to check.
             Err(Errno::ENOENT) => continue,
-            Err(e) => return Err(io_error(&path, e)),
+            Err(e) => return Err(errno_err(&path, Op::Stat, e)),
         };
         let facts = Facts::of_stat(&st);
-        if facts.kind == Kind::Dir {
+        if facts.kind == FileKind::Directory {
             match dir.dir(&name) {
                 Ok(child) => walk(&child, count)?,
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             }
         } else {
-            facts.check(&path, Kind::File, dir.policy)?;
+            facts.check(&path, Want::File, dir.policy)?;
             count.files += 1;
         }
     }
+    Ok(())
+}
+
+/// Owner and mode of the file [`replace`] writes, and whether it may
+/// replace one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFile {
+    /// The uid and gid to give it; `None`: the writer's own.
+    pub owner: Option<(u32, u32)>,
+    /// Its permission bits, whatever the umask.
+    pub mode: u32,
+    /// What happens to a file already at the path.
+    pub existing: Existing,
+}
+
+/// What [`replace`] does with a file already at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Replaced (renamed over).
+    Replace,
+    /// Kept: the write fails with an `AlreadyExists` I/O error.
+    Keep,
+}
+
+impl NewFile {
+    /// The writer's own, with `mode`, replacing any file at the path.
+    pub const fn with_mode(mode: u32) -> Self {
+        Self {
+            owner: None,
+            mode,
+            existing: Existing::Replace,
+        }
+    }
+
+    /// The owner, group and mode of the file `meta` describes: a new
+    /// version of it.
+    pub fn like(meta: &Metadata) -> Self {
+        Self {
+            owner: Some((meta.uid(), meta.gid())),
+            mode: meta.mode() & 0o7777,
+            existing: Existing::Replace,
+        }
+    }
+
+    /// The same, failing instead of replacing a file already at the path.
+    #[must_use]
+    pub const fn create_new(self) -> Self {
+        Self {
+            existing: Existing::Keep,
+            ..self
+        }
+    }
+}
+
+/// The directory a file is made in: its parent, or `.` for a bare name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory (hidden, ending in `.tmp`, so no reader of the directory
+/// takes it for one of its own), given `new`'s owner (before the mode:
+/// `fchown` clears set-id bits) and mode, written, synced, renamed over
+/// `path` (or, for [`Existing::Keep`], linked there only if nothing is),
+/// and the directory synced, so the rename survives a crash. A reader sees
+/// the old file or the new one, whole; on failure the temporary file is
+/// removed and the old file is untouched.
+pub fn replace(path: &Path, bytes: &[u8], new: NewFile) -> Result<(), SecureFileError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| SecureFileError::new(path, SecureFileErrorKind::NoFileName))?;
+    let dir = parent_dir(path);
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err(dir, Op::CreateTemp))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let file = tmp.as_file();
+    if let Some((uid, gid)) = new.owner {
+        let now = file.metadata().map_err(io_err(&tmp_path, Op::Stat))?;
+        if (now.uid(), now.gid()) != (uid, gid) {
+            nix::unistd::fchown(file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(|e| errno_err(&tmp_path, Op::Chown, e))?;
+        }
+    }
+    file.set_permissions(Permissions::from_mode(new.mode))
+        .map_err(io_err(&tmp_path, Op::Chmod))?;
+    tmp.write_all(bytes).map_err(io_err(&tmp_path, Op::Write))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err(&tmp_path, Op::Sync))?;
+    let renamed = match new.existing {
+        Existing::Replace => tmp.persist(path).map(drop),
+        Existing::Keep => tmp.persist_noclobber(path).map(drop),
+    };
+    renamed.map_err(|e| SecureFileError::io(path, Op::Rename, e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir, Op::SyncDir))?;
     Ok(())
 }
 
@@ -646,6 +978,163 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+    }
+
+    fn me() -> u32 {
+        Uid::effective().as_raw()
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn errors_name_the_path_once_then_what_is_wrong() {
+        let e = SecureFileError::new(
+            Path::new("/etc/yubikeys"),
+            SecureFileErrorKind::Mode {
+                mode: 0o664,
+                forbidden: 0o022,
+                fix: 0o644,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/yubikeys has mode 0664; the bits 0022 must be clear (try chmod 0644)"
+        );
+        let e = SecureFileError::io(
+            Path::new("/etc/yubikeys"),
+            Op::Open,
+            io::Error::from(io::ErrorKind::NotFound),
+        );
+        assert!(e.is_not_found());
+        assert!(
+            e.to_string()
+                .starts_with("/etc/yubikeys cannot be opened: "),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_is_refused_without_waiting_or_following() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        // Nobody writes to it: a blocking open would wait forever.
+        let e = read_checked(&fifo, FilePolicy::trusted(me(), 100)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::NotRegular {
+                    found: FileKind::Fifo
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("is not a regular file (it is a named pipe)"),
+            "{e}"
+        );
+        let real = dir.path().join("real");
+        fs::write(&real, "x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = open_regular(&link, OpenOptions::new().read(true)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Symlink), "{e}");
+        let e = open_regular(dir.path(), OpenOptions::new().read(true)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::NotRegular {
+                    found: FileKind::Directory
+                }
+            ),
+            "{e}"
+        );
+        // Any owner and mode, when the policy says so; never a link.
+        fs::set_permissions(&real, Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(
+            &*read_checked(&real, FilePolicy::any_owner(1)).unwrap(),
+            b"x"
+        );
+        let e = read_checked(&real, FilePolicy::trusted(me(), 1)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Mode { .. }), "{e}");
+        assert!(read_checked(&link, FilePolicy::any_owner(1)).is_err());
+    }
+
+    #[test]
+    fn ensure_dir_makes_a_missing_directory_and_checks_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("run/ykhsm");
+        ensure_dir(&made, 0o755, FilePolicy::trusted(me(), 0)).unwrap();
+        assert_eq!(mode_of(&made), 0o755);
+        // As it is, when it exists.
+        fs::set_permissions(&made, Permissions::from_mode(0o775)).unwrap();
+        let e = ensure_dir(&made, 0o755, FilePolicy::trusted(me(), 0)).unwrap_err();
+        assert!(
+            matches!(e.kind, SecureFileErrorKind::Mode { mode: 0o775, .. }),
+            "{e}"
+        );
+        assert_eq!(e.path, made);
+        let e = check_dir(&made, FilePolicy::trusted(me() + 1, 0)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Owner { .. }), "{e}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        let e = ensure_dir(&link, 0o755, FilePolicy::any_owner(0)).unwrap_err();
+        assert!(matches!(e.kind, SecureFileErrorKind::Symlink), "{e}");
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        let e = ensure_dir(&file, 0o755, FilePolicy::any_owner(0)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::NotDirectory {
+                    found: FileKind::Regular
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn replace_writes_whole_with_owner_and_mode_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        replace(&path, b"one", NewFile::with_mode(0o640)).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        assert_eq!(mode_of(&path), 0o640);
+        let old = fs::metadata(&path).unwrap();
+        replace(&path, b"two", NewFile::like(&old)).unwrap();
+        let new = fs::metadata(&path).unwrap();
+        assert_ne!(new.ino(), old.ino(), "renamed over, not written in place");
+        assert_eq!(
+            (new.uid(), new.gid(), mode_of(&path)),
+            (old.uid(), old.gid(), 0o640)
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        // Keep: the file there stays, the write fails.
+        let e = replace(&path, b"three", NewFile::with_mode(0o600).create_new()).unwrap_err();
+        assert!(
+            matches!(&e.kind, SecureFileErrorKind::Io { op: Op::Rename, source } if source.kind() == io::ErrorKind::AlreadyExists),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        // Into a missing directory: named, nothing made.
+        let e = replace(&dir.path().join("no/f"), b"x", NewFile::with_mode(0o600)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                SecureFileErrorKind::Io {
+                    op: Op::CreateTemp,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Only the file: no temporary file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

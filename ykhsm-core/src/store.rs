@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, Metadata};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,7 +47,8 @@ use crate::aead_file::{AeadFile, AeadFileError, AeadFileFormat, MAX_FILE_LEN};
 use crate::keyhandle::{KeyHandle, KeyHandleName};
 use crate::otp::PublicId;
 use crate::secure_file::{
-    self, CheckedDir, FilePolicy, FileVersion, SETTLED, SecureFileError, TreeCount,
+    self, CheckedDir, FilePolicy, FileVersion, NewFile, SETTLED, SecureFileError,
+    SecureFileErrorKind, TreeCount,
 };
 
 /// The length pyhsm's importer pads short public ids to (with `c`) when it
@@ -388,9 +389,10 @@ impl AeadStore {
     /// mode) says the store is not in order.
     fn refused(e: SecureFileError, file: &Path) -> StoreError {
         match e {
-            SecureFileError::Io { path, source } if path == file => {
-                StoreError::Read { path, source }
-            }
+            SecureFileError {
+                path,
+                kind: SecureFileErrorKind::Io { source, .. },
+            } if path == file => StoreError::Read { path, source },
             e => StoreError::Insecure(e),
         }
     }
@@ -596,41 +598,26 @@ impl AeadStore {
         let rel = relative_path(key_handle, public_id.as_str());
         let path = self.dir.join(&rel);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
-        let werr = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Write { path: p, source }
-        };
         self.check_existing(&rel)?;
         self.create_dirs(&parent)?;
         let bytes = AeadFile::v1_bytes(key_handle.value(), nonce, &aead.0);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".ykhsm-")
-            .suffix(".tmp")
-            .tempfile_in(&parent)
-            .map_err(werr(&parent))?;
-        tmp.write_all(&bytes).map_err(werr(tmp.path()))?;
-        tmp.as_file().sync_all().map_err(werr(tmp.path()))?;
-        match mode {
-            WriteMode::Replace => {
-                tmp.persist(&path).map_err(|e| StoreError::Write {
-                    path: path.clone(),
-                    source: e.error,
-                })?;
+        let new = match mode {
+            WriteMode::Replace => NewFile::with_mode(0o600),
+            WriteMode::CreateNew => NewFile::with_mode(0o600).create_new(),
+        };
+        secure_file::replace(&path, &bytes, new).map_err(|e| match e.kind {
+            SecureFileErrorKind::Io { source, .. }
+                if source.kind() == io::ErrorKind::AlreadyExists
+                    && mode == WriteMode::CreateNew =>
+            {
+                StoreError::Exists { path: path.clone() }
             }
-            WriteMode::CreateNew => {
-                tmp.persist_noclobber(&path).map_err(|e| {
-                    if e.error.kind() == io::ErrorKind::AlreadyExists {
-                        StoreError::Exists { path: path.clone() }
-                    } else {
-                        StoreError::Write {
-                            path: path.clone(),
-                            source: e.error,
-                        }
-                    }
-                })?;
-            }
-        }
-        fsync_dir(&parent).map_err(werr(&parent))?;
+            SecureFileErrorKind::Io { source, .. } => StoreError::Write {
+                path: e.path,
+                source,
+            },
+            kind => StoreError::Insecure(SecureFileError { path: e.path, kind }),
+        })?;
         Ok(path)
     }
 
@@ -748,6 +735,7 @@ fn load(
 #[cfg(test)]
 mod tests {
     use std::fs::OpenOptions;
+    use std::io::Write as _;
 
     use super::*;
 
@@ -966,7 +954,7 @@ mod tests {
                     set_mode(&target, bad);
                     let err = store.lookup(&alice).unwrap_err();
                     assert!(
-                        matches!(&err, StoreError::Insecure(SecureFileError::Mode { path, mode: m, .. })
+                        matches!(&err, StoreError::Insecure(SecureFileError { path, kind: SecureFileErrorKind::Mode { mode: m, .. } })
                             if *path == target && *m == bad),
                         "cached={cached} {}: {err}",
                         target.display()
@@ -978,7 +966,7 @@ mod tests {
                     std::os::unix::fs::chown(&target, Some(65534), None).unwrap();
                     let err = store.lookup(&alice).unwrap_err();
                     assert!(
-                        matches!(&err, StoreError::Insecure(SecureFileError::Owner { path, found: 65534, expected: 0 })
+                        matches!(&err, StoreError::Insecure(SecureFileError { path, kind: SecureFileErrorKind::Owner { found: 65534, expected: 0 } })
                             if *path == target),
                         "cached={cached} {}: {err}",
                         target.display()
@@ -1011,7 +999,7 @@ mod tests {
                 std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
                 let err = store.lookup(&alice).unwrap_err();
                 assert!(
-                    matches!(&err, StoreError::Insecure(SecureFileError::Symlink { path }) if *path == target),
+                    matches!(&err, StoreError::Insecure(SecureFileError { path, kind: SecureFileErrorKind::Symlink }) if *path == target),
                     "cached={cached} {}: {err}",
                     target.display()
                 );
@@ -1078,7 +1066,10 @@ mod tests {
         set_mode(&mid, mode | 0o022);
         assert!(matches!(
             store.lookup(&alice),
-            Err(StoreError::Insecure(SecureFileError::Mode { .. }))
+            Err(StoreError::Insecure(SecureFileError {
+                kind: SecureFileErrorKind::Mode { .. },
+                ..
+            }))
         ));
         set_mode(&mid, mode);
         assert!(store.lookup(&alice).unwrap().is_some());
@@ -1124,11 +1115,27 @@ mod tests {
             }
             let err = store.check().unwrap_err();
             let ok = match (&err, plant) {
-                (StoreError::Insecure(SecureFileError::NotRegular { path }), "fifo")
-                | (StoreError::Insecure(SecureFileError::Symlink { path }), "link")
-                | (StoreError::Insecure(SecureFileError::Mode { path, .. }), "mode") => {
-                    *path == odd
-                }
+                (
+                    StoreError::Insecure(SecureFileError {
+                        path,
+                        kind: SecureFileErrorKind::NotRegular { .. },
+                    }),
+                    "fifo",
+                )
+                | (
+                    StoreError::Insecure(SecureFileError {
+                        path,
+                        kind: SecureFileErrorKind::Symlink,
+                    }),
+                    "link",
+                )
+                | (
+                    StoreError::Insecure(SecureFileError {
+                        path,
+                        kind: SecureFileErrorKind::Mode { .. },
+                    }),
+                    "mode",
+                ) => *path == odd,
                 _ => false,
             };
             assert!(ok, "{plant}: {err}");
@@ -1166,7 +1173,7 @@ mod tests {
             .write_v1(&kh, &bob, &nonce(&bob), &aead(2), WriteMode::CreateNew)
             .unwrap_err();
         assert!(
-            matches!(&err, StoreError::Insecure(SecureFileError::Mode { path, .. }) if *path == shared),
+            matches!(&err, StoreError::Insecure(SecureFileError { path, kind: SecureFileErrorKind::Mode { .. } }) if *path == shared),
             "{err}"
         );
         set_mode(&shared, 0o755);
@@ -1178,7 +1185,7 @@ mod tests {
             .write_v1(&kh, &bob, &nonce(&bob), &aead(2), WriteMode::CreateNew)
             .unwrap_err();
         assert!(
-            matches!(&err, StoreError::Insecure(SecureFileError::Symlink { path }) if *path == shared),
+            matches!(&err, StoreError::Insecure(SecureFileError { path, kind: SecureFileErrorKind::Symlink }) if *path == shared),
             "{err}"
         );
         assert_eq!(

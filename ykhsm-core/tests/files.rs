@@ -13,7 +13,7 @@ use ykhsm_core::backend::{Backend, BackendError, Purpose, SoftBackend};
 use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
 use ykhsm_core::keys_file::{KeysFile, KeysFileError};
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
-use ykhsm_core::secure_file::SecureFileError;
+use ykhsm_core::secure_file::{SecureFileError, SecureFileErrorKind};
 use ykhsm_core::store::{AeadStore, StoreError, WriteMode};
 use ykhsm_core::ykksm::{self, YkksmErrorKind};
 
@@ -56,7 +56,13 @@ fn keys_file_with_any_group_or_other_bit_is_refused_naming_the_file() {
         write_mode(&path, &format!(r#"{{"1": "{KEY_A}"}}"#), mode);
         let err = KeysFile::load_owned_by(&path, me(&path)).unwrap_err();
         assert!(
-            matches!(err, KeysFileError::File(SecureFileError::Mode { .. })),
+            matches!(
+                err,
+                KeysFileError::File(SecureFileError {
+                    kind: SecureFileErrorKind::Mode { .. },
+                    ..
+                })
+            ),
             "{mode:o}: {err}"
         );
         assert!(
@@ -73,7 +79,13 @@ fn keys_file_owned_by_another_user_is_refused() {
     write_mode(&path, &format!(r#"{{"1": "{KEY_A}"}}"#), 0o600);
     let err = KeysFile::load_owned_by(&path, me(&path) + 1).unwrap_err();
     assert!(
-        matches!(err, KeysFileError::File(SecureFileError::Owner { .. })),
+        matches!(
+            err,
+            KeysFileError::File(SecureFileError {
+                kind: SecureFileErrorKind::Owner { .. },
+                ..
+            })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("keys.json"));
@@ -227,7 +239,7 @@ fn key_handles_are_tried_in_configured_order_only_when_missing() {
     fs::create_dir(&p1).unwrap();
     let err = store.lookup(&id).unwrap_err();
     assert!(
-        matches!(err, StoreError::Insecure(SecureFileError::NotRegular { ref path }) if *path == p1),
+        matches!(err, StoreError::Insecure(SecureFileError { ref path, kind: SecureFileErrorKind::NotRegular { .. } }) if *path == p1),
         "{err}"
     );
 }

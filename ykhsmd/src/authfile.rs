@@ -1,13 +1,18 @@
 //! The user → key map, `/etc/yubikeys`, in pam_yubico's format
 //! (pam-yubico-compat.md §1): `user:id1:id2:…`, `#` comments in column 0,
-//! empty fields skipped, several lines per user allowed.
+//! empty fields skipped, several lines per user allowed. Each line is read
+//! by `ykhsm_core::authfile`, the parse ykadmin's editor uses too; this
+//! module ties the names to the system's accounts and keeps the result.
 //!
 //! A file written for pam_yubico works unchanged. Unlike pam_yubico, the
 //! file must be a root-owned regular file that group and others cannot
-//! write, and a line that cannot be trusted fails closed for the user it
-//! names (`BACKEND_ERROR`) instead of being half-read. The file is re-read
-//! whenever it changes (device, inode, size, mtime or ctime differ), so an
-//! edit takes effect at the next login without a restart.
+//! write (`ykhsm_core::secure_file`, as every file the daemon trusts), and a
+//! line that cannot be trusted fails closed (`BACKEND_ERROR`) for every
+//! user it names — as written, as meant, and as pam_yubico would read it
+//! (`ykhsm_core::authfile::ParsedLine::names`) — instead of being
+//! half-read. The file is re-read whenever it changes (device, inode, size,
+//! mtime or ctime differ), so an edit takes effect at the next login
+//! without a restart.
 //!
 //! **User names are the system's.** pam_yubico compares the PAM user
 //! string with the line's name; with NSS backends that alias names (sssd's
@@ -27,24 +32,18 @@
 //! name with those characters removed (the user the operator meant).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use thiserror::Error;
+use ykhsm_core::authfile::{self, Line, LineError, MAX_AUTHFILE_LEN};
 use ykhsm_core::otp::PublicId;
-use ykhsm_core::secure_file::{self, FilePolicy, FileVersion, SETTLED, SecureFileError};
-use ykhsm_core::username;
+use ykhsm_core::secure_file::{self, FilePolicy, FileVersion, Op, SETTLED, SecureFileError};
 
 use crate::log;
-
-/// The largest authfile read.
-pub const MAX_AUTHFILE_LEN: u64 = 16 << 20;
-/// pam_yubico reads lines into 1024 bytes: longer lines are cut there, so a
-/// longer line is refused here rather than misread.
-pub const MAX_LINE_LEN: usize = 1023;
 /// After NSS failed to resolve a name of the file, how long the parse is
 /// kept before the next use resolves the names again (a transient sssd
 /// outage heals by itself; until then users with no line of their own get
@@ -91,15 +90,6 @@ impl Account {
 /// unit tests.
 pub type Resolver = fn(&str) -> Account;
 
-/// Why the authfile cannot be used at all.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum AuthfileError {
-    /// Missing, unreadable, not regular, wrong owner, writable by others.
-    #[error(transparent)]
-    File(#[from] SecureFileError),
-}
-
 /// A line that is not trusted, or worth a warning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -108,9 +98,96 @@ pub struct Problem {
     /// The user the line names, if one can be read.
     pub user: Option<String>,
     /// What is wrong.
-    pub reason: String,
+    pub reason: Reason,
     /// Whether the line fails closed (`true`) or is only a warning.
     pub fails_closed: bool,
+}
+
+/// What is wrong with a line, or worth a warning. Displayed for the log:
+/// user names through [`log::user`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The line cannot be trusted (`ykhsm_core::authfile`'s reading).
+    Line {
+        /// Why.
+        error: LineError,
+        /// The name without the characters nobody sees, failed closed too.
+        meant: Option<String>,
+        /// Users pam_yubico reads from the line, failed closed too.
+        pam_yubico: Vec<String>,
+    },
+    /// The line ends in CR LF; the CR was ignored.
+    CrLf,
+    /// A name of the file that NSS resolves to another name.
+    Alias {
+        /// The name as written.
+        name: String,
+        /// The account's name (`pw_name`).
+        account: String,
+    },
+    /// NSS could not resolve a name of the file.
+    NssFailed {
+        /// The name.
+        name: String,
+        /// What NSS said.
+        why: String,
+        /// How many of the file's names are left untied, this one included.
+        untied: usize,
+        /// How many names the file has.
+        total: usize,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Line {
+                error,
+                meant,
+                pam_yubico,
+            } => {
+                write!(f, "{error}")?;
+                if let Some(meant) = meant {
+                    write!(f, "; it fails closed, also for {}", log::user(meant))?;
+                }
+                if let Some((first, rest)) = pam_yubico.split_first() {
+                    /// Names shown; a line of megabytes can hold thousands.
+                    const SHOWN: usize = 3;
+                    write!(f, "; pam_yubico reads it as a line of {}", log::user(first))?;
+                    for name in rest.iter().take(SHOWN - 1) {
+                        write!(f, ", {}", log::user(name))?;
+                    }
+                    if rest.len() >= SHOWN {
+                        write!(f, " and {} more", rest.len() + 1 - SHOWN)?;
+                    }
+                    f.write_str(", so it fails closed for them too")?;
+                }
+                Ok(())
+            }
+            Self::CrLf => f.write_str(
+                "the line ends in CR LF; the CR was ignored (pam_yubico would not match the last key)",
+            ),
+            Self::Alias { name, account } => write!(
+                f,
+                "the user name {} is the system's user {} (NSS): its keys count for {} under every name",
+                log::user(name),
+                log::user(account),
+                log::user(account)
+            ),
+            Self::NssFailed {
+                name,
+                why,
+                untied,
+                total,
+            } => write!(
+                f,
+                "the system's user database (NSS) could not resolve the user name {}: {why}; {untied} of the file's {total} names are not tied to a user, and until they are (at a use {}s later, or SIGHUP) names without a line of their own get BACKEND_ERROR",
+                log::user(name),
+                NSS_RETRY.as_secs()
+            ),
+        }
+    }
 }
 
 /// One user's keys.
@@ -182,8 +259,39 @@ impl Parsed {
     /// up as written (see [`Parsed::parse_resolving`]).
     pub fn parse(bytes: &[u8]) -> Self {
         let mut p = Self::default();
-        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            p.parse_line(i + 1, raw);
+        for line in authfile::parse(bytes) {
+            let number = line.raw.number;
+            match &line.line {
+                Line::Comment => {}
+                Line::Keys { user, ids, crlf } => {
+                    if *crlf {
+                        p.problems.push(Problem {
+                            line: number,
+                            user: Some((*user).to_owned()),
+                            reason: Reason::CrLf,
+                            fails_closed: false,
+                        });
+                    }
+                    let keys = &mut p.user_entry(user, number).keys;
+                    keys.extend(ids.iter().map(|(_, id)| id.clone()));
+                }
+                Line::Broken { error, .. } => {
+                    let names = line.names();
+                    for name in names.all() {
+                        p.user_entry(name, number).broken = true;
+                    }
+                    p.problems.push(Problem {
+                        line: number,
+                        user: names.all().next().map(str::to_owned),
+                        reason: Reason::Line {
+                            error: error.clone(),
+                            meant: names.meant.clone(),
+                            pam_yubico: names.pam_yubico.iter().map(|n| (*n).to_owned()).collect(),
+                        },
+                        fails_closed: true,
+                    });
+                }
+            }
         }
         p
     }
@@ -224,12 +332,10 @@ impl Parsed {
                         notes.push(Problem {
                             line: entry.line,
                             user: Some(name.clone()),
-                            reason: format!(
-                                "the user name {} is the system's user {} (NSS): its keys count for {} under every name",
-                                log::user(name),
-                                log::user(canonical),
-                                log::user(canonical)
-                            ),
+                            reason: Reason::Alias {
+                                name: name.clone(),
+                                account: canonical.clone(),
+                            },
                             fails_closed: false,
                         });
                     }
@@ -241,12 +347,12 @@ impl Parsed {
                     notes.push(Problem {
                         line: entry.line,
                         user: Some(name.clone()),
-                        reason: format!(
-                            "the system's user database (NSS) could not resolve the user name {}: {why}; {} of the file's {total} names are not tied to a user, and until they are (at a use {}s later, or SIGHUP) names without a line of their own get BACKEND_ERROR",
-                            log::user(name),
-                            total - i,
-                            NSS_RETRY.as_secs()
-                        ),
+                        reason: Reason::NssFailed {
+                            name: name.clone(),
+                            why: why.clone(),
+                            untied: total - i,
+                            total,
+                        },
                         fails_closed: false,
                     });
                 }
@@ -277,91 +383,6 @@ impl Parsed {
             e.line = line;
         }
         e
-    }
-
-    fn problem(&mut self, line: usize, user: Option<&str>, reason: &str, fails_closed: bool) {
-        let user = user
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned);
-        if fails_closed && let Some(u) = &user {
-            self.user_entry(u, line).broken = true;
-            // The name the operator meant, without the characters nobody
-            // sees: `\u{feff}alice` fails closed for alice too.
-            let meant = username::visible_part(u);
-            if !meant.is_empty() && meant != *u {
-                self.user_entry(&meant, line).broken = true;
-            }
-        }
-        self.problems.push(Problem {
-            line,
-            user,
-            reason: reason.to_owned(),
-            fails_closed,
-        });
-    }
-
-    fn parse_line(&mut self, line: usize, raw: &[u8]) {
-        if raw.is_empty() || raw[0] == b'#' {
-            return;
-        }
-        let (raw, crlf) = match raw.strip_suffix(b"\r") {
-            Some(r) => (r, true),
-            None => (raw, false),
-        };
-        let Ok(text) = std::str::from_utf8(raw) else {
-            let user = raw
-                .split(|&b| b == b':')
-                .next()
-                .and_then(|u| std::str::from_utf8(u).ok());
-            self.problem(line, user, "the line is not valid UTF-8", true);
-            return;
-        };
-        let mut fields = text.split(':');
-        let user = fields.next().unwrap_or("");
-        if raw.len() + 1 > MAX_LINE_LEN {
-            self.problem(
-                line,
-                Some(user),
-                "the line is longer than pam_yubico reads (1023 bytes)",
-                true,
-            );
-            return;
-        }
-        if user.is_empty() {
-            self.problem(line, None, "the line has no user name before ':'", true);
-            return;
-        }
-        if let Some((at, c)) = username::first_invisible(user) {
-            let reason = format!(
-                "the user name contains white space, a control or an invisible character ({}); it fails closed, also for {}",
-                username::describe(at, c),
-                log::user(&username::visible_part(user))
-            );
-            self.problem(line, Some(user), &reason, true);
-            return;
-        }
-        if crlf {
-            self.problem(
-                line,
-                Some(user),
-                "the line ends in CR LF; the CR was ignored (pam_yubico would not match the last key)",
-                false,
-            );
-        }
-        let mut keys = Vec::new();
-        for field in fields.filter(|f| !f.is_empty()) {
-            match PublicId::parse(field) {
-                Ok(id) if !id.is_empty() => keys.push(id),
-                Ok(_) => {}
-                Err(e) => {
-                    let reason = format!("a key is not a public id: {e}");
-                    self.problem(line, Some(user), &reason, true);
-                    return;
-                }
-            }
-        }
-        self.user_entry(user, line).keys.extend(keys);
     }
 
     /// What the file says about `user`, who NSS says is `account`: the
@@ -471,11 +492,9 @@ impl Authfile {
     /// re-parsed, and its user names resolved through NSS, only when it
     /// changed (or, after NSS failed for one of its names, at a use
     /// [`NSS_RETRY`] later).
-    pub fn current(&self) -> Result<Current, AuthfileError> {
-        let meta = fs::symlink_metadata(&self.path).map_err(|source| SecureFileError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+    pub fn current(&self) -> Result<Current, SecureFileError> {
+        let meta = fs::symlink_metadata(&self.path)
+            .map_err(|source| SecureFileError::io(&self.path, Op::Stat, source))?;
         // The checks read_checked makes on the open file, here also for the
         // cached case where nothing is opened.
         secure_file::check_metadata(&self.path, &meta, self.policy())?;
@@ -533,6 +552,7 @@ impl Authfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ykhsm_core::authfile::MAX_LINE_LEN;
 
     fn ids(v: &[&str]) -> Vec<PublicId> {
         v.iter().map(|s| PublicId::parse(s).unwrap()).collect()
@@ -640,12 +660,15 @@ mod tests {
             ]
         );
         assert!(
-            p.problems[0].reason.contains("U+FEFF at byte 0"),
+            p.problems[0]
+                .reason
+                .to_string()
+                .contains("U+FEFF at byte 0"),
             "{:?}",
             p.problems[0]
         );
         assert!(
-            p.problems[0].reason.contains("also for alice"),
+            p.problems[0].reason.to_string().contains("also for alice"),
             "{:?}",
             p.problems[0]
         );
@@ -691,7 +714,10 @@ mod tests {
         // One report, for the first name.
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
         assert!(
-            p.problems[0].reason.contains("3 of the file's 3 names"),
+            p.problems[0]
+                .reason
+                .to_string()
+                .contains("3 of the file's 3 names"),
             "{:?}",
             p.problems[0]
         );
@@ -774,6 +800,38 @@ mod tests {
             .map(|x| (x.line, x.fails_closed))
             .collect();
         assert_eq!(lines, [(2, true), (4, true), (5, true)]);
+    }
+
+    #[test]
+    fn a_line_pam_yubico_reads_as_a_users_fails_that_user_closed() {
+        let p = Parsed::parse(b"alice:cccccccccccb\n:bob:cccccccccccd\n");
+        assert_eq!(p.lookup("bob", &Account::Unknown), Lookup::Broken);
+        assert_eq!(
+            p.lookup("alice", &Account::Unknown),
+            Lookup::Keys(ids(&["cccccccccccb"]))
+        );
+        assert_eq!(p.problems.len(), 1);
+        assert_eq!(p.problems[0].user.as_deref(), Some("bob"));
+        let reason = p.problems[0].reason.to_string();
+        assert!(
+            reason.starts_with(
+                "the line has no user name before ':'; pam_yubico reads it as a line of bob"
+            ),
+            "{reason}"
+        );
+        // A line of many pieces names a few of them.
+        let piece = |head: &str| format!("{head}{}", "x".repeat(MAX_LINE_LEN - head.len()));
+        let mut text = piece("eve:");
+        for i in 0..10 {
+            text.push_str(&piece(&format!("u{i}:")));
+        }
+        let p = Parsed::parse(text.as_bytes());
+        assert_eq!(p.lookup("u9", &Account::Unknown), Lookup::Broken);
+        let reason = p.problems[0].reason.to_string();
+        assert!(
+            reason.ends_with("a line of u0, u1, u2 and 7 more, so it fails closed for them too"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -9,22 +9,21 @@
 //! (sd_notify(3)); see [`notify`].
 
 use std::ffi::OsStr;
-use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::Arc;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use ykhsm_core::backend::{Backend, Purpose, SoftBackend};
 use ykhsm_core::keys_file::{KeysFile, KeysFileError};
+use ykhsm_core::secure_file::{self, FilePolicy};
 use ykhsm_yubihsm::YubiHsmBackend;
 
 use crate::authfile::Authfile;
@@ -133,35 +132,12 @@ fn limits_for(max_connections: usize, per_user: usize, nofile: u64) -> server::L
 }
 
 /// The state directory: created 0700 if missing; must be root's, with no
-/// permission bit for group or others.
+/// permission bit for group or others, not a link (`secure_file`'s checks,
+/// as for every directory the daemon trusts).
 fn state_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .with_context(|| format!("cannot create state_dir {}", path.display()))?,
-        Err(e) => return Err(e).with_context(|| format!("state_dir {}", path.display())),
-        Ok(_) => {}
-    }
-    let m = fs::symlink_metadata(path).with_context(|| format!("state_dir {}", path.display()))?;
-    if !m.is_dir() {
-        bail!("state_dir {} is not a directory", path.display());
-    }
-    if m.uid() != 0 {
-        bail!(
-            "state_dir {} is owned by uid {}, it must be owned by root",
-            path.display(),
-            m.uid()
-        );
-    }
-    if m.mode() & 0o077 != 0 {
-        bail!(
-            "state_dir {} has mode {:04o}: it holds the counter database, which only root may read or write (chmod 0700)",
-            path.display(),
-            m.mode() & 0o7777
-        );
-    }
+    secure_file::ensure_dir(path, 0o700, FilePolicy::secret(0, 0)).map_err(|e| {
+        anyhow!("state_dir {e} (it holds the counter database, which only root may read or write)")
+    })?;
     Ok(())
 }
 

@@ -18,9 +18,9 @@ use ykhsm_core::otp::{OtpError, PublicId};
 use ykhsm_core::store::StoreError;
 use ykhsm_proto::{Response, Status};
 
-use crate::authfile::AuthfileError;
 use crate::db::DbError;
 use crate::log::escape;
+use ykhsm_core::secure_file::SecureFileError;
 
 /// Why a request was not answered `OK`. Grouped by the step of the login
 /// table that gives it (0–7), then the admin requests' own.
@@ -31,7 +31,7 @@ pub enum Error {
     Denied,
     /// Step 1: the authfile is missing, unreadable, or not root's alone.
     #[error(transparent)]
-    Authfile(AuthfileError),
+    Authfile(SecureFileError),
     /// Step 1: the system knows the user; no line names it.
     #[error("the user has no line in the authfile")]
     NoKeysForUser,
@@ -184,7 +184,7 @@ mod tests {
 
     /// A missing authfile, as the daemon finds it (so this test does not
     /// depend on what the error carries).
-    fn authfile_error() -> AuthfileError {
+    fn authfile_error() -> SecureFileError {
         let dir = tempfile::tempdir().unwrap();
         crate::authfile::Authfile::new(dir.path().join("yubikeys"), 0)
             .current()

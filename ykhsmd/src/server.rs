@@ -20,11 +20,11 @@
 //! spare back; the failure is logged once a second with a count.
 
 use std::collections::HashMap;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -46,35 +46,53 @@ use ykhsm_proto::frame::{self, FrameError, HEADER_LEN, MAX_FRAME, MAX_UNPRIVILEG
 use ykhsm_proto::{Request, Response};
 use zeroize::Zeroizing;
 
+use ykhsm_core::secure_file::{self, FilePolicy, Op, SecureFileErrorKind};
+
 use crate::db::{Busy, Committer};
 use crate::login::Ask;
 use crate::service::{Peer, Service};
 
-/// Why the socket could not be set up. Every message names the path.
+/// Why the socket could not be set up: the path concerned (the socket, its
+/// directory or its lock file), once, and what is wrong.
+#[derive(Debug, Error)]
+#[error("{} {kind}", path.display())]
+pub struct BindError {
+    /// The path concerned.
+    pub path: PathBuf,
+    /// What is wrong.
+    #[source]
+    pub kind: BindErrorKind,
+}
+
+/// What is wrong ([`BindError`]); each reads after the path.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum BindError {
-    /// A file system operation failed.
-    #[error("{}: {source}", path.display())]
+pub enum BindErrorKind {
+    /// A system call failed.
+    #[error("{op}: {source}")]
     Io {
-        /// The path.
-        path: PathBuf,
+        /// What was being done.
+        op: Op,
         /// The error.
         source: io::Error,
     },
-    /// The socket's directory is not safe.
-    #[error("{}: {reason}", path.display())]
-    Unsafe {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Another daemon holds the socket.
-    #[error("another ykhsmd is running on {} (it holds {})", socket.display(), lock.display())]
+    /// The socket's directory is not root's alone (someone else could
+    /// replace the socket), or is a link or not a directory.
+    #[error("{0} (it is the socket's directory: nobody but root may write it)")]
+    Directory(SecureFileErrorKind),
+    /// The lock file next to the socket is a link or not a regular file,
+    /// or cannot be opened.
+    #[error(transparent)]
+    LockFile(SecureFileErrorKind),
+    /// The socket path has no directory part.
+    #[error("has no directory")]
+    NoDirectory,
+    /// Something that is not a socket is at the socket's path.
+    #[error("exists and is not a socket; remove it")]
+    NotASocket,
+    /// Another daemon holds the socket's lock.
+    #[error("is in use: another ykhsmd is running on it (it holds {})", lock.display())]
     Running {
-        /// The socket.
-        socket: PathBuf,
         /// The lock file.
         lock: PathBuf,
     },
@@ -97,96 +115,57 @@ impl Drop for BoundSocket {
 }
 
 /// Creates the socket: its directory root-owned 0755 (made if missing, and
-/// refused if anyone else could write it), an exclusive lock next to it so
-/// two daemons cannot race, a stale socket file removed only under that
-/// lock, then bind and chmod 0666.
+/// refused if anyone else could write it: `secure_file::ensure_dir`, the
+/// daemon's one ownership check), an exclusive lock next to it so two
+/// daemons cannot race, a stale socket file removed only under that lock,
+/// then bind and chmod 0666.
 pub fn bind(path: &Path, owner: u32) -> Result<BoundSocket, BindError> {
-    let io_err = |p: &Path| {
+    let fail = |p: &Path, kind| BindError {
+        path: p.to_path_buf(),
+        kind,
+    };
+    let io_err = |p: &Path, op| {
         let p = p.to_path_buf();
-        move |source| BindError::Io { path: p, source }
+        move |source| BindError {
+            path: p,
+            kind: BindErrorKind::Io { op, source },
+        }
     };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| BindError::Unsafe {
-            path: path.to_path_buf(),
-            reason: "the socket path has no directory".into(),
-        })?;
-    match fs::symlink_metadata(dir) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(io_err(dir))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err(dir))?;
-        }
-        Err(e) => return Err(io_err(dir)(e)),
-    }
-    let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
-    if !meta.is_dir() {
-        return Err(BindError::Unsafe {
-            path: dir.to_path_buf(),
-            reason: "is not a directory".into(),
-        });
-    }
-    if meta.uid() != owner {
-        return Err(BindError::Unsafe {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "is owned by uid {}, it must be owned by uid {owner}",
-                meta.uid()
-            ),
-        });
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(BindError::Unsafe {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "has mode {:04o}: group or others could replace the socket (chmod 0755)",
-                meta.mode() & 0o7777
-            ),
-        });
-    }
+        .ok_or_else(|| fail(path, BindErrorKind::NoDirectory))?;
+    secure_file::ensure_dir(dir, 0o755, FilePolicy::trusted(owner, 0))
+        .map_err(|e| fail(&e.path, BindErrorKind::Directory(e.kind)))?;
     let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
     lock_name.push(".lock");
     let lock_path = dir.join(lock_name);
-    let lock_file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(lock_open_flags())
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
+    let lock_file = secure_file::open_lock_file(&lock_path)
+        .map_err(|e| fail(&e.path, BindErrorKind::LockFile(e.kind)))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
-            BindError::Running {
-                socket: path.to_path_buf(),
-                lock: lock_path.clone(),
-            }
+            fail(
+                path,
+                BindErrorKind::Running {
+                    lock: lock_path.clone(),
+                },
+            )
         } else {
-            io_err(&lock_path)(io::Error::from(errno))
+            io_err(&lock_path, Op::Lock)(io::Error::from(errno))
         }
     })?;
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             // We hold the lock, so no live ykhsmd owns this file: stale.
-            fs::remove_file(path).map_err(io_err(path))?;
+            fs::remove_file(path).map_err(io_err(path, Op::Remove))?;
         }
-        Ok(_) => {
-            return Err(BindError::Unsafe {
-                path: path.to_path_buf(),
-                reason: "exists and is not a socket; remove it".into(),
-            });
-        }
+        Ok(_) => return Err(fail(path, BindErrorKind::NotASocket)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(path)(e)),
+        Err(e) => return Err(io_err(path, Op::Stat)(e)),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err(path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(io_err(path))?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err(path, Op::Bind))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+        .map_err(io_err(path, Op::Chmod))?;
     Ok(BoundSocket {
         listener,
         path: path.to_path_buf(),
@@ -206,11 +185,6 @@ pub fn daemon_running(socket: &Path) -> bool {
         Flock::lock(f, FlockArg::LockExclusiveNonblock),
         Err((_, nix::errno::Errno::EWOULDBLOCK))
     )
-}
-
-/// `O_NOFOLLOW | O_CLOEXEC` for the lock file.
-fn lock_open_flags() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
 }
 
 /// How many connections the daemon holds at once, by peer: set by the

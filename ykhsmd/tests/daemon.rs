@@ -713,3 +713,89 @@ fn nss_changes_to_the_authfiles_names_are_picked_up_on_sighup() {
     });
     assert_eq!(d.verify("dana@corp", &env.otp(&mut key)), Status::Ok);
 }
+
+/// Issue 14 (one reading of the authfile): a line pam_yubico reads as a
+/// user's — `:daemon:…` (`strtok` skips the leading `:`), the tail of a
+/// line or comment longer than the 1023 bytes pam_yubico reads at once, a
+/// name cut short by a NUL — was nobody's line for ykhsmd (or another
+/// name's), so that user was "without keys": under `nullok`, no second
+/// factor at all. ykadmin's editor already read these lines as the user's
+/// and refused to edit them; ykhsmd now reads them the same way and fails
+/// the user closed, as for any line it cannot trust.
+#[test]
+fn a_line_pam_yubico_reads_as_a_users_fails_that_user_closed() {
+    let env = Env::new();
+    let mut key = env.key("ccccccdbjrgf");
+    env.set_authfile("bob:cccccccccccd\n");
+    let d = env.start();
+    assert_eq!(has_user(&d, "daemon"), Status::NoKeysForUser);
+    for line in [
+        ":daemon:ccccccdbjrgf".to_owned(),
+        format!("alice:{}daemon:ccccccdbjrgf", "x".repeat(1017)),
+        format!("# {}daemon:ccccccdbjrgf", "x".repeat(1021)),
+        "daemon\0x:ccccccdbjrgf".to_owned(),
+    ] {
+        env.set_authfile(&format!("bob:cccccccccccd\n{line}\n"));
+        assert_eq!(has_user(&d, "daemon"), Status::BackendError, "{line:?}");
+        assert_eq!(
+            d.verify("daemon", &env.otp(&mut key)),
+            Status::BackendError,
+            "{line:?}"
+        );
+        // The other lines are unaffected.
+        assert_eq!(has_user(&d, "bob"), Status::Ok, "{line:?}");
+    }
+    env.wait_log("pam_yubico reads it as a line of daemon");
+}
+
+/// Issue 14 (one way to open a trusted file): the configuration, keys.json
+/// and the authfile were opened with a blocking `open`, so a FIFO at the
+/// path held `ykhsmd` (and `--check`) until someone wrote to it; ykadmin's
+/// editor opened the authfile without blocking and refused anything but a
+/// regular file. Every trusted file is now opened the editor's way.
+#[test]
+fn a_fifo_in_place_of_the_configuration_is_refused_at_once() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let env = Env::new();
+    let fifo = env.dir.path().join("ykhsmd-fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+        .arg("--config")
+        .arg(&fifo)
+        .arg("--check")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        if child.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        exited,
+        "ykhsmd --check still waiting on the FIFO after 10 s"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} is not a regular file (it is a named pipe)",
+            fifo.display()
+        )),
+        "{text}"
+    );
+}

@@ -292,6 +292,25 @@ fn nullok_never_skips_a_name_the_system_does_not_know() {
     assert!(!r.ok && r.says(USER_UNKNOWN) && !r.prompted(), "{r:?}");
 }
 
+/// Issue 14 (one reading of the authfile): `:carol:KEY` is carol's line
+/// for pam_yubico (`strtok` skips the leading `:`), so on a file written
+/// for pam_yubico carol needs her key. ykhsmd read it as a line without a
+/// user name: carol had "no line", and under nullok was never prompted —
+/// with `pam_permit` after the module, a login without a second factor.
+/// Now the line fails carol closed: AUTHINFO_UNAVAIL, never a login.
+#[test]
+fn nullok_never_skips_a_user_whose_line_pam_yubico_would_read() {
+    let (env, _key, _d, s) = setup_with_accounts(&[]);
+    s.add(
+        &env,
+        "then-permit",
+        &["auth required MODULE nullok", "auth required pam_permit.so"],
+    );
+    env.set_authfile("alice:ccccccdbjrgf\n:carol:cccccccccccd\n");
+    let r = pamtester(&s, "then-permit", "carol", "", &[]);
+    assert!(!r.ok && r.says(AUTHINFO_UNAVAIL), "{r:?}");
+}
+
 #[test]
 fn daemon_stopped_is_authinfo_unavail_and_never_success() {
     let (env, mut key, mut d, s) = setup(&["auth required MODULE"]);

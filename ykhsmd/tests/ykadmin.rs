@@ -175,6 +175,31 @@ fn list_flags_and_enroll_refuses_a_user_name_with_an_invisible_character() {
     assert_eq!(fs::read_to_string(&env.authfile).unwrap(), before);
 }
 
+/// Issue 14 (one authfile module): `list` read the authfile with a plain
+/// read, following a symbolic link that `enroll` and `revoke` refuse (and
+/// waiting on a FIFO, reading a file of any size). It now reads it as they
+/// do: the same refusal, naming the file.
+#[test]
+fn list_refuses_an_authfile_that_enroll_refuses() {
+    let env = Env::new();
+    env.set_authfile("alice:ccccccdbjrgf\n");
+    let real = env.dir.path().join("yubikeys.real");
+    fs::rename(&env.authfile, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &env.authfile).unwrap();
+    let o = ykadmin(&env, &["enroll", "bob", "cccccccccccd"]);
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(o.stderr.contains("is a symbolic link"), "{}", o.stderr);
+    let o = ykadmin(&env, &["list"]);
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(
+        o.stderr
+            .contains(&format!("{} is a symbolic link", env.authfile.display())),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stdout.contains("alice"), "{}", o.stdout);
+}
+
 #[test]
 fn two_daemons_converge_by_export_and_merge_both_ways() {
     let (one, mut key, d1) = common::alice();
