@@ -14,9 +14,8 @@ use ykhsm_core::otp::{OtpCounters, Token};
 
 use crate::error::{Command, HsmError};
 use crate::wire::{
-    self, AeadAnswer, BLOCK_SIZE, CONFIG_MODE_PROBE, CONFIG_MODE_READ_LEN, DATA_BUF_SIZE,
-    ECHO_MAX_DATA, FrameError, MAX_KEY_SIZE, PUBLIC_ID_SIZE, Redacted, Request, Response, Status,
-    SystemInfo, cmd,
+    self, AeadAnswer, CONFIG_MODE_PROBE, CONFIG_MODE_READ_LEN, DATA_BUF_SIZE, ECHO_MAX_DATA,
+    FrameError, PUBLIC_ID_SIZE, Redacted, Request, Response, Status, SystemInfo, cmd,
 };
 
 /// The line speed of the YubiHSM 1's serial port (yubihsm1.md §1).
@@ -263,29 +262,15 @@ impl YubiHsm {
     /// `YSM_KEY_STORAGE_UNLOCK` (firmware 0.9.x): `password` (at most 16
     /// bytes), zero padded.
     pub fn key_storage_unlock(&mut self, password: &[u8]) -> Result<(), HsmError> {
-        let mut padded = Zeroizing::new([0u8; BLOCK_SIZE]);
-        self.pad_into(&mut padded[..], password, cmd::KEY_STORAGE_UNLOCK)?;
-        let request = Request::KeyStorageUnlock {
-            password: Redacted(padded),
-        };
-        match self.exchange(&request)? {
-            Response::KeyStorageUnlock { status } => self.ok(cmd::KEY_STORAGE_UNLOCK, status),
-            other => Err(self.unexpected(cmd::KEY_STORAGE_UNLOCK, &other)),
-        }
+        let password = self.padded(password, cmd::KEY_STORAGE_UNLOCK)?;
+        self.unlock_exchange(&Request::KeyStorageUnlock { password })
     }
 
     /// `YSM_KEY_STORE_DECRYPT` (firmware 1.0+): the master key (at most 32
     /// bytes), zero padded.
     pub fn key_store_decrypt(&mut self, key: &[u8]) -> Result<(), HsmError> {
-        let mut padded = Zeroizing::new([0u8; MAX_KEY_SIZE]);
-        self.pad_into(&mut padded[..], key, cmd::KEY_STORE_DECRYPT)?;
-        let request = Request::KeyStoreDecrypt {
-            key: Redacted(padded),
-        };
-        match self.exchange(&request)? {
-            Response::KeyStoreDecrypt { status } => self.ok(cmd::KEY_STORE_DECRYPT, status),
-            other => Err(self.unexpected(cmd::KEY_STORE_DECRYPT, &other)),
-        }
+        let key = self.padded(key, cmd::KEY_STORE_DECRYPT)?;
+        self.unlock_exchange(&Request::KeyStoreDecrypt { key })
     }
 
     /// `YSM_HSM_UNLOCK` (firmware 1.0+): an OTP of an admin YubiKey.
@@ -294,13 +279,20 @@ impl YubiHsm {
         public_id: [u8; PUBLIC_ID_SIZE],
         otp: &Token,
     ) -> Result<(), HsmError> {
-        let request = Request::HsmUnlock {
+        self.unlock_exchange(&Request::HsmUnlock {
             public_id,
             otp: otp.clone(),
-        };
-        match self.exchange(&request)? {
-            Response::HsmUnlock { status } => self.ok(cmd::HSM_UNLOCK, status),
-            other => Err(self.unexpected(cmd::HSM_UNLOCK, &other)),
+        })
+    }
+
+    /// One of the three unlock commands, whose answer is a status alone.
+    fn unlock_exchange(&mut self, request: &Request) -> Result<(), HsmError> {
+        let code = request.command();
+        match self.exchange(request)? {
+            Response::KeyStorageUnlock { status }
+            | Response::HsmUnlock { status }
+            | Response::KeyStoreDecrypt { status } => self.ok(code, status),
+            other => Err(self.unexpected(code, &other)),
         }
     }
 
@@ -545,23 +537,28 @@ impl YubiHsm {
         Ok(())
     }
 
-    fn pad_into(&self, dst: &mut [u8], src: &[u8], code: u8) -> Result<(), HsmError> {
-        if src.len() > dst.len() {
+    /// `secret` zero padded to the `N` bytes of `code`'s field (an error
+    /// if it is longer), in a wiped buffer.
+    fn padded<const N: usize>(
+        &self,
+        secret: &[u8],
+        code: u8,
+    ) -> Result<Redacted<Zeroizing<[u8; N]>>, HsmError> {
+        let mut padded = Zeroizing::new([0u8; N]);
+        let Some(dst) = padded.get_mut(..secret.len()) else {
             return Err(HsmError::Encode {
                 path: self.path.clone(),
                 command: Command(code),
                 source: FrameError::FieldTooLong {
                     command: code,
                     field: "secret",
-                    len: src.len(),
-                    max: dst.len(),
+                    len: secret.len(),
+                    max: N,
                 },
             });
-        }
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s;
-        }
-        Ok(())
+        };
+        dst.copy_from_slice(secret);
+        Ok(Redacted(padded))
     }
 
     fn ok(&self, code: u8, status: Status) -> Result<(), HsmError> {
