@@ -3,7 +3,7 @@
 //! to the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ykhsm_core::yubihsm::{Request, Response};
+use ykhsm_yubihsm::wire::{Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = Request::decode(data) {

@@ -108,11 +108,6 @@ impl KeyHandleKey {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// The key bytes, for computations inside the crate (HMAC-SHA1).
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
 }
 
 impl fmt::Debug for KeyHandleKey {

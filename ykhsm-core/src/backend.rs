@@ -7,6 +7,9 @@
 //! [`SoftBackend`] does the same with pyhsm's keys.json, the way pyhsm's
 //! `SoftYHSM` does.
 
+use std::error::Error as StdError;
+use std::path::PathBuf;
+
 use thiserror::Error;
 
 use crate::aead::{AeadError, Nonce, YubiKeyAead};
@@ -63,18 +66,76 @@ pub enum BackendError {
     /// The backend cannot make AEADs from these inputs.
     #[error("cannot make the AEAD: {0}")]
     Aead(AeadError),
-    /// The key store is locked (`YSM_KEY_STORAGE_LOCKED`, 0x8a): nothing
-    /// that uses a key handle works until it is unlocked.
+    /// The key store of the YubiHSM at this path is locked
+    /// (`YSM_KEY_STORAGE_LOCKED`, 0x8a): nothing that uses a key handle
+    /// works until it is unlocked.
     #[error(
-        "{0}: the key store is locked (YSM_KEY_STORAGE_LOCKED); unlock it with `ykadmin hsm unlock`"
+        "YubiHSM {}: the key store is locked (YSM_KEY_STORAGE_LOCKED); unlock it with `ykadmin hsm unlock`",
+        .0.display()
     )]
-    Locked(String),
-    /// An unlock secret was refused (wrong key, replayed or wrong OTP).
+    Locked(PathBuf),
+    /// An unlock secret was refused (wrong key, replayed or wrong OTP): why,
+    /// and the device's answer.
     #[error("unlock refused: {0}")]
-    UnlockRefused(String),
-    /// Anything else the backend reports (device gone, locked, timeout…).
+    UnlockRefused(UnlockRefusal),
+    /// Anything else: the backend cannot answer (device gone, busy, timed
+    /// out, a bad answer, nothing to unlock).
     #[error("backend failure: {0}")]
-    Failure(String),
+    Failure(FailureCause),
+}
+
+/// What [`BackendError::Failure`] carries: the cause, kept whole so that a
+/// caller can tell one failure from another (and its `Display`, the
+/// operator's message, names the device and the problem).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// `unlock` on a backend with no key store (the soft backend).
+    #[error("this backend has no key store to unlock (only backend = \"yubihsm\" has)")]
+    NoKeyStore,
+    /// The device's driver failed; its own error, whose `Display` names the
+    /// device, the command and what went wrong. For a YubiHSM it is an
+    /// `ykhsm_yubihsm::HsmError` (`downcast_ref` gets it back): that crate
+    /// depends on this one, not the other way round.
+    #[error(transparent)]
+    Device(Box<dyn StdError + Send + Sync + 'static>),
+}
+
+/// What [`BackendError::UnlockRefused`] carries: why the device refused the
+/// secret, and its answer (for a YubiHSM an `ykhsm_yubihsm::HsmError` naming
+/// the device, the command and the status). Shown as `answer (reason)`.
+#[derive(Debug, Error)]
+#[error("{cause} ({reason})")]
+pub struct UnlockRefusal {
+    /// Why, in the unlock secret's terms.
+    pub reason: RefusalReason,
+    /// The device's answer.
+    pub cause: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+/// Why an unlock secret was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// Not the key store's master key (`YSM_MISMATCH`).
+    #[error("wrong master key")]
+    WrongMasterKey,
+    /// The admin OTP's counters are not above the last one the device
+    /// accepted (`YSM_OTP_REPLAY`).
+    #[error("the admin OTP was used before")]
+    AdminOtpReplayed,
+    /// The admin OTP does not decode under the admin YubiKey's key
+    /// (`YSM_OTP_INVALID`).
+    #[error("the OTP does not decode under the admin key")]
+    AdminOtpInvalid,
+    /// The OTP's public id is not an admin YubiKey of the device
+    /// (`YSM_ID_NOT_FOUND`).
+    #[error("that public id is not an admin YubiKey of this HSM")]
+    NotAnAdminKey,
+    /// The secret cannot be put in the device's command (a master key over
+    /// 32 bytes, an admin public id that is not 6 bytes).
+    #[error("the secret does not fit the device's unlock command")]
+    SecretDoesNotFit,
 }
 
 impl BackendError {
@@ -157,9 +218,7 @@ pub trait Backend: Send + Sync {
     /// unlock says so.
     fn unlock(&self, secret: &Unlock) -> Result<(), BackendError> {
         let _ = secret;
-        Err(BackendError::Failure(
-            "this backend has no key store to unlock (only backend = \"yubihsm\" has)".into(),
-        ))
+        Err(BackendError::Failure(FailureCause::NoKeyStore))
     }
 }
 

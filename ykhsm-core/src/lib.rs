@@ -12,11 +12,12 @@
 //! - [`keys_file`]: pyhsm's keys.json, checked and zeroized;
 //! - [`aead_file`] and [`store`]: pyhsm's AEAD files and directory tree;
 //! - [`ykksm`]: the YK-KSM export line format;
-//! - [`backend`]: the trait the daemon calls, and the soft implementation;
+//! - [`backend`]: the trait the daemon calls, and the soft implementation
+//!   (the YubiHSM 1 driver and its frame codec are the `ykhsm-yubihsm`
+//!   crate's);
 //! - [`ksm`]: a whole decrypt answered in YK-KSM's words;
 //! - [`serial`]: public ids made from serial numbers;
 //! - [`softkey`]: a software YubiKey for tests and the demo;
-//! - [`yubihsm`]: the YubiHSM 1 serial protocol as bytes, both directions;
 //! - [`secure_file`]: opening, checking and replacing files and directories
 //!   whose owner and mode matter;
 //! - [`authfile`]: pam_yubico's authfile: one parse for ykhsmd and ykadmin,
@@ -42,7 +43,6 @@ pub mod softkey;
 pub mod store;
 pub mod username;
 pub mod ykksm;
-pub mod yubihsm;
 
 pub use aead::{KeyHandleKey, Nonce, YubiKeyAead};
 pub use backend::{Backend, BackendError, Purpose, SoftBackend};

@@ -6,29 +6,28 @@
 //! `ykhsm-hsm-emu` binary runs one for manual tests and benchmarks.
 //!
 //! The protocol is the one in `yubihsm1.md` §1–§3, and every frame is decoded
-//! and encoded with [`ykhsm_core::yubihsm`], so the emulator and the host-side
-//! driver share one definition of the bytes.
+//! and encoded with [`ykhsm_yubihsm::wire`], the driver's own codec, so the
+//! emulator and the host-side driver share one definition of the bytes. The
+//! emulator answers the commands ykhsm sends (the ones that codec speaks:
+//! echo, system info, buffer load, buffer AEAD generate, OTP decode and the
+//! three unlocks).
 //!
 //! # Choices where the spec does not say what the device does
 //!
 //! - **Unknown, unsupported or malformed frames** (a command the codec does
-//!   not decode, such as `YSM_RANDOM_RESEED` or the internal-database
+//!   not decode: one ykhsm never sends, such as `YSM_RANDOM_GENERATE` or
+//!   `YSM_HMAC_SHA1_GENERATE`, `YSM_RANDOM_RESEED` or the internal-database
 //!   commands; a payload of the wrong length): no answer at all. The host
 //!   times out and resyncs, which is what pyhsm does after a silent device.
-//! - **User nonces**: a non-zero nonce in an AEAD-generating command needs the
+//! - **User nonces**: a non-zero nonce in a buffer AEAD generate needs the
 //!   key handle's `YSM_USER_NONCE` flag (firmware ≥ 1.0.4); without it the
 //!   answer is `YSM_FUNCTION_DISABLED`. An all-zero nonce makes the emulator
-//!   choose one from its nonce counter (the one `YSM_NONCE_GET` reads).
+//!   choose one from its nonce counter (the one `YSM_NONCE_GET` would read).
 //! - **Order of checks** for key-handle commands: locked → key handle exists →
 //!   permission flag → parameters → crypto.
-//! - **`YSM_AEAD_DECRYPT_CMP`**: an AEAD that does not authenticate answers
-//!   `YSM_MISMATCH`, like a cleartext that differs; an odd or too short `n`
-//!   answers `YSM_INVALID_PARAMETER`.
-//! - **HMAC-SHA1** without `FINAL` answers 20 zero bytes (spec: "the hash
-//!   field is zeros"); input is collected across packets until `FINAL`.
 //! - **Locking**: see [`UnlockSecret`]. Commands that use a key handle answer
-//!   `YSM_KEY_STORAGE_LOCKED` while locked; echo, system info, random, nonce
-//!   get and buffer loads work while locked.
+//!   `YSM_KEY_STORAGE_LOCKED` while locked; echo, system info and buffer
+//!   loads work while locked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -41,17 +40,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use ykhsm_core::aead;
-use ykhsm_core::yubihsm::{
-    self, AEAD_MAC_SIZE, AeadAnswer, DATA_BUF_SIZE, OtpDecodeAnswer, PROTOCOL_VERSION,
-    PUBLIC_ID_SIZE, Request, Response, SHA1_HASH_SIZE, SYSTEM_UID_SIZE, Status, SystemInfo,
-    hmac_flags, permission,
-};
 use ykhsm_core::{KeyHandle, KeyHandleKey, Nonce, Token, YubiKeySecrets};
+use ykhsm_yubihsm::wire::{
+    AeadAnswer, DATA_BUF_SIZE, OtpDecodeAnswer, PROTOCOL_VERSION, PUBLIC_ID_SIZE, Request,
+    Response, SYSTEM_UID_SIZE, Status, SystemInfo, permission,
+};
 use zeroize::{Zeroize, Zeroizing};
-
-/// Longest HMAC input collected across packets before `FINAL`; more answers
-/// `YSM_INVALID_PARAMETER` (an emulator limit, not the device's).
-pub const HMAC_MAX_TOTAL: usize = 4096;
 
 /// How the emulator misbehaves on purpose, to test the host's error paths.
 ///
@@ -140,30 +134,8 @@ pub struct KeySlot {
     pub flags: u32,
 }
 
-/// A small deterministic generator (SplitMix64): random answers are
-/// reproducible from the seed. Not for anything but tests.
-#[derive(Debug, Clone)]
-struct TestRng(u64);
-
-impl TestRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(8) {
-            let r = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-    }
-}
-
-/// The emulated device: key handles, lock state, data buffer, nonce counter,
-/// HMAC state and a seeded random generator.
+/// The emulated device: key handles, lock state, data buffer and nonce
+/// counter.
 pub struct Emulator {
     keys: BTreeMap<u32, KeySlot>,
     info: SystemInfo,
@@ -177,8 +149,6 @@ pub struct Emulator {
     nonce_ctr: u32,
     /// Power-up count (bytes 4–5).
     power_ups: u16,
-    hmac_data: Zeroizing<Vec<u8>>,
-    rng: TestRng,
     misbehave: Misbehave,
 }
 
@@ -201,8 +171,7 @@ impl Emulator {
     pub const DEFAULT_VERSION: (u8, u8, u8) = (1, 0, 4);
 
     /// An unlocked emulator with no key handles, firmware
-    /// [`Self::DEFAULT_VERSION`], a system uid made from `seed`, and its
-    /// random generator seeded with `seed`.
+    /// [`Self::DEFAULT_VERSION`] and a system uid made from `seed`.
     pub fn new(seed: u64) -> Self {
         let mut system_uid = [0u8; SYSTEM_UID_SIZE];
         system_uid[..8].copy_from_slice(&seed.to_be_bytes());
@@ -224,8 +193,6 @@ impl Emulator {
             buffer_len: 0,
             nonce_ctr: 0,
             power_ups: 1,
-            hmac_data: Zeroizing::new(Vec::new()),
-            rng: TestRng(seed),
             misbehave: Misbehave::None,
         }
     }
@@ -273,14 +240,12 @@ impl Emulator {
         self.misbehave = m;
     }
 
-    /// Forgets what a reset by the USB bus loses: the data buffer and the
-    /// HMAC input collected across packets. Key handles, the lock state and
-    /// the nonce counter are kept (an emulator choice: the spec does not say
-    /// what a bus reset of the device keeps).
+    /// Forgets what a reset by the USB bus loses: the data buffer. Key
+    /// handles, the lock state and the nonce counter are kept (an emulator
+    /// choice: the spec does not say what a bus reset of the device keeps).
     pub fn bus_reset(&mut self) {
         self.buffer.zeroize();
         self.buffer_len = 0;
-        self.hmac_data.zeroize();
     }
 
     /// Bytes held in the data buffer (`YSM_BUFFER_LOAD`).
@@ -293,52 +258,19 @@ impl Emulator {
     /// unsupported or malformed frames, see the crate documentation).
     pub fn handle_frame(&mut self, frame: &[u8]) -> Vec<u8> {
         match Request::decode(frame) {
-            Ok(request) => self
-                .answer(&request)
-                .map(|r| r.encode())
-                .unwrap_or_default(),
+            Ok(request) => self.answer(&request).encode(),
             Err(_) => Vec::new(),
         }
     }
 
-    /// The answer to a decoded request (`None`: no answer).
-    pub fn answer(&mut self, request: &Request) -> Option<Response> {
-        Some(match request {
+    /// The answer to a decoded request.
+    pub fn answer(&mut self, request: &Request) -> Response {
+        match request {
             Request::Echo { data } => Response::Echo { data: data.clone() },
             Request::SystemInfo => Response::SystemInfo(self.info),
-            Request::RandomGenerate { len } => {
-                let mut data = Zeroizing::new(vec![0u8; usize::from(*len)]);
-                self.rng.fill(&mut data);
-                Response::RandomGenerate { data }
-            }
-            Request::NonceGet { post_increment } => {
-                let nonce = self.current_nonce();
-                self.nonce_ctr = self.nonce_ctr.wrapping_add(u32::from(*post_increment));
-                Response::NonceGet {
-                    status: Status::Ok,
-                    nonce,
-                }
-            }
             Request::BufferLoad { offset, data } => Response::BufferLoad {
                 count: self.buffer_write(*offset, data),
             },
-            Request::BufferRandomLoad { offset, len } => {
-                let mut data = Zeroizing::new(vec![0u8; usize::from(*len)]);
-                self.rng.fill(&mut data);
-                Response::BufferRandomLoad {
-                    count: self.buffer_write(*offset, &data),
-                }
-            }
-            Request::AeadGenerate {
-                nonce,
-                key_handle,
-                data,
-            } => Response::AeadGenerate(self.aead_generate(
-                *nonce,
-                *key_handle,
-                permission::AEAD_GENERATE,
-                data,
-            )),
             Request::BufferAeadGenerate { nonce, key_handle } => {
                 let data = Zeroizing::new(self.buffer[..self.buffer_len].to_vec());
                 Response::BufferAeadGenerate(self.aead_generate(
@@ -348,49 +280,12 @@ impl Emulator {
                     &data,
                 ))
             }
-            Request::RandomAeadGenerate {
-                nonce,
-                key_handle,
-                len,
-            } => {
-                let n = usize::from(*len);
-                if (1..=DATA_BUF_SIZE).contains(&n) {
-                    let mut data = Zeroizing::new(vec![0u8; n]);
-                    self.rng.fill(&mut data);
-                    Response::RandomAeadGenerate(self.aead_generate(
-                        *nonce,
-                        *key_handle,
-                        permission::RANDOM_AEAD_GENERATE,
-                        &data,
-                    ))
-                } else {
-                    let status = self
-                        .check_key(*key_handle, permission::RANDOM_AEAD_GENERATE)
-                        .err()
-                        .unwrap_or(Status::InvalidParameter);
-                    Response::RandomAeadGenerate(failed_aead(*nonce, *key_handle, status))
-                }
-            }
-            Request::AeadDecryptCmp {
-                nonce,
-                key_handle,
-                data,
-            } => Response::AeadDecryptCmp {
-                nonce: *nonce,
-                key_handle: *key_handle,
-                status: self.decrypt_cmp(*nonce, *key_handle, data),
-            },
             Request::OtpDecode {
                 nonce,
                 key_handle,
                 otp,
                 aead,
             } => Response::OtpDecode(self.otp_decode(*nonce, *key_handle, otp, aead)),
-            Request::HmacSha1Generate {
-                key_handle,
-                flags,
-                data,
-            } => self.hmac(*key_handle, *flags, data),
             Request::KeyStorageUnlock { password } => Response::KeyStorageUnlock {
                 status: self.unlock_with(|s| match s {
                     UnlockSecret::Password(p) => Some(ct_eq(&p[..], &password[..])),
@@ -406,11 +301,7 @@ impl Emulator {
             Request::HsmUnlock { public_id, otp } => Response::HsmUnlock {
                 status: self.hsm_unlock(public_id, otp),
             },
-            // The codec's `Request` may grow; a command the emulator does not
-            // know gets no answer, like an undecodable frame.
-            #[allow(unreachable_patterns)]
-            _ => return None,
-        })
+        }
     }
 
     fn current_nonce(&self) -> Nonce {
@@ -482,22 +373,6 @@ impl Emulator {
         }
     }
 
-    fn decrypt_cmp(&self, nonce: Nonce, kh: KeyHandle, data: &[u8]) -> Status {
-        let slot = match self.check_key(kh, permission::AEAD_DECRYPT_CMP) {
-            Ok(s) => s,
-            Err(status) => return status,
-        };
-        let n = data.len();
-        if n < AEAD_MAC_SIZE || !(n - AEAD_MAC_SIZE).is_multiple_of(2) {
-            return Status::InvalidParameter;
-        }
-        let (clear, sealed) = data.split_at((n - AEAD_MAC_SIZE) / 2);
-        match aead::open(&slot.key, kh, &nonce, sealed) {
-            Ok(plain) if ct_eq(&plain, clear) => Status::Ok,
-            _ => Status::Mismatch,
-        }
-    }
-
     fn otp_decode(
         &self,
         nonce: Nonce,
@@ -515,45 +390,6 @@ impl Emulator {
         match secrets.decode(otp) {
             Ok(counters) => OtpDecodeAnswer::ok(nonce, kh, &counters),
             Err(_) => OtpDecodeAnswer::failed(nonce, kh, Status::OtpInvalid),
-        }
-    }
-
-    fn hmac(&mut self, kh: KeyHandle, flags: u8, data: &[u8]) -> Response {
-        let fail = |status| Response::HmacSha1Generate {
-            key_handle: kh,
-            status,
-            hash: Zeroizing::new(Vec::new()),
-        };
-        if let Err(status) = self.check_key(kh, permission::HMAC_SHA1_GENERATE) {
-            return fail(status);
-        }
-        if flags & hmac_flags::RESET != 0 {
-            self.hmac_data.clear();
-        }
-        if self.hmac_data.len() + data.len() > HMAC_MAX_TOTAL {
-            self.hmac_data.clear();
-            return fail(Status::InvalidParameter);
-        }
-        // Grow by copying into a fresh buffer so no old copy is left behind.
-        let mut all = Zeroizing::new(Vec::with_capacity(self.hmac_data.len() + data.len()));
-        all.extend_from_slice(&self.hmac_data);
-        all.extend_from_slice(data);
-        self.hmac_data = all;
-        let mut hash = Zeroizing::new(vec![0u8; SHA1_HASH_SIZE]);
-        if flags & hmac_flags::FINAL != 0 {
-            let Some(slot) = self.keys.get(&kh.0) else {
-                return fail(Status::KeyHandleInvalid);
-            };
-            hash.copy_from_slice(&*yubihsm::soft_hmac_sha1(&slot.key, &self.hmac_data));
-            self.hmac_data.clear();
-            if flags & hmac_flags::TO_BUFFER != 0 {
-                self.buffer_write(0, &hash);
-            }
-        }
-        Response::HmacSha1Generate {
-            key_handle: kh,
-            status: Status::Ok,
-            hash,
         }
     }
 

@@ -2,7 +2,7 @@
 //! pieces; zeros between frames are resync padding; whole frames go to the
 //! [`Emulator`].
 
-use ykhsm_core::yubihsm::{self, MAX_FRAME_LEN};
+use ykhsm_yubihsm::wire::{self, MAX_FRAME_LEN};
 use zeroize::Zeroizing;
 
 use crate::Emulator;
@@ -110,13 +110,13 @@ impl Link {
         let mut start = 0;
         loop {
             let rest = buf.get(start..).unwrap_or_default();
-            let zeros = yubihsm::resync_prefix_len(rest);
+            let zeros = wire::resync_prefix_len(rest);
             start += zeros;
             let rest = buf.get(start..).unwrap_or_default();
             if rest.is_empty() {
                 break;
             }
-            match yubihsm::check_frame(rest) {
+            match wire::check_frame(rest) {
                 Ok(n) => {
                     let frame = rest.get(..n).unwrap_or_default();
                     let answer = self.emulator.handle_frame(frame);

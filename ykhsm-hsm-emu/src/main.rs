@@ -29,9 +29,9 @@ use zeroize::Zeroizing;
 
 use ykhsm_core::KeyHandleKey;
 use ykhsm_core::keys_file::KeysFile;
-use ykhsm_core::yubihsm::{MAX_KEY_SIZE, permission};
 use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link, UnlockSecret};
+use ykhsm_yubihsm::wire::{MAX_KEY_SIZE, permission};
 
 /// The permissions every key handle of `--keys` gets: OTP decode, and
 /// buffer AEAD generate with a user nonce (what ykhsmd and `ykadmin import`
@@ -64,7 +64,7 @@ struct Args {
     /// link already there, refusing anything else); removed on exit.
     #[arg(long, value_name = "PATH")]
     link: Option<PathBuf>,
-    /// Seed of the system uid and of the random answers.
+    /// Seed of the system uid.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
     /// Do not watch stdin: serve until a signal only (for running in the

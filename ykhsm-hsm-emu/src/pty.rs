@@ -20,7 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::pty::openpty;
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
-use ykhsm_core::yubihsm::RESPONSE_FLAG;
+use ykhsm_yubihsm::wire::RESPONSE_FLAG;
 
 use crate::{Link, Misbehave};
 

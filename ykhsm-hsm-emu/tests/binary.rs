@@ -12,8 +12,8 @@ use ykhsm_core::KeyHandle;
 use ykhsm_core::aead::{KeyHandleKey, Nonce, YubiKeyAead};
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
-use ykhsm_core::yubihsm::Status;
 use ykhsm_yubihsm::YubiHsm;
+use ykhsm_yubihsm::wire::Status;
 
 const TIMEOUT: Duration = Duration::from_millis(400);
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

@@ -4,13 +4,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ykhsm_core::aead::{KeyHandleKey, Nonce, YubiKeyAead};
-use ykhsm_core::backend::{Backend, BackendError, Purpose};
+use ykhsm_core::backend::{Backend, BackendError, FailureCause, Purpose};
 use ykhsm_core::keyhandle::KeyHandle;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
-use ykhsm_core::yubihsm::{Status, permission};
 use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link, Misbehave};
+use ykhsm_yubihsm::wire::{Status, permission};
 use ykhsm_yubihsm::{HsmError, YubiHsm, YubiHsmBackend};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -33,7 +33,6 @@ fn emulator() -> Emulator {
         KH_OTP,
         kh_key(KH_OTP),
         permission::AEAD_YUBIKEY_OTP_DECODE
-            | permission::AEAD_GENERATE
             | permission::BUFFER_AEAD_GENERATE
             | permission::BUFFER_LOAD
             | permission::USER_NONCE,
@@ -75,14 +74,53 @@ fn a_second_open_of_the_device_is_refused_while_the_first_holds_it() {
     assert_eq!(second.echo(b"mine now").unwrap(), b"mine now");
 }
 
+/// Opens `device` for reading and writing as `nobody` (a shell run through
+/// `setpriv`, as any other program would open it): `Err` with the shell's
+/// message if the open fails.
+fn open_as_nobody(device: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c", "exec 3<>\"$1\"", "sh"])
+        .arg(device)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The driver holds the port in exclusive mode (`TIOCEXCL`): while it is
+/// open, an unprivileged process cannot open the device (EBUSY), even where
+/// the file's mode would let it; once the driver is dropped (the port
+/// closed) it can again.
 #[test]
-fn startup_system_info_echo_random() {
+fn the_port_is_exclusive_while_open_and_released_when_dropped() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = EmuPty::start(Link::new(emulator())).unwrap();
+    std::fs::set_permissions(emu.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    open_as_nobody(emu.path()).expect("anyone may open it before");
+    let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
+    let err = open_as_nobody(emu.path()).unwrap_err();
+    assert!(err.contains("Device or resource busy"), "{err}");
+    assert_eq!(hsm.echo(b"still mine").unwrap(), b"still mine");
+    drop(hsm);
+    open_as_nobody(emu.path()).expect("anyone may open it after");
+}
+
+#[test]
+fn startup_system_info_and_echo() {
     let emu = EmuPty::start(Link::new(emulator())).unwrap();
     let mut hsm = YubiHsm::open(emu.path(), TIMEOUT).unwrap();
     assert_eq!(hsm.info().protocol, 1);
     assert_eq!(hsm.system_info().unwrap(), hsm.info());
     assert_eq!(hsm.echo(b"ekoeko").unwrap(), b"ekoeko");
-    assert_eq!(hsm.random(200).unwrap().len(), 200);
+    // The raw-line test at open went through: every byte value, CR and LF
+    // crossed the line unchanged (raw mode, no translation).
+    let all: Vec<u8> = (0..=u8::MAX).rev().take(90).collect();
+    assert_eq!(hsm.echo(&all).unwrap(), all);
     assert_eq!(hsm.path(), emu.path());
 }
 
@@ -208,14 +246,6 @@ fn wrap_secrets_matches_soft_seal() {
         let opened = aead.open(&kh_key(handle), kh, &nonce).unwrap();
         assert!(opened.ct_eq(yk.secrets()));
     }
-    // Direct AEAD generate (0x01) gives the same bytes.
-    let answer = backend
-        .with_hsm(|hsm| {
-            hsm.aead_generate(KeyHandle(KH_OTP), &nonce, &yk.secrets().to_plaintext()[..])
-        })
-        .unwrap();
-    let soft = YubiKeyAead::seal(&kh_key(KH_OTP), KeyHandle(KH_OTP), &nonce, yk.secrets()).unwrap();
-    assert_eq!(answer.aead, soft.0);
 }
 
 #[test]
@@ -241,7 +271,13 @@ fn timeout_then_recovery() {
     let err = backend
         .decode_otp(KeyHandle(KH_OTP), &nonce, &aead, otp.token())
         .unwrap_err();
-    assert!(matches!(err, BackendError::Failure(_)), "{err}");
+    match &err {
+        BackendError::Failure(FailureCause::Device(cause)) => assert!(
+            matches!(cause.downcast_ref(), Some(HsmError::Timeout { .. })),
+            "{cause}"
+        ),
+        other => panic!("{other}"),
+    }
     assert!(!err.is_bad_otp());
     // The emulator answers again: the next request resyncs and works.
     emu.set_mute(false);
@@ -268,9 +304,13 @@ fn unplug_and_replug_recovers() {
         .decode_otp(kh, &nonce, &aead, otp.token())
         .unwrap_err();
     match &err {
-        BackendError::Failure(msg) => assert!(msg.contains("ttyHSM"), "{msg}"),
+        BackendError::Failure(FailureCause::Device(cause)) => match cause.downcast_ref() {
+            Some(HsmError::Open { path, .. }) => assert_eq!(path, &link_path),
+            _ => panic!("{cause}"),
+        },
         other => panic!("{other}"),
     }
+    assert!(err.to_string().contains("ttyHSM"), "{err}");
     assert!(!backend.is_connected());
 
     // Plugged in.
@@ -284,7 +324,11 @@ fn unplug_and_replug_recovers() {
     let err = backend
         .decode_otp(kh, &nonce, &aead, otp.token())
         .unwrap_err();
-    assert!(matches!(err, BackendError::Failure(_)), "{err}");
+    assert!(
+        matches!(&err, BackendError::Failure(FailureCause::Device(cause))
+            if cause.downcast_ref::<HsmError>().is_some_and(HsmError::is_gone)),
+        "{err}"
+    );
     assert!(!err.is_bad_otp());
     assert!(!backend.is_connected());
 

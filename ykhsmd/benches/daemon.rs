@@ -74,12 +74,12 @@ use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::serial::public_id_ykman;
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::store::{AeadStore, WriteMode};
-use ykhsm_core::yubihsm::permission;
 use ykhsm_core::{Nonce, Token, YubiKeyAead};
 use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_proto::{Request, Response, ServerUid, Status, call, frame};
 use ykhsm_yubihsm::YubiHsm;
+use ykhsm_yubihsm::wire::permission;
 use zeroize::Zeroizing;
 
 /// Software YubiKeys, one authfile user each.

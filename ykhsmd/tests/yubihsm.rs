@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, emulated_hsm};
-use ykhsm_core::yubihsm::permission;
 use ykhsm_hsm_emu::Misbehave;
 use ykhsm_proto::{Request, Response, Status};
+use ykhsm_yubihsm::wire::permission;
 
 /// An installation where alice has the key `ccccccdbjrgf`; the daemon is
 /// not started (the test chooses its device first).
@@ -360,6 +360,28 @@ fn hsm_unlock_on_the_soft_backend_says_there_is_nothing_to_unlock() {
     assert!(o.stderr.contains("no key store to unlock"), "{}", o.stderr);
 }
 
+/// The daemon holds the YubiHSM's port in exclusive mode (`TIOCEXCL`):
+/// another program run by an unprivileged user cannot open it while the
+/// daemon has it, even where the file's mode would let it (here the
+/// emulator's terminal is made 0666, so that only the exclusive mode can
+/// refuse), and logins go on undisturbed. Root is not stopped by
+/// `TIOCEXCL`; the `flock` stops a second ykhsmd (docs/security.md).
+#[test]
+fn an_unprivileged_process_cannot_open_the_device_while_the_daemon_holds_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (env, mut key) = alice_env();
+    let device = hsm();
+    std::fs::set_permissions(device.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    open_as_nobody(device.path()).expect("anyone may open it before the daemon");
+    env.use_yubihsm(device.path());
+    let d = env.start();
+    // A login through the device: the daemon has it open now.
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+    let refused = open_as_nobody(device.path()).unwrap_err();
+    assert!(refused.contains("Device or resource busy"), "{refused}");
+    assert_eq!(d.verify("alice", &env.otp(&mut key)), Status::Ok);
+}
+
 /// Makes the device answer 3 s late (after the daemon's 1 s deadline) and
 /// sends alice's login with `otp` from another thread; returns once the
 /// device holds it, with the device's `answered` count at that moment.
@@ -391,5 +413,23 @@ fn verify_at(socket: &std::path::Path, user: &str, otp: &str) -> Status {
     ) {
         Ok(Response::Verdict { status }) => status,
         other => panic!("{other:?}"),
+    }
+}
+
+/// Opens `device` for reading and writing as `nobody`, as any other program
+/// would (pyhsm's tools, a terminal): a shell run through `setpriv`. `Err`
+/// with the shell's message if the open fails.
+fn open_as_nobody(device: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c", "exec 3<>\"$1\"", "sh"])
+        .arg(device)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }

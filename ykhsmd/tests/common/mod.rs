@@ -34,11 +34,11 @@ use ykhsm_core::keys_file::KeysFile;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
 use ykhsm_core::store::{AeadStore, WriteMode};
-use ykhsm_core::yubihsm::permission;
 use ykhsm_core::{Nonce, modhex};
 use ykhsm_hsm_emu::pty::EmuPty;
 use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_proto::{Request, Response, ServerUid, Status, call};
+use ykhsm_yubihsm::wire::permission;
 use zeroize::Zeroizing;
 
 /// The key-handle key of key handle 1 in every test keys.json (AES-256).

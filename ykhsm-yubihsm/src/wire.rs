@@ -3,10 +3,18 @@
 //! configuration-mode check.
 //!
 //! This module exists so that the two programs that speak the protocol — the
-//! serial driver on the host side and the device emulator used in tests —
-//! share one definition of every frame, and so that the framing can be tested
-//! against recorded frames and fuzzed without hardware. It is pure logic: no
-//! I/O, no serial port, no clock, no threads.
+//! serial driver ([`YubiHsm`](crate::YubiHsm)) and the device emulator used in
+//! tests (`ykhsm-hsm-emu`, which depends on this crate for it) — share one
+//! definition of every frame, and so that the framing can be tested against
+//! recorded frames and fuzzed without hardware. It is pure logic: no I/O, no
+//! serial port, no clock, no threads.
+//!
+//! Only the commands ykhsm sends are encoded and decoded (each [`Request`]
+//! variant says who sends it). The device's other commands (random numbers,
+//! nonces, the other AEAD generators, AEAD compare, HMAC-SHA1, AES-ECB, the
+//! internal database) are named in [`cmd`], so that logs and errors can say
+//! what a device sent, and otherwise refused as
+//! [`FrameError::UnknownCommand`].
 //!
 //! A frame is `bcnt, command, payload`, where `bcnt` = 1 + payload length
 //! (it counts the command byte, not itself) and the payload is at most
@@ -25,23 +33,21 @@
 //! [`FrameError`], never a panic. Decoding is also exact: a frame decodes only
 //! if encoding the result gives the same bytes back.
 //!
-//! Secrets (key-store keys, passwords, OTPs, buffer contents, AEAD
-//! plaintexts, random bytes) are held in [`Zeroizing`] buffers or in
-//! [`Token`], and the `Debug` output of [`Request`] and [`Response`] shows only
-//! their lengths.
+//! Secrets (key-store keys, passwords, buffer contents) are held in
+//! [`Redacted`] [`Zeroizing`] buffers, OTPs in [`Token`]: wiped on drop, and
+//! the `Debug` output of [`Request`] shows only their lengths.
 
 use std::fmt;
+use std::ops::Deref;
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha1::Sha1;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::aead::{
-    KeyHandleKey, MAC_LEN, MAX_PLAINTEXT_LEN, NONCE_LEN, Nonce, YUBIKEY_AEAD_LEN, YubiKeyAead,
+use ykhsm_core::aead::{
+    MAC_LEN, MAX_PLAINTEXT_LEN, NONCE_LEN, Nonce, YUBIKEY_AEAD_LEN, YubiKeyAead,
 };
-use crate::keyhandle::KeyHandle;
-use crate::otp::{OtpCounters, Token};
+use ykhsm_core::keyhandle::KeyHandle;
+use ykhsm_core::otp::{OtpCounters, Token};
 
 /// The bit a device sets in byte 1 of an answer: request command `| 0x80`
 /// (if.h `YSM_RESPONSE`). It is not a status; statuses are in the payload.
@@ -61,8 +67,6 @@ pub const AEAD_MAC_SIZE: usize = 8;
 pub const AEAD_MAX_SIZE: usize = DATA_BUF_SIZE + AEAD_MAC_SIZE;
 /// Length of the nonce sent with an AEAD (if.h `YSM_AEAD_NONCE_SIZE`).
 pub const AEAD_NONCE_SIZE: usize = 6;
-/// Length of an OTP's ciphertext (if.h `YSM_OTP_SIZE`).
-pub const OTP_SIZE: usize = 16;
 /// Length of a public id in frames (if.h `YSM_PUBLIC_ID_SIZE`).
 pub const PUBLIC_ID_SIZE: usize = 6;
 /// AES block size (if.h `YSM_BLOCK_SIZE`); also the length of the 0.9.x
@@ -71,10 +75,6 @@ pub const BLOCK_SIZE: usize = 16;
 /// Longest key-handle key; also the length of the 1.0 key-store key (if.h
 /// `YSM_MAX_KEY_SIZE`).
 pub const MAX_KEY_SIZE: usize = 32;
-/// Length of an HMAC-SHA1 (if.h `YSM_SHA1_HASH_SIZE`).
-pub const SHA1_HASH_SIZE: usize = 20;
-/// Length of a random reseed (if.h `YSM_CTR_DRBG_SEED_SIZE`).
-pub const CTR_DRBG_SEED_SIZE: usize = 32;
 /// Length of the device's unique id in the system-info answer.
 pub const SYSTEM_UID_SIZE: usize = 12;
 /// Length of a YubiKey AEAD: 16-byte key, 6-byte uid, 8-byte MAC (if.h
@@ -83,19 +83,8 @@ pub const YUBIKEY_AEAD_SIZE: usize = 30;
 /// The only protocol version this codec speaks (if.h `YSM_PROTOCOL_VERSION`);
 /// a device reporting another is refused (yubihsm1.md §1).
 pub const PROTOCOL_VERSION: u8 = 1;
-/// The phantom key handle of a loaded temporary key (if.h
-/// `YSM_TEMP_KEY_HANDLE`).
-pub const TEMP_KEY_HANDLE: KeyHandle = KeyHandle(0xffff_ffff);
 /// Most bytes an echo carries (payload minus its count byte).
 pub const ECHO_MAX_DATA: usize = MAX_PAYLOAD - 1;
-/// Most random bytes one `YSM_RANDOM_GENERATE` returns.
-pub const RANDOM_MAX_LEN: usize = MAX_PAYLOAD - 1;
-/// Most data one `YSM_HMAC_SHA1_GENERATE` request carries (if.h
-/// `YSM_MAX_PKT_SIZE - 6`).
-pub const HMAC_MAX_DATA: usize = MAX_PAYLOAD - 6;
-/// Most cleartext + AEAD bytes one `YSM_AEAD_DECRYPT_CMP` request carries
-/// (if.h `YSM_MAX_PKT_SIZE - 0x10`).
-pub const AEAD_DECRYPT_CMP_MAX_DATA: usize = MAX_PAYLOAD - 0x10;
 /// Length of the resync: `YSM_NULL` and 95 zero bytes, no length byte.
 pub const RESYNC_LEN: usize = MAX_PAYLOAD;
 /// What the host writes to a silent device to see whether it is in
@@ -114,18 +103,19 @@ const _: () = assert!(MAX_FRAME_LEN == MAX_BCNT as usize + 1);
 /// Command codes (if.h, pyhsm `defines.py`; yubihsm1.md §2).
 ///
 /// [`Request`] and [`Response`] cover the codes for which
-/// [`is_supported`](cmd::is_supported) is true; the others are named here so
-/// that logs and errors can say what a device sent.
+/// [`is_supported`](cmd::is_supported) is true: the ones ykhsm sends. The
+/// others are named here so that logs and errors can say what a device sent.
 pub mod cmd {
     /// `YSM_NULL`: the resync, sent without a length byte.
     pub const NULL: u8 = 0x00;
-    /// `YSM_AEAD_GENERATE`: seal data given in the request.
+    /// `YSM_AEAD_GENERATE`: seal data given in the request (not encoded here).
     pub const AEAD_GENERATE: u8 = 0x01;
     /// `YSM_BUFFER_AEAD_GENERATE`: seal the device's data buffer.
     pub const BUFFER_AEAD_GENERATE: u8 = 0x02;
-    /// `YSM_RANDOM_AEAD_GENERATE`: seal random bytes.
+    /// `YSM_RANDOM_AEAD_GENERATE`: seal random bytes (not encoded here).
     pub const RANDOM_AEAD_GENERATE: u8 = 0x03;
-    /// `YSM_AEAD_DECRYPT_CMP`: open an AEAD and compare with a cleartext.
+    /// `YSM_AEAD_DECRYPT_CMP`: open an AEAD and compare with a cleartext
+    /// (not encoded here).
     pub const AEAD_DECRYPT_CMP: u8 = 0x04;
     /// `YSM_DB_YUBIKEY_AEAD_STORE` (internal database; not encoded here).
     pub const DB_YUBIKEY_AEAD_STORE: u8 = 0x05;
@@ -141,19 +131,21 @@ pub mod cmd {
     pub const AES_ECB_BLOCK_DECRYPT: u8 = 0x0e;
     /// `YSM_AES_ECB_BLOCK_DECRYPT_CMP` (not encoded here).
     pub const AES_ECB_BLOCK_DECRYPT_CMP: u8 = 0x0f;
-    /// `YSM_HMAC_SHA1_GENERATE`.
+    /// `YSM_HMAC_SHA1_GENERATE` (not encoded here).
     pub const HMAC_SHA1_GENERATE: u8 = 0x10;
     /// `YSM_TEMP_KEY_LOAD` (not encoded here).
     pub const TEMP_KEY_LOAD: u8 = 0x11;
     /// `YSM_BUFFER_LOAD`: write bytes into the data buffer.
     pub const BUFFER_LOAD: u8 = 0x20;
-    /// `YSM_BUFFER_RANDOM_LOAD`: write random bytes into the data buffer.
+    /// `YSM_BUFFER_RANDOM_LOAD`: write random bytes into the data buffer
+    /// (not encoded here).
     pub const BUFFER_RANDOM_LOAD: u8 = 0x21;
-    /// `YSM_NONCE_GET`: read (and advance) the device's nonce.
+    /// `YSM_NONCE_GET`: read (and advance) the device's nonce (not encoded
+    /// here).
     pub const NONCE_GET: u8 = 0x22;
     /// `YSM_ECHO`.
     pub const ECHO: u8 = 0x23;
-    /// `YSM_RANDOM_GENERATE`.
+    /// `YSM_RANDOM_GENERATE` (not encoded here).
     pub const RANDOM_GENERATE: u8 = 0x24;
     /// `YSM_RANDOM_RESEED` (not encoded here).
     pub const RANDOM_RESEED: u8 = 0x25;
@@ -202,21 +194,14 @@ pub mod cmd {
     }
 
     /// Whether [`Request`](super::Request) and [`Response`](super::Response)
-    /// encode and decode this command.
+    /// encode and decode this command: the commands ykhsm sends.
     pub fn is_supported(code: u8) -> bool {
         matches!(
             code,
-            AEAD_GENERATE
-                | BUFFER_AEAD_GENERATE
-                | RANDOM_AEAD_GENERATE
-                | AEAD_DECRYPT_CMP
+            BUFFER_AEAD_GENERATE
                 | AEAD_YUBIKEY_OTP_DECODE
-                | HMAC_SHA1_GENERATE
                 | BUFFER_LOAD
-                | BUFFER_RANDOM_LOAD
-                | NONCE_GET
                 | ECHO
-                | RANDOM_GENERATE
                 | SYSTEM_INFO_QUERY
                 | KEY_STORAGE_UNLOCK
                 | HSM_UNLOCK
@@ -290,16 +275,6 @@ pub mod permission {
             .map(|&(_, name)| name)
             .collect()
     }
-}
-
-/// Flag bits of [`Request::HmacSha1Generate`] (pyhsm `defines.py`).
-pub mod hmac_flags {
-    /// `YSM_HMAC_SHA1_RESET`: start a new HMAC with this packet.
-    pub const RESET: u8 = 0x01;
-    /// `YSM_HMAC_SHA1_FINAL`: finish it and return the hash.
-    pub const FINAL: u8 = 0x02;
-    /// `YSM_HMAC_SHA1_TO_BUFFER`: also copy the hash to the data buffer.
-    pub const TO_BUFFER: u8 = 0x04;
 }
 
 /// The status byte inside a response payload (if.h; yubihsm1.md §2).
@@ -689,8 +664,9 @@ impl fmt::Display for SystemInfo {
     }
 }
 
-/// The answer to the three AEAD-generating commands (0x01–0x03): nonce, key
-/// handle, status and the AEAD (empty unless the status is OK).
+/// The answer to `YSM_BUFFER_AEAD_GENERATE` (the layout of all three
+/// AEAD-generating commands, 0x01–0x03): nonce, key handle, status and the
+/// AEAD (empty unless the status is OK).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AeadAnswer {
     /// The nonce used; chosen by the device if the request's was all zeros.
@@ -774,80 +750,65 @@ impl TryFrom<&OtpDecodeAnswer> for OtpCounters {
     }
 }
 
-/// What the host sends (yubihsm1.md §2 table, request column).
-///
-/// `Debug` shows no secret: buffer contents, AEAD plaintexts, HMAC input,
-/// OTPs, passwords and keys appear as their lengths only.
+/// A secret field of a frame: its `Debug` shows only its length
+/// (`<redacted 32 bytes>`). What it holds decides how it is wiped (the codec
+/// uses [`Zeroizing`] buffers).
 #[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> Deref for Redacted<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: AsRef<[u8]>> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.as_ref().len())
+    }
+}
+
+/// What the host sends (yubihsm1.md §2 table, request column): only the
+/// commands ykhsm sends, each variant naming who sends it.
+///
+/// `Debug` shows no secret: buffer contents, passwords and keys are
+/// [`Redacted`], OTPs are [`Token`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `YSM_ECHO`: `n, data(n)`; the device sends the data back.
+    /// `YSM_ECHO`: `n, data(n)`; the device sends the data back. Sent by the
+    /// driver at start-up (pyhsm's raw-line test) and at the end of every
+    /// resync (a marker unique to that resync).
     Echo {
         /// At most [`ECHO_MAX_DATA`] bytes.
         data: Vec<u8>,
     },
-    /// `YSM_SYSTEM_INFO_QUERY`: empty payload.
+    /// `YSM_SYSTEM_INFO_QUERY`: empty payload. Sent at start-up (protocol
+    /// version, firmware, and whether the device answers at all) and for
+    /// `ykhsmd --check` and `ykadmin status`.
     SystemInfo,
-    /// `YSM_RANDOM_GENERATE`: `n`.
-    RandomGenerate {
-        /// Bytes wanted, at most [`RANDOM_MAX_LEN`].
-        len: u8,
-    },
-    /// `YSM_NONCE_GET`: `post_increment (u16 LE)`.
-    NonceGet {
-        /// How far to advance the nonce after reading it (0 = just read).
-        post_increment: u16,
-    },
-    /// `YSM_BUFFER_LOAD`: `offset, n, data(n)`.
+    /// `YSM_BUFFER_LOAD`: `offset, n, data(n)`. The first half of wrapping a
+    /// YubiKey's secrets (`ykadmin import-ykksm` and `generate`, through the
+    /// daemon), as `yhsm-import-keys` does.
     BufferLoad {
         /// Where in the buffer to write.
         offset: u8,
-        /// At most [`DATA_BUF_SIZE`] bytes (often a YubiKey's secrets).
-        data: Zeroizing<Vec<u8>>,
-    },
-    /// `YSM_BUFFER_RANDOM_LOAD`: `offset, n`.
-    BufferRandomLoad {
-        /// Where in the buffer to write.
-        offset: u8,
-        /// How many random bytes.
-        len: u8,
-    },
-    /// `YSM_AEAD_GENERATE`: `nonce(6), kh(4), n, data(n)`.
-    AeadGenerate {
-        /// Nonce; all zeros asks the device to choose.
-        nonce: Nonce,
-        /// Key handle to seal under.
-        key_handle: KeyHandle,
-        /// Plaintext, at most [`DATA_BUF_SIZE`] bytes.
-        data: Zeroizing<Vec<u8>>,
+        /// At most [`DATA_BUF_SIZE`] bytes (a YubiKey's secrets).
+        data: Redacted<Zeroizing<Vec<u8>>>,
     },
     /// `YSM_BUFFER_AEAD_GENERATE`: `nonce(6), kh(4)`; seals the data buffer.
+    /// The second half of wrapping secrets; also the probe of a key handle's
+    /// AEAD-generate permission.
     BufferAeadGenerate {
         /// Nonce; all zeros asks the device to choose.
         nonce: Nonce,
         /// Key handle to seal under.
         key_handle: KeyHandle,
     },
-    /// `YSM_RANDOM_AEAD_GENERATE`: `nonce(6), kh(4), n`.
-    RandomAeadGenerate {
-        /// Nonce; all zeros asks the device to choose.
-        nonce: Nonce,
-        /// Key handle to seal under.
-        key_handle: KeyHandle,
-        /// Random bytes to seal; the device accepts 1–64 and answers
-        /// `YSM_INVALID_PARAMETER` otherwise.
-        len: u8,
-    },
-    /// `YSM_AEAD_DECRYPT_CMP`: `nonce(6), kh(4), n, cleartext ‖ aead (n)`.
-    AeadDecryptCmp {
-        /// The AEAD's nonce.
-        nonce: Nonce,
-        /// The AEAD's key handle.
-        key_handle: KeyHandle,
-        /// Cleartext followed by the AEAD, at most
-        /// [`AEAD_DECRYPT_CMP_MAX_DATA`] bytes.
-        data: Zeroizing<Vec<u8>>,
-    },
     /// `YSM_AEAD_YUBIKEY_OTP_DECODE`: `public_id(6), kh(4), otp(16), aead(30)`.
+    /// Every login on `backend = "yubihsm"`; also the probe of a key
+    /// handle's OTP-decode permission.
     OtpDecode {
         /// The CCM nonce of the AEAD, sent in the frame's `public_id` field
         /// (the v1 file's nonce, else the public id's bytes).
@@ -859,146 +820,26 @@ pub enum Request {
         /// The YubiKey AEAD.
         aead: YubiKeyAead,
     },
-    /// `YSM_HMAC_SHA1_GENERATE`: `kh(4), flags, n, data(n)`.
-    HmacSha1Generate {
-        /// Key handle of the HMAC key.
-        key_handle: KeyHandle,
-        /// [`hmac_flags`] bits.
-        flags: u8,
-        /// Input, at most [`HMAC_MAX_DATA`] bytes.
-        data: Zeroizing<Vec<u8>>,
-    },
-    /// `YSM_KEY_STORAGE_UNLOCK` (0.9.x): `password(16)`.
+    /// `YSM_KEY_STORAGE_UNLOCK` (0.9.x): `password(16)`. `ykadmin hsm unlock`
+    /// with the master key, on a device whose firmware is 0.9.x.
     KeyStorageUnlock {
         /// The password, zero padded.
-        password: Zeroizing<[u8; BLOCK_SIZE]>,
+        password: Redacted<Zeroizing<[u8; BLOCK_SIZE]>>,
     },
     /// `YSM_HSM_UNLOCK` (1.0+): `public_id(6), otp(16)` of an admin YubiKey.
+    /// `ykadmin hsm unlock` with an admin OTP.
     HsmUnlock {
         /// The admin YubiKey's public id.
         public_id: [u8; PUBLIC_ID_SIZE],
         /// The OTP's 16 ciphertext bytes.
         otp: Token,
     },
-    /// `YSM_KEY_STORE_DECRYPT` (1.0+): `key(32)`.
+    /// `YSM_KEY_STORE_DECRYPT` (1.0+): `key(32)`. `ykadmin hsm unlock` with
+    /// the master key, on firmware 1.0 and later.
     KeyStoreDecrypt {
         /// The key-store master key, zero padded.
-        key: Zeroizing<[u8; MAX_KEY_SIZE]>,
+        key: Redacted<Zeroizing<[u8; MAX_KEY_SIZE]>>,
     },
-}
-
-/// Debug stand-in for bytes that must not be printed.
-struct Redacted(usize);
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<{} bytes redacted>", self.0)
-    }
-}
-
-/// Debug form of bytes that may be printed: lower-case hex.
-struct Hex<'a>(&'a [u8]);
-
-impl fmt::Debug for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{}\"", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Request {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Echo { data } => f.debug_struct("Echo").field("data", &Hex(data)).finish(),
-            Self::SystemInfo => f.write_str("SystemInfo"),
-            Self::RandomGenerate { len } => {
-                f.debug_struct("RandomGenerate").field("len", len).finish()
-            }
-            Self::NonceGet { post_increment } => f
-                .debug_struct("NonceGet")
-                .field("post_increment", post_increment)
-                .finish(),
-            Self::BufferLoad { offset, data } => f
-                .debug_struct("BufferLoad")
-                .field("offset", offset)
-                .field("data", &Redacted(data.len()))
-                .finish(),
-            Self::BufferRandomLoad { offset, len } => f
-                .debug_struct("BufferRandomLoad")
-                .field("offset", offset)
-                .field("len", len)
-                .finish(),
-            Self::AeadGenerate {
-                nonce,
-                key_handle,
-                data,
-            } => f
-                .debug_struct("AeadGenerate")
-                .field("nonce", nonce)
-                .field("key_handle", key_handle)
-                .field("data", &Redacted(data.len()))
-                .finish(),
-            Self::BufferAeadGenerate { nonce, key_handle } => f
-                .debug_struct("BufferAeadGenerate")
-                .field("nonce", nonce)
-                .field("key_handle", key_handle)
-                .finish(),
-            Self::RandomAeadGenerate {
-                nonce,
-                key_handle,
-                len,
-            } => f
-                .debug_struct("RandomAeadGenerate")
-                .field("nonce", nonce)
-                .field("key_handle", key_handle)
-                .field("len", len)
-                .finish(),
-            Self::AeadDecryptCmp {
-                nonce,
-                key_handle,
-                data,
-            } => f
-                .debug_struct("AeadDecryptCmp")
-                .field("nonce", nonce)
-                .field("key_handle", key_handle)
-                .field("data", &Redacted(data.len()))
-                .finish(),
-            Self::OtpDecode {
-                nonce,
-                key_handle,
-                otp,
-                aead,
-            } => f
-                .debug_struct("OtpDecode")
-                .field("nonce", nonce)
-                .field("key_handle", key_handle)
-                .field("otp", otp)
-                .field("aead", aead)
-                .finish(),
-            Self::HmacSha1Generate {
-                key_handle,
-                flags,
-                data,
-            } => f
-                .debug_struct("HmacSha1Generate")
-                .field("key_handle", key_handle)
-                .field("flags", flags)
-                .field("data", &Redacted(data.len()))
-                .finish(),
-            Self::KeyStorageUnlock { password } => f
-                .debug_struct("KeyStorageUnlock")
-                .field("password", &Redacted(password.len()))
-                .finish(),
-            Self::HsmUnlock { public_id, otp } => f
-                .debug_struct("HsmUnlock")
-                .field("public_id", &Hex(public_id))
-                .field("otp", otp)
-                .finish(),
-            Self::KeyStoreDecrypt { key } => f
-                .debug_struct("KeyStoreDecrypt")
-                .field("key", &Redacted(key.len()))
-                .finish(),
-        }
-    }
 }
 
 /// Reads the fields of one payload, in order, never past its end.
@@ -1169,16 +1010,9 @@ impl Request {
         match self {
             Self::Echo { .. } => cmd::ECHO,
             Self::SystemInfo => cmd::SYSTEM_INFO_QUERY,
-            Self::RandomGenerate { .. } => cmd::RANDOM_GENERATE,
-            Self::NonceGet { .. } => cmd::NONCE_GET,
             Self::BufferLoad { .. } => cmd::BUFFER_LOAD,
-            Self::BufferRandomLoad { .. } => cmd::BUFFER_RANDOM_LOAD,
-            Self::AeadGenerate { .. } => cmd::AEAD_GENERATE,
             Self::BufferAeadGenerate { .. } => cmd::BUFFER_AEAD_GENERATE,
-            Self::RandomAeadGenerate { .. } => cmd::RANDOM_AEAD_GENERATE,
-            Self::AeadDecryptCmp { .. } => cmd::AEAD_DECRYPT_CMP,
             Self::OtpDecode { .. } => cmd::AEAD_YUBIKEY_OTP_DECODE,
-            Self::HmacSha1Generate { .. } => cmd::HMAC_SHA1_GENERATE,
             Self::KeyStorageUnlock { .. } => cmd::KEY_STORAGE_UNLOCK,
             Self::HsmUnlock { .. } => cmd::HSM_UNLOCK,
             Self::KeyStoreDecrypt { .. } => cmd::KEY_STORE_DECRYPT,
@@ -1199,60 +1033,14 @@ impl Request {
                 p.extend_from_slice(data);
             }
             Self::SystemInfo => {}
-            Self::RandomGenerate { len } => {
-                p.push(count_byte(
-                    command,
-                    "length",
-                    usize::from(*len),
-                    RANDOM_MAX_LEN,
-                )?);
-            }
-            Self::NonceGet { post_increment } => p.extend_from_slice(&post_increment.to_le_bytes()),
             Self::BufferLoad { offset, data } => {
                 let n = count_byte(command, "data", data.len(), DATA_BUF_SIZE)?;
                 p.extend_from_slice(&[*offset, n]);
                 p.extend_from_slice(data);
             }
-            Self::BufferRandomLoad { offset, len } => p.extend_from_slice(&[*offset, *len]),
-            Self::AeadGenerate {
-                nonce,
-                key_handle,
-                data,
-            } => {
-                let n = count_byte(command, "data", data.len(), DATA_BUF_SIZE)?;
-                p.extend_from_slice(&nonce.0);
-                p.extend_from_slice(&key_handle.to_le_bytes());
-                p.push(n);
-                p.extend_from_slice(data);
-            }
             Self::BufferAeadGenerate { nonce, key_handle } => {
                 p.extend_from_slice(&nonce.0);
                 p.extend_from_slice(&key_handle.to_le_bytes());
-            }
-            Self::RandomAeadGenerate {
-                nonce,
-                key_handle,
-                len,
-            } => {
-                p.extend_from_slice(&nonce.0);
-                p.extend_from_slice(&key_handle.to_le_bytes());
-                p.push(*len);
-            }
-            Self::AeadDecryptCmp {
-                nonce,
-                key_handle,
-                data,
-            } => {
-                let n = count_byte(
-                    command,
-                    "cleartext and AEAD",
-                    data.len(),
-                    AEAD_DECRYPT_CMP_MAX_DATA,
-                )?;
-                p.extend_from_slice(&nonce.0);
-                p.extend_from_slice(&key_handle.to_le_bytes());
-                p.push(n);
-                p.extend_from_slice(data);
             }
             Self::OtpDecode {
                 nonce,
@@ -1265,16 +1053,6 @@ impl Request {
                 p.extend_from_slice(otp.as_bytes());
                 p.extend_from_slice(&aead.0);
             }
-            Self::HmacSha1Generate {
-                key_handle,
-                flags,
-                data,
-            } => {
-                let n = count_byte(command, "data", data.len(), HMAC_MAX_DATA)?;
-                p.extend_from_slice(&key_handle.to_le_bytes());
-                p.extend_from_slice(&[*flags, n]);
-                p.extend_from_slice(data);
-            }
             Self::KeyStorageUnlock { password } => p.extend_from_slice(&password[..]),
             Self::HsmUnlock { public_id, otp } => {
                 p.extend_from_slice(public_id);
@@ -1286,7 +1064,8 @@ impl Request {
     }
 
     /// Device side: the request a whole frame carries. Exact: a frame decodes
-    /// only if [`Request::encode`] of the result gives it back.
+    /// only if [`Request::encode`] of the result gives it back. A command
+    /// ykhsm does not send is [`FrameError::UnknownCommand`].
     pub fn decode(frame: &[u8]) -> Result<Self, FrameError> {
         let (command, payload) = split_frame(frame, None)?;
         let mut r = Reader::new(command, payload);
@@ -1295,51 +1074,17 @@ impl Request {
                 data: r.counted_rest("data", ECHO_MAX_DATA)?.to_vec(),
             },
             cmd::SYSTEM_INFO_QUERY => Self::SystemInfo,
-            cmd::RANDOM_GENERATE => {
-                let len = r.u8()?;
-                if usize::from(len) > RANDOM_MAX_LEN {
-                    return Err(FrameError::FieldTooLong {
-                        command,
-                        field: "length",
-                        len: usize::from(len),
-                        max: RANDOM_MAX_LEN,
-                    });
-                }
-                Self::RandomGenerate { len }
-            }
-            cmd::NONCE_GET => Self::NonceGet {
-                post_increment: r.u16_le()?,
-            },
             cmd::BUFFER_LOAD => {
                 let offset = r.u8()?;
-                let data = Zeroizing::new(r.counted_rest("data", DATA_BUF_SIZE)?.to_vec());
-                Self::BufferLoad { offset, data }
+                let data = r.counted_rest("data", DATA_BUF_SIZE)?;
+                Self::BufferLoad {
+                    offset,
+                    data: Redacted(Zeroizing::new(data.to_vec())),
+                }
             }
-            cmd::BUFFER_RANDOM_LOAD => Self::BufferRandomLoad {
-                offset: r.u8()?,
-                len: r.u8()?,
-            },
-            cmd::AEAD_GENERATE => Self::AeadGenerate {
-                nonce: r.nonce()?,
-                key_handle: r.key_handle()?,
-                data: Zeroizing::new(r.counted_rest("data", DATA_BUF_SIZE)?.to_vec()),
-            },
             cmd::BUFFER_AEAD_GENERATE => Self::BufferAeadGenerate {
                 nonce: r.nonce()?,
                 key_handle: r.key_handle()?,
-            },
-            cmd::RANDOM_AEAD_GENERATE => Self::RandomAeadGenerate {
-                nonce: r.nonce()?,
-                key_handle: r.key_handle()?,
-                len: r.u8()?,
-            },
-            cmd::AEAD_DECRYPT_CMP => Self::AeadDecryptCmp {
-                nonce: r.nonce()?,
-                key_handle: r.key_handle()?,
-                data: Zeroizing::new(
-                    r.counted_rest("cleartext and AEAD", AEAD_DECRYPT_CMP_MAX_DATA)?
-                        .to_vec(),
-                ),
             },
             cmd::AEAD_YUBIKEY_OTP_DECODE => Self::OtpDecode {
                 nonce: r.nonce()?,
@@ -1347,19 +1092,16 @@ impl Request {
                 otp: Token::from_bytes(r.array()?),
                 aead: YubiKeyAead(r.array()?),
             },
-            cmd::HMAC_SHA1_GENERATE => Self::HmacSha1Generate {
-                key_handle: r.key_handle()?,
-                flags: r.u8()?,
-                data: Zeroizing::new(r.counted_rest("data", HMAC_MAX_DATA)?.to_vec()),
-            },
             cmd::KEY_STORAGE_UNLOCK => Self::KeyStorageUnlock {
-                password: r.secret()?,
+                password: Redacted(r.secret()?),
             },
             cmd::HSM_UNLOCK => Self::HsmUnlock {
                 public_id: r.array()?,
                 otp: Token::from_bytes(r.array()?),
             },
-            cmd::KEY_STORE_DECRYPT => Self::KeyStoreDecrypt { key: r.secret()? },
+            cmd::KEY_STORE_DECRYPT => Self::KeyStoreDecrypt {
+                key: Redacted(r.secret()?),
+            },
             other => return Err(FrameError::UnknownCommand { command: other }),
         };
         r.finish()?;
@@ -1368,10 +1110,9 @@ impl Request {
 }
 
 /// What the device answers (yubihsm1.md §2 table, response column). Each
-/// variant answers the [`Request`] variant of the same name.
-///
-/// `Debug` shows random bytes and HMAC results as their lengths only.
-#[derive(Clone, PartialEq, Eq)]
+/// variant answers the [`Request`] variant of the same name. No answer to a
+/// command ykhsm sends carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// `n, data(n)`: the echoed data.
     Echo {
@@ -1380,57 +1121,16 @@ pub enum Response {
     },
     /// `major, minor, build, protocol, system_uid(12)`.
     SystemInfo(SystemInfo),
-    /// `n, random(n)`.
-    RandomGenerate {
-        /// At most [`RANDOM_MAX_LEN`] bytes.
-        data: Zeroizing<Vec<u8>>,
-    },
-    /// `status, nonce(6)`.
-    NonceGet {
-        /// Outcome.
-        status: Status,
-        /// The nonce before the increment: bytes 0–3 volatile, 4–5 power-up
-        /// count.
-        nonce: Nonce,
-    },
     /// `count`: bytes now in the buffer.
     BufferLoad {
         /// Bytes in the buffer.
         count: u8,
     },
-    /// `count`: bytes now in the buffer.
-    BufferRandomLoad {
-        /// Bytes in the buffer.
-        count: u8,
-    },
     /// `nonce(6), kh(4), status, n, aead(n)`.
-    AeadGenerate(AeadAnswer),
-    /// As [`Response::AeadGenerate`].
     BufferAeadGenerate(AeadAnswer),
-    /// As [`Response::AeadGenerate`].
-    RandomAeadGenerate(AeadAnswer),
-    /// `nonce(6), kh(4), status`: OK = match, `YSM_MISMATCH` = no match.
-    AeadDecryptCmp {
-        /// Echoed nonce.
-        nonce: Nonce,
-        /// Echoed key handle.
-        key_handle: KeyHandle,
-        /// Outcome.
-        status: Status,
-    },
     /// `public_id(6), kh(4), use_ctr(2), session_ctr, tstph, tstpl(2),
     /// status`.
     OtpDecode(OtpDecodeAnswer),
-    /// `kh(4), status, n, hash(n)`.
-    HmacSha1Generate {
-        /// Echoed key handle.
-        key_handle: KeyHandle,
-        /// Outcome.
-        status: Status,
-        /// The hash, at most [`SHA1_HASH_SIZE`] bytes (20 after a `FINAL`
-        /// packet; pyhsm reads `n` bytes and treats `n` = 0 as no hash yet).
-        hash: Zeroizing<Vec<u8>>,
-    },
     /// `status`.
     KeyStorageUnlock {
         /// Outcome.
@@ -1448,79 +1148,10 @@ pub enum Response {
     },
 }
 
-impl fmt::Debug for Response {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Echo { data } => f.debug_struct("Echo").field("data", &Hex(data)).finish(),
-            Self::SystemInfo(info) => f.debug_tuple("SystemInfo").field(info).finish(),
-            Self::RandomGenerate { data } => f
-                .debug_struct("RandomGenerate")
-                .field("data", &Redacted(data.len()))
-                .finish(),
-            Self::NonceGet { status, nonce } => f
-                .debug_struct("NonceGet")
-                .field("status", status)
-                .field("nonce", nonce)
-                .finish(),
-            Self::BufferLoad { count } => {
-                f.debug_struct("BufferLoad").field("count", count).finish()
-            }
-            Self::BufferRandomLoad { count } => f
-                .debug_struct("BufferRandomLoad")
-                .field("count", count)
-                .finish(),
-            Self::AeadGenerate(a) => f.debug_tuple("AeadGenerate").field(a).finish(),
-            Self::BufferAeadGenerate(a) => f.debug_tuple("BufferAeadGenerate").field(a).finish(),
-            Self::RandomAeadGenerate(a) => f.debug_tuple("RandomAeadGenerate").field(a).finish(),
-            Self::AeadDecryptCmp {
-                nonce,
-                key_handle,
-                status,
-            } => f
-                .debug_struct("AeadDecryptCmp")
-                .field("nonce", nonce)
-                .field("key_handle", key_handle)
-                .field("status", status)
-                .finish(),
-            Self::OtpDecode(a) => f.debug_tuple("OtpDecode").field(a).finish(),
-            Self::HmacSha1Generate {
-                key_handle,
-                status,
-                hash,
-            } => f
-                .debug_struct("HmacSha1Generate")
-                .field("key_handle", key_handle)
-                .field("status", status)
-                .field("hash", &Redacted(hash.len()))
-                .finish(),
-            Self::KeyStorageUnlock { status } => f
-                .debug_struct("KeyStorageUnlock")
-                .field("status", status)
-                .finish(),
-            Self::HsmUnlock { status } => {
-                f.debug_struct("HsmUnlock").field("status", status).finish()
-            }
-            Self::KeyStoreDecrypt { status } => f
-                .debug_struct("KeyStoreDecrypt")
-                .field("status", status)
-                .finish(),
-        }
-    }
-}
-
 /// At most `max` bytes of `data`, and their count as a byte.
 fn clamped(data: &[u8], max: usize) -> (u8, &[u8]) {
     let data = data.get(..max).unwrap_or(data);
     (u8::try_from(data.len()).unwrap_or(u8::MAX), data)
-}
-
-fn decode_aead_answer(r: &mut Reader<'_>) -> Result<AeadAnswer, FrameError> {
-    Ok(AeadAnswer {
-        nonce: r.nonce()?,
-        key_handle: r.key_handle()?,
-        status: r.status()?,
-        aead: r.counted_rest("AEAD", AEAD_MAX_SIZE)?.to_vec(),
-    })
 }
 
 impl Response {
@@ -1529,16 +1160,9 @@ impl Response {
         match self {
             Self::Echo { .. } => cmd::ECHO,
             Self::SystemInfo(_) => cmd::SYSTEM_INFO_QUERY,
-            Self::RandomGenerate { .. } => cmd::RANDOM_GENERATE,
-            Self::NonceGet { .. } => cmd::NONCE_GET,
             Self::BufferLoad { .. } => cmd::BUFFER_LOAD,
-            Self::BufferRandomLoad { .. } => cmd::BUFFER_RANDOM_LOAD,
-            Self::AeadGenerate(_) => cmd::AEAD_GENERATE,
             Self::BufferAeadGenerate(_) => cmd::BUFFER_AEAD_GENERATE,
-            Self::RandomAeadGenerate(_) => cmd::RANDOM_AEAD_GENERATE,
-            Self::AeadDecryptCmp { .. } => cmd::AEAD_DECRYPT_CMP,
             Self::OtpDecode(_) => cmd::AEAD_YUBIKEY_OTP_DECODE,
-            Self::HmacSha1Generate { .. } => cmd::HMAC_SHA1_GENERATE,
             Self::KeyStorageUnlock { .. } => cmd::KEY_STORAGE_UNLOCK,
             Self::HsmUnlock { .. } => cmd::HSM_UNLOCK,
             Self::KeyStoreDecrypt { .. } => cmd::KEY_STORE_DECRYPT,
@@ -1548,20 +1172,11 @@ impl Response {
     /// The status byte, for the answers that carry one.
     pub fn status(&self) -> Option<Status> {
         match self {
-            Self::Echo { .. }
-            | Self::SystemInfo(_)
-            | Self::RandomGenerate { .. }
-            | Self::BufferLoad { .. }
-            | Self::BufferRandomLoad { .. } => None,
-            Self::NonceGet { status, .. }
-            | Self::AeadDecryptCmp { status, .. }
-            | Self::HmacSha1Generate { status, .. }
-            | Self::KeyStorageUnlock { status }
+            Self::Echo { .. } | Self::SystemInfo(_) | Self::BufferLoad { .. } => None,
+            Self::KeyStorageUnlock { status }
             | Self::HsmUnlock { status }
             | Self::KeyStoreDecrypt { status } => Some(*status),
-            Self::AeadGenerate(a) | Self::BufferAeadGenerate(a) | Self::RandomAeadGenerate(a) => {
-                Some(a.status)
-            }
+            Self::BufferAeadGenerate(a) => Some(a.status),
             Self::OtpDecode(a) => Some(a.status),
         }
     }
@@ -1569,8 +1184,8 @@ impl Response {
     /// Device side: the frame, `bcnt, command | 0x80, payload`.
     ///
     /// Always a well-formed frame: a variable field longer than its limit
-    /// (echo and random data 95 bytes, AEAD 72, hash 20) is cut at the limit.
-    /// An answer built from a decoded request never needs cutting.
+    /// (echo data 95 bytes, AEAD 72) is cut at the limit. An answer built
+    /// from a decoded request never needs cutting.
     pub fn encode(&self) -> Vec<u8> {
         let mut p: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(MAX_PAYLOAD));
         match self {
@@ -1583,31 +1198,13 @@ impl Response {
                 p.extend_from_slice(&[info.major, info.minor, info.build, info.protocol]);
                 p.extend_from_slice(&info.system_uid);
             }
-            Self::RandomGenerate { data } => {
-                let (n, data) = clamped(data, RANDOM_MAX_LEN);
-                p.push(n);
-                p.extend_from_slice(data);
-            }
-            Self::NonceGet { status, nonce } => {
-                p.push(status.to_byte());
-                p.extend_from_slice(&nonce.0);
-            }
-            Self::BufferLoad { count } | Self::BufferRandomLoad { count } => p.push(*count),
-            Self::AeadGenerate(a) | Self::BufferAeadGenerate(a) | Self::RandomAeadGenerate(a) => {
+            Self::BufferLoad { count } => p.push(*count),
+            Self::BufferAeadGenerate(a) => {
                 let (n, aead) = clamped(&a.aead, AEAD_MAX_SIZE);
                 p.extend_from_slice(&a.nonce.0);
                 p.extend_from_slice(&a.key_handle.to_le_bytes());
                 p.extend_from_slice(&[a.status.to_byte(), n]);
                 p.extend_from_slice(aead);
-            }
-            Self::AeadDecryptCmp {
-                nonce,
-                key_handle,
-                status,
-            } => {
-                p.extend_from_slice(&nonce.0);
-                p.extend_from_slice(&key_handle.to_le_bytes());
-                p.push(status.to_byte());
             }
             Self::OtpDecode(a) => {
                 p.extend_from_slice(&a.nonce.0);
@@ -1616,16 +1213,6 @@ impl Response {
                 p.extend_from_slice(&[a.session_ctr, a.ts_high]);
                 p.extend_from_slice(&a.ts_low.to_le_bytes());
                 p.push(a.status.to_byte());
-            }
-            Self::HmacSha1Generate {
-                key_handle,
-                status,
-                hash,
-            } => {
-                let (n, hash) = clamped(hash, SHA1_HASH_SIZE);
-                p.extend_from_slice(&key_handle.to_le_bytes());
-                p.extend_from_slice(&[status.to_byte(), n]);
-                p.extend_from_slice(hash);
             }
             Self::KeyStorageUnlock { status }
             | Self::HsmUnlock { status }
@@ -1664,23 +1251,13 @@ impl Response {
                 protocol: r.u8()?,
                 system_uid: r.array()?,
             }),
-            cmd::RANDOM_GENERATE => Self::RandomGenerate {
-                data: Zeroizing::new(r.counted_rest("random data", RANDOM_MAX_LEN)?.to_vec()),
-            },
-            cmd::NONCE_GET => Self::NonceGet {
-                status: r.status()?,
-                nonce: r.nonce()?,
-            },
             cmd::BUFFER_LOAD => Self::BufferLoad { count: r.u8()? },
-            cmd::BUFFER_RANDOM_LOAD => Self::BufferRandomLoad { count: r.u8()? },
-            cmd::AEAD_GENERATE => Self::AeadGenerate(decode_aead_answer(&mut r)?),
-            cmd::BUFFER_AEAD_GENERATE => Self::BufferAeadGenerate(decode_aead_answer(&mut r)?),
-            cmd::RANDOM_AEAD_GENERATE => Self::RandomAeadGenerate(decode_aead_answer(&mut r)?),
-            cmd::AEAD_DECRYPT_CMP => Self::AeadDecryptCmp {
+            cmd::BUFFER_AEAD_GENERATE => Self::BufferAeadGenerate(AeadAnswer {
                 nonce: r.nonce()?,
                 key_handle: r.key_handle()?,
                 status: r.status()?,
-            },
+                aead: r.counted_rest("AEAD", AEAD_MAX_SIZE)?.to_vec(),
+            }),
             cmd::AEAD_YUBIKEY_OTP_DECODE => Self::OtpDecode(OtpDecodeAnswer {
                 nonce: r.nonce()?,
                 key_handle: r.key_handle()?,
@@ -1690,11 +1267,6 @@ impl Response {
                 ts_low: r.u16_le()?,
                 status: r.status()?,
             }),
-            cmd::HMAC_SHA1_GENERATE => Self::HmacSha1Generate {
-                key_handle: r.key_handle()?,
-                status: r.status()?,
-                hash: Zeroizing::new(r.counted_rest("hash", SHA1_HASH_SIZE)?.to_vec()),
-            },
             cmd::KEY_STORAGE_UNLOCK => Self::KeyStorageUnlock {
                 status: r.status()?,
             },
@@ -1712,9 +1284,9 @@ impl Response {
 
     /// Host side: checks that this answer echoes `request` as pyhsm does —
     /// same command; same key handle and nonce where the answer carries them
-    /// (for the AEAD-generating commands the nonce only when the status is
-    /// OK, and a request nonce of all zeros needs a device-chosen, non-zero
-    /// one back); echo data equal; as many random bytes as asked.
+    /// (for a buffer AEAD generate the nonce only when the status is OK, and
+    /// a request nonce of all zeros needs a device-chosen, non-zero one
+    /// back); echo data equal.
     pub fn check_echo(&self, request: &Request) -> Result<(), FrameError> {
         let command = request.command();
         if self.command() != command {
@@ -1728,21 +1300,7 @@ impl Response {
             (Request::Echo { data: sent }, Self::Echo { data: got }) if sent != got => {
                 mismatch("data")
             }
-            (Request::RandomGenerate { len }, Self::RandomGenerate { data })
-                if data.len() != usize::from(*len) =>
-            {
-                mismatch("length")
-            }
-            (
-                Request::AeadGenerate {
-                    nonce, key_handle, ..
-                }
-                | Request::BufferAeadGenerate { nonce, key_handle }
-                | Request::RandomAeadGenerate {
-                    nonce, key_handle, ..
-                },
-                Self::AeadGenerate(a) | Self::BufferAeadGenerate(a) | Self::RandomAeadGenerate(a),
-            ) => {
+            (Request::BufferAeadGenerate { nonce, key_handle }, Self::BufferAeadGenerate(a)) => {
                 if a.key_handle != *key_handle {
                     return mismatch("key handle");
                 }
@@ -1758,72 +1316,22 @@ impl Response {
                 Ok(())
             }
             (
-                Request::AeadDecryptCmp {
-                    nonce, key_handle, ..
-                },
-                Self::AeadDecryptCmp {
-                    nonce: got_nonce,
-                    key_handle: got_kh,
-                    ..
-                },
-            ) => check_nonce_kh(command, (nonce, key_handle), (got_nonce, got_kh)),
-            (
                 Request::OtpDecode {
                     nonce, key_handle, ..
                 },
                 Self::OtpDecode(a),
-            ) => check_nonce_kh(command, (nonce, key_handle), (&a.nonce, &a.key_handle)),
-            (
-                Request::HmacSha1Generate { key_handle, .. },
-                Self::HmacSha1Generate {
-                    key_handle: got, ..
-                },
-            ) if got != key_handle => mismatch("key handle"),
+            ) => {
+                if a.key_handle != *key_handle {
+                    return mismatch("key handle");
+                }
+                if a.nonce != *nonce {
+                    return mismatch("nonce");
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
-}
-
-fn check_nonce_kh(
-    command: u8,
-    sent: (&Nonce, &KeyHandle),
-    got: (&Nonce, &KeyHandle),
-) -> Result<(), FrameError> {
-    if sent.1 != got.1 {
-        return Err(FrameError::EchoMismatch {
-            command,
-            field: "key handle",
-        });
-    }
-    if sent.0 != got.0 {
-        return Err(FrameError::EchoMismatch {
-            command,
-            field: "nonce",
-        });
-    }
-    Ok(())
-}
-
-/// HMAC-SHA1 of `data` under a key-handle key, as the YubiHSM 1 computes it
-/// for `YSM_HMAC_SHA1_GENERATE` with `RESET | FINAL` (vector R4). The device
-/// stores keys zero-padded to 32 bytes; HMAC pads short keys with zeros to
-/// the 64-byte block anyway, so the padding does not change the result.
-///
-/// The hash comes back wiped on drop: with `TO_BUFFER` the device keeps it
-/// as a secret in its buffer.
-pub fn soft_hmac_sha1(key: &KeyHandleKey, data: &[u8]) -> Zeroizing<[u8; SHA1_HASH_SIZE]> {
-    // Keys are at most 32 bytes, shorter than SHA-1's 64-byte block: padding
-    // them to the block here is what HMAC does, and leaves no error path.
-    let mut block = Zeroizing::new([0u8; 64]);
-    copy_into(&mut *block, key.as_bytes());
-    // The padded key goes by reference: a by-value array would be a copy
-    // that nothing wipes.
-    let mut mac = <Hmac<Sha1> as KeyInit>::new((&*block).into());
-    mac.update(data);
-    let mut out = Zeroizing::new([0u8; SHA1_HASH_SIZE]);
-    // as_bytes: into_bytes would return a copy that nothing wipes.
-    copy_into(&mut *out, mac.finalize().as_bytes());
-    out
 }
 
 #[cfg(test)]
@@ -1868,15 +1376,17 @@ mod tests {
     #[test]
     fn secrets_are_not_in_debug_output() {
         let r = Request::KeyStoreDecrypt {
-            key: Zeroizing::new([0xab; 32]),
+            key: Redacted(Zeroizing::new([0xab; 32])),
         };
         let s = format!("{r:?}");
         assert!(!s.contains("ab") && !s.contains("171"), "{s}");
+        assert!(s.contains("<redacted 32 bytes>"), "{s}");
         let r = Request::BufferLoad {
             offset: 0,
-            data: Zeroizing::new(vec![0xcd; 22]),
+            data: Redacted(Zeroizing::new(vec![0xcd; 22])),
         };
         let s = format!("{r:?}");
         assert!(!s.contains("cd") && !s.contains("205"), "{s}");
+        assert!(s.contains("<redacted 22 bytes>"), "{s}");
     }
 }
