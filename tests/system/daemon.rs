@@ -2,7 +2,7 @@
 //! socket: every status word for the case that should give it, in the order
 //! of interface.md, and the audit trail that never holds a secret.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
