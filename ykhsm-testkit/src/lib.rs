@@ -14,8 +14,9 @@
 //! the same tests, the same AEAD files, the same expected answers.
 //! `scripts/test.sh` runs the daemon and PAM suites both ways.
 //!
-//! The programs under test are the workspace's own, built by [`bins`] in
-//! the running test's target directory.
+//! The programs under test are the workspace's own, found (and built if
+//! missing or stale) in the running test's target directory by
+//! [`ykhsmd_bin`], [`ykadmin_bin`] and [`pam_module`] (src/bins.rs).
 
 // Its types hold child processes, sockets and the secrets a test used;
 // nothing prints them.
