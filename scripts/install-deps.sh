@@ -8,18 +8,18 @@ packages=(
     ca-certificates   # cargo fetching crates over https
     gcc               # cc builds of the bundled C parts of some crates
     libpam0g-dev      # libpam.so, which pam_ykhsm.so links against
-    libpam-wrapper    # PAM stacks from a temporary directory (tests/pam.rs)
+    libpam-wrapper    # PAM stacks from a temporary directory (tests/system/pam.rs)
     libnss-wrapper    # the daemon's NSS in tests: sssd-like user-name aliases (tests/common/nss_alias.c)
     pamtester         # a real PAM application for the module's tests
-    openssh-server    # the end-to-end login test (tests/sshd.rs)
+    openssh-server    # the end-to-end login test (tests/system/sshd.rs)
     openssh-client
     dpkg-dev          # packaging/build-deb: dpkg-shlibdeps (the .deb's Depends), dpkg-parsechangelog
-    man-db            # groff and man: shipped pages render without warnings (ykhsmd/tests/man.rs, build-deb, the package test)
+    man-db            # groff and man: shipped pages render without warnings (tests/system/man.rs, build-deb, the package test)
     lintian           # scripts/test.sh: lintian on the .deb must show no error
     systemd           # systemd-analyze: verify and the offline security score of ykhsmd.service (no systemd running needed)
     bash-completion   # the package test: `ykadmin <TAB>` completes with the installed completion
     libpam-runtime    # pam-auth-update: the package's maintainer scripts and its test run it
-    python3           # ykhsmd/tests/protocol_client.py: a client written from docs/protocol.md alone (ykhsmd/tests/protocol.rs)
+    python3           # tests/system/protocol_client.py: a client written from docs/protocol.md alone (tests/system/protocol.rs)
 )
 
 missing=()

@@ -20,8 +20,9 @@ echo "== fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== ykhsmd's suites again (daemon, PAM, sshd, ykadmin), on the YubiHSM 1 emulator: same tests, same AEAD files"
-YKHSM_TEST_BACKEND=yubihsm cargo test -p ykhsmd --locked --tests
+echo "== the whole-system suites again (tests/system: daemon, PAM, sshd, ykadmin, ...), on the YubiHSM 1 emulator: same tests, same AEAD files"
+# --workspace: the same packages as above, so nothing is compiled again.
+YKHSM_TEST_BACKEND=yubihsm cargo test --workspace --locked --test system
 
 # The Debian package (issue 13): built, linted, its unit scored, then
 # installed and used by the whole-system test, after every other suite

@@ -53,11 +53,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -66,20 +65,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, SysconfVar, sysconf};
 use rusqlite::{Connection, params};
-use ykhsm_core::aead::KeyHandleKey;
-use ykhsm_core::backend::{Backend, SoftBackend};
+use ykhsm_core::backend::Backend;
 use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
-use ykhsm_core::keys_file::KeysFile;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::serial::public_id_ykman;
 use ykhsm_core::softkey::SoftYubiKey;
-use ykhsm_core::store::{AeadStore, WriteMode};
+use ykhsm_core::store::WriteMode;
 use ykhsm_core::{Nonce, Token, YubiKeyAead};
-use ykhsm_hsm_emu::pty::EmuPty;
-use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_proto::{Request, Response, ServerUid, Status, call, frame};
+use ykhsm_testkit::{BASTION_FLAGS, EmuPty, Installation, emulated_hsm_holding, random};
 use ykhsm_yubihsm::YubiHsm;
-use ykhsm_yubihsm::wire::permission;
 use zeroize::Zeroizing;
 
 /// Software YubiKeys, one authfile user each.
@@ -105,14 +100,6 @@ const ECHO_REQUEST: usize = 80;
 const ECHO_ANSWER: usize = 8;
 
 // ---------------------------------------------------------------- helpers
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut b = vec![0u8; n];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("read /dev/urandom");
-    b
-}
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -197,118 +184,51 @@ impl Cpu {
 // ----------------------------------------------------------- installation
 
 struct Install {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    socket: PathBuf,
+    /// keys.json, the AEAD store, the authfile, the configuration.
+    files: Installation,
     /// Key `i` belongs to user `user(i)`.
     keys: Arc<Vec<Mutex<SoftYubiKey>>>,
     /// Key `i`'s nonce and AEAD (as in its AEAD file).
     aeads: Vec<(Nonce, YubiKeyAead)>,
-    /// Key handle 1's key, as in keys.json: what the emulator holds.
-    kh1_key: Zeroizing<Vec<u8>>,
-    /// The soft backend on keys.json (the probe's in-process decode).
-    soft: SoftBackend,
-    keys_file: PathBuf,
-    /// The configuration's lines other than the backend's.
-    common_config: String,
-}
-
-impl Install {
-    /// Writes the configuration: `backend = "soft"` with keys.json, or
-    /// `backend = "yubihsm"` on `device`.
-    fn write_config(&self, device: Option<&Path>) {
-        let backend = match device {
-            None => format!("backend = \"soft\"\nkeys_file = {:?}\n", self.keys_file),
-            Some(device) => format!("backend = \"yubihsm\"\ndevice = {device:?}\n"),
-        };
-        fs::write(&self.config, format!("{}{backend}", self.common_config)).expect("write config");
-    }
+    /// Key handle 1's key (hex), as in keys.json: what the emulator holds.
+    kh1_key: Zeroizing<String>,
 }
 
 fn user(i: usize) -> String {
     format!("u{i:04}")
 }
 
+/// A temporary installation with a random key handle 1 and [`KEYS`]
+/// software YubiKeys, key `i` on user `user(i)`'s line.
 fn install() -> Install {
-    let dir = tempfile::Builder::new()
-        .prefix("ykhsm-bench-")
-        .tempdir()
-        .expect("temporary directory");
-    let root = dir.path();
-
-    let keys_file = root.join("keys.json");
-    let kh1_key = Zeroizing::new(random_bytes(32));
-    let keys_json = format!(r#"{{"1": "{}"}}"#, hex::encode(&kh1_key[..]));
-    fs::write(&keys_file, &keys_json).expect("write keys.json");
-    fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).expect("chmod keys.json");
-    let backend =
-        SoftBackend::new(KeysFile::parse(&keys_file, keys_json.as_bytes()).expect("keys.json"));
-
-    let aead_dir = root.join("aeads");
-    fs::create_dir(&aead_dir).expect("aead dir");
+    let kh1_key = Zeroizing::new(hex::encode(random::<32>()));
+    let files = Installation::new("ykhsm-bench-", &kh1_key);
     let kh: KeyHandleName = "1".parse().expect("key handle name");
-    let store = AeadStore::new(&aead_dir, vec![kh.clone()]);
     let mut keys = Vec::with_capacity(KEYS);
     let mut aeads = Vec::with_capacity(KEYS);
     let mut authfile = String::new();
-    let entropy = random_bytes(KEYS * 22);
-    for (i, r) in entropy.chunks_exact(22).enumerate() {
+    for i in 0..KEYS {
         let serial = 7_000_000 + u32::try_from(i).expect("key index");
         let id = PublicId::parse(&public_id_ykman(serial)).expect("public id");
-        let key: [u8; 16] = r[..16].try_into().expect("16 bytes");
-        let uid: [u8; 6] = r[16..].try_into().expect("6 bytes");
-        let secrets = YubiKeySecrets::new(key, uid);
-        let nonce = Nonce::from_public_id(&id).expect("nonce");
-        let aead = backend
-            .wrap_secrets(KeyHandle(1), &nonce, &secrets)
-            .expect("wrap secrets");
-        store
-            .write_v1(&kh, &id, &nonce, &aead, WriteMode::CreateNew)
-            .expect("write AEAD");
+        let secrets = YubiKeySecrets::new(random(), random());
+        let aead = files.enroll(&kh, &id, &secrets, WriteMode::CreateNew);
         let _ = writeln!(authfile, "{}:{id}", user(i));
-        aeads.push((nonce, aead));
+        aeads.push((aead.nonce, aead.aead));
         keys.push(Mutex::new(SoftYubiKey::new(id, secrets)));
     }
-    let auth_path = root.join("yubikeys");
-    fs::write(&auth_path, authfile).expect("write authfile");
-    fs::set_permissions(&auth_path, fs::Permissions::from_mode(0o644)).expect("chmod authfile");
-
-    let socket = root.join("run/ykhsmd.sock");
-    let config = root.join("ykhsmd.toml");
-    let common_config = format!(
-        "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\nsyslog_socket = {:?}\n",
-        socket,
-        auth_path,
-        aead_dir,
-        root.join("state"),
-        root.join("syslog.sock"),
-    );
+    files.set_authfile(&authfile);
     Install {
-        dir,
-        config,
-        socket,
+        files,
         keys: Arc::new(keys),
         aeads,
         kh1_key,
-        soft: backend,
-        keys_file,
-        common_config,
     }
 }
 
 /// A YubiHSM 1 emulator on a pseudo-terminal whose key handle 1 holds
-/// `key` (keys.json's), with the permissions the daemon and ykadmin use.
-fn emulator(key: &[u8], seed: u64) -> EmuPty {
-    let mut emu = Emulator::new(seed);
-    emu.add_key(
-        1,
-        KeyHandleKey::new(key.to_vec()).expect("a 32-byte key handle key"),
-        permission::AEAD_YUBIKEY_OTP_DECODE
-            | permission::BUFFER_AEAD_GENERATE
-            | permission::BUFFER_LOAD
-            | permission::USER_NONCE,
-    );
-    EmuPty::start(Link::new(emu)).expect("start the YubiHSM emulator on a pty")
+/// keys.json's key, with the permissions the daemon and ykadmin use.
+fn emulator(inst: &Install) -> EmuPty {
+    emulated_hsm_holding(&[(1, inst.kh1_key.to_string())], BASTION_FLAGS, None)
 }
 
 /// Binds the syslog socket and discards what arrives (as a syslogd would
@@ -334,7 +254,7 @@ impl Daemon {
     fn start(inst: &Install) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
             .arg("--config")
-            .arg(&inst.config)
+            .arg(&inst.files.config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -362,7 +282,7 @@ impl Daemon {
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Response::StatusInfo { .. }) = call(
-                &inst.socket,
+                &inst.files.socket,
                 ServerUid::ROOT,
                 &Request::Status,
                 Duration::from_secs(2),
@@ -646,7 +566,7 @@ fn run_level(inst: &Install, daemon: &Daemon, clients: usize, dur: Duration) -> 
         .map(|c| {
             let mine: Vec<usize> = (c..KEYS).step_by(clients).collect();
             let keys = Arc::clone(&inst.keys);
-            let socket = inst.socket.clone();
+            let socket = inst.files.socket.clone();
             let barrier = Arc::clone(&barrier);
             thread::spawn(move || client(&socket, &keys, &mine, dur, &barrier))
         })
@@ -825,7 +745,7 @@ struct HsmProbe {
 }
 
 fn hsm_probe(inst: &Install, calls: usize) -> HsmProbe {
-    let pty = emulator(&inst.kh1_key, 2);
+    let pty = emulator(inst);
     let t = Instant::now();
     let mut hsm = YubiHsm::open(pty.path(), HSM_TIMEOUT).expect("open the emulator (driver)");
     let open = t.elapsed();
@@ -874,7 +794,11 @@ fn hsm_probe(inst: &Install, calls: usize) -> HsmProbe {
         calls,
         |i| {
             let (nonce, aead, token) = &inputs[i % inputs.len()];
-            match inst.soft.decode_otp(KeyHandle(1), nonce, aead, token) {
+            match inst
+                .files
+                .backend()
+                .decode_otp(KeyHandle(1), nonce, aead, token)
+            {
                 Ok(c) => check("soft decode", c),
                 Err(e) => Err(format!("soft decode: {e}")),
             }
@@ -945,18 +869,19 @@ fn main() {
 
     let t = Instant::now();
     let inst = install();
-    syslog_sink(&inst.dir.path().join("syslog.sock"));
+    syslog_sink(inst.files.syslog_socket.as_deref().expect("syslog socket"));
     println!(
         "  installation in {} ({:.1} s to write {KEYS} AEADs)",
-        inst.dir.path().display(),
+        inst.files.dir.path().display(),
         t.elapsed().as_secs_f64()
     );
 
     // The emulator's own cost, on an emulator of its own before anything
     // else runs; then the daemon's.
     let probe_hsm = hsm_mode.then(|| hsm_probe(&inst, hsm_calls));
-    let device = hsm_mode.then(|| emulator(&inst.kh1_key, 1));
-    inst.write_config(device.as_ref().map(EmuPty::path));
+    let device = hsm_mode.then(|| emulator(&inst));
+    inst.files
+        .write_config(device.as_ref().map(EmuPty::path), "");
     if let Some(d) = &device {
         println!(
             "  daemon's device: {} (emulator, key handle 1 = keys.json's key)",
@@ -966,7 +891,7 @@ fn main() {
 
     // Floors: (b) once, (a) in slices before the daemon, before each level
     // (daemon idle) and after the daemon has stopped.
-    let floor_dir = inst.dir.path().join("floor");
+    let floor_dir = inst.files.dir.path().join("floor");
     fs::create_dir(&floor_dir).expect("floor dir");
     let sock = socket_floor(&floor_dir, Duration::from_secs(2)).summary();
     let framed = framed_socket_floor(&floor_dir, Duration::from_secs(1)).summary();
@@ -981,7 +906,7 @@ fn main() {
 
     // Warm-up (not reported, but its errors count).
     let warm = run_level(&inst, &daemon, 8, Duration::from_secs(1));
-    let (probe, probe_errors) = no_commit_probe(&inst.socket, Duration::from_secs(1));
+    let (probe, probe_errors) = no_commit_probe(&inst.files.socket, Duration::from_secs(1));
     let probe = probe.summary();
     let mut levels: Vec<Level> = Vec::new();
     for &c in &level_list {

@@ -3,34 +3,21 @@
 //! user, and logins through real PAM (pamtester under pam_wrapper, so
 //! /etc/pam.d is not touched). Run by scripts/demo.sh, which builds
 //! everything first; as root (the daemon refuses files not owned by root).
+//! The installation and the daemon process are the test suites' own
+//! (ykhsm-testkit).
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use ykhsm_core::Nonce;
-use ykhsm_core::backend::{Backend, SoftBackend};
-use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
-use ykhsm_core::keys_file::KeysFile;
+use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
-use ykhsm_core::store::{AeadStore, WriteMode};
-use ykhsm_proto::{Request, Response, ServerUid, call};
+use ykhsm_core::store::WriteMode;
+use ykhsm_testkit::{Daemon, Installation, random};
 
 const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .expect("/dev/urandom");
-    b
-}
 
 fn step(n: u32, text: &str) {
     println!("\n{n}. {text}");
@@ -103,24 +90,8 @@ fn start_daemon(mut cmd: Command, config: &Path, socket: &Path, root: &Path) -> 
         .stderr(log)
         .spawn()
         .expect("ykhsmd");
-    let daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        call(
-            socket,
-            ServerUid::ROOT,
-            &Request::Status,
-            Duration::from_secs(1)
-        ),
-        Ok(Response::StatusInfo { .. })
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "ykhsmd did not start; see {}",
-            root.join("ykhsmd.log").display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = Daemon::new(child, socket);
+    daemon.wait_ready();
     daemon
 }
 
@@ -140,18 +111,6 @@ fn interfaces_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// The daemon, stopped with SIGTERM when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let mut args = std::env::args_os().skip(1);
     let (Some(ykhsmd), Some(module)) = (args.next(), args.next()) else {
@@ -164,11 +123,11 @@ fn main() {
         std::process::exit(2);
     };
     let ykhsmd = PathBuf::from(ykhsmd);
-    let dir = tempfile::Builder::new()
-        .prefix("ykhsm-demo-")
-        .tempdir()
-        .expect("temporary directory");
-    let root = dir.path();
+    let mut files = Installation::new("ykhsm-demo-", &hex::encode(random::<32>()));
+    // No syslog socket of its own: the daemon logs to the system's, as
+    // installed.
+    files.syslog_socket = None;
+    let root = files.dir.path();
     println!(
         "ykhsm demo — everything lives in {} and is removed at the end",
         root.display()
@@ -178,45 +137,20 @@ fn main() {
         1,
         "An installation with the embedded default backend (soft keys.json) and SQLite counters",
     );
-    let kh_key = hex::encode(random::<32>());
-    let keys_json = format!("{{\"1\": \"{kh_key}\"}}");
-    let keys_file = root.join("keys.json");
-    fs::write(&keys_file, &keys_json).unwrap();
-    fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).unwrap();
-    let aead_dir = root.join("aeads");
-    fs::create_dir(&aead_dir).unwrap();
-    let socket = root.join("run/ykhsmd.sock");
-    let authfile = root.join("yubikeys");
-    let config = root.join("ykhsmd.toml");
-    fs::write(
-        &config,
-        format!(
-            "socket = {socket:?}\nauthfile = {authfile:?}\naead_dir = {aead_dir:?}\nstate_dir = {:?}\nkeys_file = {keys_file:?}\n",
-            root.join("state")
-        ),
-    )
-    .unwrap();
+    files.write_config(None, "");
+    let (socket, authfile, config) = (&files.socket, &files.authfile, &files.config_path);
     println!(
         "   {}: key handle 1, a random AES-256 key (mode 0600)",
-        keys_file.display()
+        files.keys_file.display()
     );
 
     step(2, "A software YubiKey, enrolled for alice");
-    let backend =
-        SoftBackend::new(KeysFile::parse(Path::new("keys.json"), keys_json.as_bytes()).unwrap());
     let id = PublicId::parse("ccccccdbjrgf").unwrap();
     let secrets = YubiKeySecrets::new(random(), random());
-    let nonce = Nonce::from_public_id(&id).unwrap();
-    let aead = backend
-        .wrap_secrets(KeyHandle(1), &nonce, &secrets)
-        .unwrap();
     let kh: KeyHandleName = "1".parse().unwrap();
-    let path = AeadStore::new(&aead_dir, vec![kh.clone()])
-        .write_v1(&kh, &id, &nonce, &aead, WriteMode::CreateNew)
-        .unwrap();
+    let path = files.enroll(&kh, &id, &secrets, WriteMode::CreateNew).path;
     let mut yubikey = SoftYubiKey::new(id, secrets);
-    fs::write(&authfile, "alice:ccccccdbjrgf\nbob:cccccccccccd\n").unwrap();
-    fs::set_permissions(&authfile, fs::Permissions::from_mode(0o644)).unwrap();
+    files.set_authfile("alice:ccccccdbjrgf\nbob:cccccccccccd\n");
     println!(
         "   its secrets sealed into {} (pyhsm's AEAD format)",
         path.display()
@@ -227,7 +161,7 @@ fn main() {
     );
 
     step(3, "ykhsmd started");
-    let mut daemon = Some(start_daemon(Command::new(&ykhsmd), &config, &socket, root));
+    let mut daemon = Some(start_daemon(Command::new(&ykhsmd), config, socket, root));
     println!("   listening on {}", socket.display());
 
     let services = root.join("pam.d");
@@ -264,8 +198,8 @@ fn main() {
     );
     let mut isolated = Command::new("unshare");
     isolated.arg("--net").arg(&ykhsmd);
-    let offline = start_daemon(isolated, &config, &socket, root);
-    let interfaces = interfaces_of(offline.0.id());
+    let offline = start_daemon(isolated, config, socket, root);
+    let interfaces = interfaces_of(offline.child.id());
     println!(
         "   the daemon's network interfaces: {} (loopback only: no route to anywhere)",
         interfaces.join(", ")
@@ -275,7 +209,7 @@ fn main() {
     let otp4 = yubikey.next_otp().to_typed_string().to_string();
     good &= show(
         true,
-        pam_login_in(Some(offline.0.id()), &services, "alice", &otp4),
+        pam_login_in(Some(offline.child.id()), &services, "alice", &otp4),
     );
     drop(offline);
 
@@ -288,7 +222,7 @@ fn main() {
             println!("   {line}");
         }
     }
-    drop(dir);
+    drop(files);
     println!("\nCleaned up: the daemon is stopped and the temporary directory removed.");
     if !good {
         eprintln!("demo: something did not go as described above");

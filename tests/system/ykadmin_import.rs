@@ -3,7 +3,7 @@
 //! text (ksm-formats.md §2), imported, then OTPs of software YubiKeys with
 //! those secrets verified by the daemon.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::time::Instant;

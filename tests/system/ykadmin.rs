@@ -1,7 +1,7 @@
 //! `ykadmin` against the real daemon: each subcommand that is built, with
 //! its output and exit code.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! an error or a closed connection while other clients keep being served;
 //! thousands of silent connections do not stop logins.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -29,7 +29,7 @@ const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
 
 /// Not a test: the client side of the tests below, run as `nobody` by
-/// re-executing this test binary (`--ignored --exact helper_client`). Does
+/// re-executing this test binary (`--ignored --exact peers::helper_client`). Does
 /// nothing unless `YKHSM_HELPER` is set.
 #[test]
 #[ignore = "helper process for the tests in this file"]
@@ -191,7 +191,7 @@ fn helper(env: &Env, action: &str, arg: &str, arg2: &str) -> Command {
     c.args([
         "--ignored",
         "--exact",
-        "helper_client",
+        "peers::helper_client",
         "--nocapture",
         "--test-threads=1",
     ])
@@ -211,7 +211,7 @@ fn as_nobody(env: &Env, action: &str, arg: &str, arg2: &str) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let results: Vec<String> = stdout
         .lines()
-        // libtest prints "test helper_client ... " before the first line.
+        // libtest prints "test peers::helper_client ... " before the first line.
         .filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_owned()))
         .collect();
     assert!(

@@ -6,8 +6,6 @@
 //!
 //! Needs `python3` (scripts/install-deps.sh installs it).
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,11 +13,12 @@ use std::process::{Command, Stdio};
 use common::Env;
 use ykhsm_proto::report::StatusReport;
 use ykhsm_proto::{Request, Response, Status};
+use ykhsm_testkit as common;
 
 /// Runs the Python client on the daemon's socket with `args`, `input` on
 /// its standard input; what it printed (it exits 0 only with an answer).
 fn client(env: &Env, args: &[&str], input: &str) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("system/protocol_client.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .arg(&env.socket)

@@ -6,7 +6,7 @@
  *
  * The tests compile it with gcc and load it into the daemon through
  * nss_wrapper (NSS_WRAPPER_MODULE_SO_PATH, NSS_WRAPPER_MODULE_FN_PREFIX=
- * ykalias); see tests/common/mod.rs `Nss`. No passwd file can express such
+ * ykalias); see `Nss` in ykhsm-testkit/src/lib.rs. No passwd file can express such
  * aliases, which is why this exists.
  *
  * Accounts come from the passwd-format file named by YKALIAS_PASSWD, read at

@@ -4,7 +4,7 @@
 //! AEAD files must be root's and writable by nobody else — refused at
 //! start, by `--check`, and at every login, naming the path.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown, symlink};

@@ -4,7 +4,7 @@
 //! touched), pam_ykhsm.so and the real daemon. The client has the right SSH
 //! key; its askpass answers the YubiKey prompt.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -23,15 +23,7 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 fn module() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap().to_path_buf();
-    [
-        deps.join("libpam_ykhsm.so"),
-        deps.parent().unwrap().join("libpam_ykhsm.so"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .expect("libpam_ykhsm.so next to the test binary")
+    common::pam_module()
 }
 
 fn contrib(rel: &str) -> PathBuf {
@@ -152,6 +144,7 @@ fn start_sshd(env: &Env, dir: &Path) -> Sshd {
 /// One login: `answer` is what the askpass script types at the YubiKey
 /// prompt. Returns (exit code, stdout).
 fn login(dir: &Path, sshd: &Sshd, answer: &str) -> (i32, String) {
+    let _one_at_a_time = common::one_pam_wrapper_at_a_time();
     let answer_file = dir.join("answer");
     fs::write(&answer_file, answer).unwrap();
     let askpass = dir.join("askpass");

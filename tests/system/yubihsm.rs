@@ -2,7 +2,7 @@
 //! pseudo-terminal, with the same AEAD files the soft backend reads (key
 //! handle 1 holds the same key in both), giving the same answers.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! Test support: a temporary installation of ykhsm (keys.json, AEAD store,
 //! authfile, state directory, a syslog socket), the real `ykhsmd` binary
 //! started on it, and software YubiKeys whose OTPs come from the generator
-//! the vector tests check.
+//! the vector tests check. Shared by the whole-system suites
+//! (`tests/system/`), the daemon benchmark and the demo.
 //!
 //! Every OTP, key and uid an [`Env`] hands out is remembered; when the `Env`
 //! is dropped, every log line its daemons wrote (stderr and syslog) is
@@ -12,12 +13,25 @@
 //! whose key handle 1 holds the same key as keys.json) instead of keys.json:
 //! the same tests, the same AEAD files, the same expected answers.
 //! `scripts/test.sh` runs the daemon and PAM suites both ways.
+//!
+//! The programs under test are the workspace's own, found (and built if
+//! missing or stale) in the running test's target directory by
+//! [`ykhsmd_bin`], [`ykadmin_bin`] and [`pam_module`] (src/bins.rs).
 
-#![allow(dead_code, unreachable_pub)]
+// Its types hold child processes, sockets and the secrets a test used;
+// nothing prints them.
+#![allow(missing_debug_implementations)]
+
+mod bins;
+mod install;
+
+pub use bins::{pam_module, ykadmin_bin, ykhsmd_bin};
+pub use install::{Enrolled, Installation};
+pub use ykhsm_hsm_emu::pty::EmuPty;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::ops::Deref;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,15 +41,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tempfile::TempDir;
-use ykhsm_core::backend::{Backend, SoftBackend};
-use ykhsm_core::keyhandle::{KeyHandle, KeyHandleName};
-use ykhsm_core::keys_file::KeysFile;
+use ykhsm_core::keyhandle::KeyHandleName;
+use ykhsm_core::modhex;
 use ykhsm_core::otp::{PublicId, YubiKeySecrets};
 use ykhsm_core::softkey::SoftYubiKey;
-use ykhsm_core::store::{AeadStore, WriteMode};
-use ykhsm_core::{Nonce, modhex};
-use ykhsm_hsm_emu::pty::EmuPty;
+use ykhsm_core::store::WriteMode;
 use ykhsm_hsm_emu::{Emulator, Link};
 use ykhsm_proto::{Request, Response, ServerUid, Status, call};
 use ykhsm_yubihsm::wire::permission;
@@ -82,7 +92,7 @@ pub fn emulated_hsm_with(flags: u32, lock: Option<[u8; 32]>) -> EmuPty {
 }
 
 /// The permissions of a bastion's key handle, and those import uses.
-const BASTION_FLAGS: u32 = permission::AEAD_YUBIKEY_OTP_DECODE
+pub const BASTION_FLAGS: u32 = permission::AEAD_YUBIKEY_OTP_DECODE
     | permission::BUFFER_AEAD_GENERATE
     | permission::BUFFER_LOAD
     | permission::USER_NONCE;
@@ -133,7 +143,6 @@ pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) 
 /// Collects syslog datagrams sent to a socket of the test's own.
 struct Syslog {
     path: PathBuf,
-    lines: Arc<Mutex<Vec<String>>>,
     /// While true the reader takes nothing (a stuck syslogd): the
     /// socket's queue fills and the daemon's sends block.
     paused: Arc<(Mutex<bool>, Condvar)>,
@@ -142,7 +151,7 @@ struct Syslog {
 impl Syslog {
     fn start(path: PathBuf, lines: Arc<Mutex<Vec<String>>>) -> Self {
         let sock = UnixDatagram::bind(&path).unwrap();
-        let l = Arc::clone(&lines);
+        let l = lines;
         let paused = Arc::new((Mutex::new(false), Condvar::new()));
         let p = Arc::clone(&paused);
         thread::spawn(move || {
@@ -161,11 +170,7 @@ impl Syslog {
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         });
-        Self {
-            path,
-            lines,
-            paused,
-        }
+        Self { path, paused }
     }
 
     fn set_paused(&self, paused: bool) {
@@ -175,22 +180,18 @@ impl Syslog {
     }
 }
 
-/// A temporary ykhsm installation.
+/// A temporary ykhsm installation (its files are an [`Installation`]'s,
+/// reached through `Deref`: `env.socket`, `env.set_authfile(…)`) with
+/// everything a test watches: the log lines of its daemons and the secrets
+/// that must not be in them.
 pub struct Env {
-    pub dir: TempDir,
-    pub config_path: PathBuf,
-    pub socket: PathBuf,
-    pub authfile: PathBuf,
-    pub aead_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub keys_file: PathBuf,
+    files: Installation,
     extra_config: Mutex<String>,
     /// `backend = "yubihsm"` on this device instead of keys.json.
     device: Mutex<Option<PathBuf>>,
     logs: Arc<Mutex<Vec<String>>>,
     secrets: Mutex<Vec<String>>,
     syslog: Syslog,
-    backend: SoftBackend,
     /// The emulated HSM of a `YKHSM_TEST_BACKEND=yubihsm` run.
     hsm: Mutex<Option<EmuPty>>,
     /// Environment variables for the daemon (see [`Env::daemon_env`]).
@@ -201,46 +202,25 @@ impl Env {
     /// keys.json with key handle 1 (AES-256), an empty AEAD store, an
     /// empty authfile (root, 0644), key_handles = ["1"]; on the emulated
     /// HSM instead of keys.json if this run is (see [`on_hsm`]).
+    // Not `Default`: it makes a directory, a socket and maybe an emulator.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ykhsm-test-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path();
-        let keys_file = root.join("keys.json");
-        let keys_json = format!(r#"{{"1": "{KH1_KEY}"}}"#);
-        fs::write(&keys_file, &keys_json).unwrap();
-        fs::set_permissions(&keys_file, fs::Permissions::from_mode(0o600)).unwrap();
-        let aead_dir = root.join("aeads");
-        fs::create_dir(&aead_dir).unwrap();
-        let authfile = root.join("yubikeys");
-        let state_dir = root.join("state");
+        let files = Installation::new("ykhsm-test-", KH1_KEY);
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let syslog = Syslog::start(root.join("syslog.sock"), Arc::clone(&logs));
-        let backend = SoftBackend::new(
-            KeysFile::parse(Path::new("keys.json"), keys_json.as_bytes()).unwrap(),
-        );
+        let syslog = Syslog::start(files.syslog_socket.clone().unwrap(), Arc::clone(&logs));
         let env = Self {
-            config_path: root.join("ykhsmd.toml"),
-            socket: root.join("run/ykhsmd.sock"),
-            authfile,
-            aead_dir,
-            state_dir,
-            keys_file,
+            files,
             extra_config: Mutex::new(String::new()),
             device: Mutex::new(None),
             logs,
             secrets: Mutex::new(vec![KH1_KEY.to_owned()]),
             syslog,
-            backend,
             hsm: Mutex::new(on_hsm().then(|| emulated_hsm(None))),
             daemon_env: Mutex::new(Vec::new()),
-            dir,
         };
         if let Some(hsm) = env.hsm.lock().unwrap().as_ref() {
             *env.device.lock().unwrap() = Some(hsm.path().to_path_buf());
         }
-        env.set_authfile("");
         env.write_config();
         env
     }
@@ -303,20 +283,10 @@ impl Env {
     }
 
     fn write_config(&self) {
-        let backend = match self.device.lock().unwrap().as_ref() {
-            Some(device) => format!("backend = \"yubihsm\"\ndevice = {device:?}\n"),
-            None => format!("keys_file = {:?}\n", self.keys_file),
-        };
-        let text = format!(
-            "socket = {:?}\nauthfile = {:?}\naead_dir = {:?}\nstate_dir = {:?}\n{backend}syslog_socket = {:?}\n{}",
-            self.socket,
-            self.authfile,
-            self.aead_dir,
-            self.state_dir,
-            self.syslog.path,
-            self.extra_config.lock().unwrap()
+        self.files.write_config(
+            self.device.lock().unwrap().as_deref(),
+            &self.extra_config.lock().unwrap(),
         );
-        fs::write(&self.config_path, text).unwrap();
     }
 
     /// Uses a YubiHSM (here: the emulator's pseudo-terminal) instead of
@@ -325,14 +295,6 @@ impl Env {
     pub fn use_yubihsm(&self, device: &Path) {
         *self.device.lock().unwrap() = Some(device.to_path_buf());
         self.write_config();
-    }
-
-    /// Replaces the authfile atomically (root-owned, mode 0644).
-    pub fn set_authfile(&self, text: &str) {
-        let tmp = self.dir.path().join("yubikeys.tmp");
-        fs::write(&tmp, text).unwrap();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::rename(&tmp, &self.authfile).unwrap();
     }
 
     /// Remembers a string that must never appear in a log line.
@@ -358,19 +320,10 @@ impl Env {
         self.secret(&modhex::encode(secrets.uid()));
         let id = PublicId::parse(public_id).unwrap();
         let name: KeyHandleName = kh.parse().unwrap();
-        let nonce = Nonce::from_public_id(&id).unwrap();
-        let aead = if name.value() == KeyHandle(1) {
-            self.backend
-                .wrap_secrets(KeyHandle(1), &nonce, &secrets)
-                .unwrap()
-        } else {
-            let key = ykhsm_core::KeyHandleKey::new(hex::decode(KH1_KEY).unwrap()).unwrap();
-            ykhsm_core::YubiKeyAead::seal(&key, name.value(), &nonce, &secrets).unwrap()
-        };
-        let store = AeadStore::new(&self.aead_dir, vec![name.clone()]);
-        store
-            .write_v1(&name, &id, &nonce, &aead, WriteMode::Replace)
-            .unwrap();
+        let aead = self
+            .files
+            .enroll(&name, &id, &secrets, WriteMode::Replace)
+            .aead;
         self.secret(&hex::encode(aead.0));
         SoftYubiKey::new(id, secrets)
     }
@@ -421,7 +374,7 @@ impl Env {
 
     /// Starts the daemon without waiting.
     pub fn spawn(&self) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+        let mut child = Command::new(ykhsmd_bin())
             .arg("--config")
             .arg(&self.config_path)
             .envs(self.daemon_env.lock().unwrap().iter().cloned())
@@ -447,7 +400,7 @@ impl Env {
 
     /// Runs `ykhsmd --config … [args]` to completion: (exit code, stderr+stdout).
     pub fn run_daemon_cmd(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+        let out = Command::new(ykhsmd_bin())
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
@@ -498,6 +451,14 @@ impl Env {
     }
 }
 
+impl Deref for Env {
+    type Target = Installation;
+
+    fn deref(&self) -> &Installation {
+        &self.files
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         if thread::panicking() {
@@ -516,6 +477,16 @@ impl Drop for Env {
             }
         }
     }
+}
+
+/// pam_wrapper makes its working directory as `/tmp/pam.<letter>`, trying
+/// letters in turn; two runs starting at the same moment can both miss and
+/// fall back to the system's PAM. So the suites run PAM under pam_wrapper
+/// (pamtester, sshd's logins) one at a time.
+pub fn one_pam_wrapper_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// nss_wrapper, from Debian's libnss-wrapper (scripts/install-deps.sh).
@@ -540,7 +511,7 @@ impl Nss {
         let dir = env.dir.path().join("nss");
         fs::create_dir_all(&dir).unwrap();
         let module = dir.join("libnss_ykalias.so");
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/nss_alias.c");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/src/nss_alias.c");
         let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_owned());
         let out = Command::new(&cc)
             .args([
@@ -595,19 +566,6 @@ impl Nss {
             let _ = fs::remove_file(&self.fail);
         }
     }
-}
-
-/// The ykadmin binary cargo built next to this test (scripts/test.sh builds
-/// the whole workspace; ykadmin's own tests make cargo build it).
-pub fn ykadmin_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("ykadmin");
-    assert!(
-        p.exists(),
-        "{} missing: cargo build -p ykadmin",
-        p.display()
-    );
-    p
 }
 
 /// What a finished `ykadmin` printed, and its exit code.
@@ -671,6 +629,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon started elsewhere (`child`: ykhsmd, or a command running
+    /// it, with its output wherever the caller sent it), serving `socket`.
+    pub fn new(child: Child, socket: &Path) -> Self {
+        Self {
+            child,
+            socket: socket.to_path_buf(),
+            reader: None,
+        }
+    }
+
     /// Waits until the daemon answers a status request.
     pub fn wait_ready(&self) {
         wait_for("ykhsmd to answer", Duration::from_secs(20), || {
@@ -852,7 +820,7 @@ impl Env {
         let (read, write) = nix::unistd::pipe().unwrap();
         let meta = File::from(write.try_clone().unwrap()).metadata().unwrap();
         let ino = if matching { meta.ino() } else { meta.ino() + 1 };
-        let child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+        let child = Command::new(ykhsmd_bin())
             .arg("--config")
             .arg(&self.config_path)
             .envs(self.daemon_env.lock().unwrap().iter().cloned())

@@ -8,7 +8,7 @@
 //!
 //! Needs `groff` and `man` (Debian's man-db, in scripts/install-deps.sh).
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -76,7 +76,7 @@ fn pages() -> Vec<(&'static str, String)> {
     vec![
         (
             "ykhsmd(8)",
-            stdout_of(Command::new(env!("CARGO_BIN_EXE_ykhsmd")).arg("--man")),
+            stdout_of(Command::new(common::ykhsmd_bin()).arg("--man")),
         ),
         (
             "ykadmin(8)",
@@ -386,7 +386,7 @@ fn ykhsmd_toml_page_documents_every_key_with_the_shipped_default() {
 /// configuration and is not offered in the help.
 #[test]
 fn ykhsmd_help_and_man_page_carry_the_operators_reference() {
-    let help = stdout_of(Command::new(env!("CARGO_BIN_EXE_ykhsmd")).arg("--help"));
+    let help = stdout_of(Command::new(common::ykhsmd_bin()).arg("--help"));
     for needle in [
         "Files:",
         "/etc/ykhsm/keys.json",
@@ -399,7 +399,7 @@ fn ykhsmd_help_and_man_page_carry_the_operators_reference() {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
     assert!(!help.contains("--man"), "{help}");
-    let man = stdout_of(Command::new(env!("CARGO_BIN_EXE_ykhsmd")).args([
+    let man = stdout_of(Command::new(common::ykhsmd_bin()).args([
         "--config",
         "/nonexistent/ykhsmd.toml",
         "--man",

@@ -8,7 +8,7 @@
 //! `JOURNAL_STREAM`, and syslog sockets bound and closed at the configured
 //! path.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};

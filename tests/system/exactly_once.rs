@@ -3,7 +3,7 @@
 //! and an OTP it answered `OK` stays consumed across SIGKILL at any moment
 //! (interface.md checks 6 and 7: no `OK` leaves before the commit).
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

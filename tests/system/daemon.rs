@@ -2,7 +2,7 @@
 //! socket: every status word for the case that should give it, in the order
 //! of interface.md, and the audit trail that never holds a secret.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -760,7 +760,7 @@ fn a_fifo_in_place_of_the_configuration_is_refused_at_once() {
     let env = Env::new();
     let fifo = env.dir.path().join("ykhsmd-fifo.toml");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+    let mut child = Command::new(common::ykhsmd_bin())
         .arg("--config")
         .arg(&fifo)
         .arg("--check")

@@ -6,7 +6,7 @@
 //!
 //! Against the real daemon and the real `ykadmin`.
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

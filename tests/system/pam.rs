@@ -3,7 +3,7 @@
 //! touched), against the real daemon. Each test names the PAM result it
 //! expects from pamtester's own words (`pam_strerror`).
 
-mod common;
+use ykhsm_testkit as common;
 
 use std::fs;
 use std::io::Write;
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Env;
+use common::{Env, one_pam_wrapper_at_a_time};
 
 const PAM_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so";
 const TEST_MODULES: &str = "/usr/lib/x86_64-linux-gnu/pam_wrapper";
@@ -24,27 +24,9 @@ const AUTHINFO_UNAVAIL: &str = "Authentication service cannot retrieve authentic
 const USER_UNKNOWN: &str = "User not known to the underlying authentication module";
 const PROMPT: &str = "YubiKey for `";
 
-/// pam_wrapper makes its working directory as `/tmp/pam.<letter>`, trying
-/// letters in turn; two runs starting at the same moment can both miss and
-/// fall back to the system's PAM. So this file's tests run pamtester one at
-/// a time.
-fn one_pam_wrapper_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The module, as cargo built it for this test binary.
+/// The module, as cargo built it from this workspace.
 fn module() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    for dir in [deps, deps.parent().unwrap()] {
-        let p = dir.join("libpam_ykhsm.so");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("libpam_ykhsm.so not found next to {}", exe.display());
+    common::pam_module()
 }
 
 /// A PAM service directory with named stacks.
@@ -720,7 +702,7 @@ proptest::proptest! {
 const NOBODY: u32 = 65534;
 
 /// Not a test: a fake daemon for the tests below, run by re-executing this
-/// test binary (`--ignored --exact fake_server`), as another uid where a
+/// test binary (`--ignored --exact pam::fake_server`), as another uid where a
 /// test needs one. It answers every connection at once with the bytes in
 /// `YKHSM_FAKE_ANSWER` (hex), then prints `FAKE RECEIVED <hex>` with all
 /// the client sent. Does nothing unless `YKHSM_FAKE_SERVER` is set.
@@ -760,7 +742,7 @@ impl FakeServer {
         cmd.args([
             "--ignored",
             "--exact",
-            "fake_server",
+            "pam::fake_server",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -785,7 +767,7 @@ impl FakeServer {
         common::wait_for(
             "the fake server to listen",
             Duration::from_secs(10),
-            // libtest prints "test fake_server ... " before the first line.
+            // libtest prints "test pam::fake_server ... " before the first line.
             || fake.lines().iter().any(|l| l.ends_with("FAKE LISTENING")),
         );
         fake
