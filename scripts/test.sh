@@ -28,7 +28,11 @@ YKHSM_TEST_BACKEND=yubihsm cargo test --workspace --locked --test system
 # installed and used by the whole-system test, after every other suite
 # (it installs the package and edits /etc/pam.d, and restores them).
 echo "== the Debian package: packaging/build-deb"
-deb=$(packaging/build-deb | tee /dev/stderr | tail -n 1)
+# (Not `tee /dev/stderr`: when stderr is a file, reopening it truncates it.)
+build_log=$(mktemp)
+packaging/build-deb | tee "$build_log"
+deb=$(tail -n 1 "$build_log")
+rm -f "$build_log"
 echo "== lintian $deb (no error and no warning; info tags and overrides shown)"
 # As nobody: lintian unpacks the archive, and needs no privilege for it.
 runuser -u nobody -- lintian --display-info --show-overrides --fail-on error,warning "$deb"
