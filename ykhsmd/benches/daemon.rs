@@ -869,6 +869,13 @@ fn main() {
 
     let t = Instant::now();
     let inst = install();
+    // Nothing of the installation (1,024 AEAD files, the authfile) may be
+    // left for the kernel to write back during the first level: on ext4
+    // (data=ordered) the daemon's first fsyncs would carry it, and the c=1
+    // level, which comes first, was slowed by whatever the last run or the
+    // installation left dirty (others' CPU at 40 %, daemon CPU per verify
+    // up 3-4x in those runs; docs/performance.md).
+    nix::unistd::sync();
     syslog_sink(inst.files.syslog_socket.as_deref().expect("syslog socket"));
     println!(
         "  installation in {} ({:.1} s to write {KEYS} AEADs)",
