@@ -16,5 +16,6 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 scripts/install-deps.sh
 echo "== building (release)"
-cargo build --release --locked --quiet -p ykhsmd -p pam_ykhsm --lib --bins --example demo
+cargo build --release --locked --quiet -p ykhsmd -p pam_ykhsm --lib --bins
+cargo build --release --locked --quiet -p ykhsm-tests --example demo
 exec target/release/examples/demo target/release/ykhsmd target/release/libpam_ykhsm.so

@@ -3,8 +3,8 @@
 //! the YubiHSM backend, one OTP decode on the device).
 //!
 //! ```text
-//! cargo bench -p ykhsmd --bench daemon                             # as root: the daemon wants root-owned files
-//! YKHSM_BENCH_BACKEND=yubihsm cargo bench -p ykhsmd --bench daemon # the same on an emulated YubiHSM 1
+//! cargo bench -p ykhsm-tests --bench daemon                             # as root: the daemon wants root-owned files
+//! YKHSM_BENCH_BACKEND=yubihsm cargo bench -p ykhsm-tests --bench daemon # the same on an emulated YubiHSM 1
 //! ```
 //!
 //! A temporary installation (keys.json, 1,024 software YubiKeys with AEADs,
@@ -252,7 +252,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(inst: &Install) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ykhsmd"))
+        let mut child = Command::new(ykhsm_testkit::ykhsmd_bin())
             .arg("--config")
             .arg(&inst.files.config_path)
             .stdin(Stdio::null())
@@ -909,7 +909,10 @@ fn main() {
 
     let mut daemon = Daemon::start(&inst);
     let pid = daemon.pid();
-    println!("  ykhsmd pid {pid} ({})", env!("CARGO_BIN_EXE_ykhsmd"));
+    println!(
+        "  ykhsmd pid {pid} ({})",
+        ykhsm_testkit::ykhsmd_bin().display()
+    );
 
     // Warm-up (not reported, but its errors count).
     let warm = run_level(&inst, &daemon, 8, Duration::from_secs(1));
