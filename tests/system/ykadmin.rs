@@ -1539,3 +1539,59 @@ fn metrics_without_out_go_to_standard_output() {
     let samples = parse_exposition(&o.stdout);
     assert_eq!(sample(&samples, "ykhsm_up", &[]), Some(1.0));
 }
+
+// `ykadmin revoke` and the system's user names. The daemon counts a line
+// written under an alias of a user (`ALICE`, `alice@corp`: sssd's
+// case-insensitive names and default domain, here the test NSS module under
+// nss_wrapper) as the user's. Before the fix, revoke matched only the name as
+// typed: `ykadmin revoke alice <id>` answered "does not have the key" for a
+// key on an `ALICE:` line, and `ykadmin revoke alice` left it there, so a
+// "revoked" key kept logging alice in.
+
+#[test]
+fn revoke_takes_the_key_off_every_line_the_daemon_counts_for_the_user() {
+    let env = Env::new();
+    let nss = env.with_nss(&[("alice", 2001), ("bob", 2002)]);
+    let mut first = env.key("ccccccdbjrgf");
+    let mut second = env.key("cccccccccccd");
+    env.set_authfile("alice:ccccccdbjrgf\nALICE:cccccccccccd\nbob:cccccccccccb\n");
+    let d = env.start();
+    assert_eq!(d.verify("alice", &env.otp(&mut second)), Status::Ok);
+
+    // One key, revoked under the account's name, taken off the alias line.
+    let o = ykadmin(&env, &["revoke", "alice", "cccccccccccd"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        fs::read_to_string(&env.authfile).unwrap(),
+        "alice:ccccccdbjrgf\nbob:cccccccccccb\n"
+    );
+    assert_eq!(
+        d.verify("alice", &env.otp(&mut second)),
+        Status::NotAuthorized
+    );
+    assert_eq!(d.verify("alice", &env.otp(&mut first)), Status::Ok);
+
+    // Every key, revoked under an alias: each of alice's lines loses its
+    // keys, the first one stays (empty, as written), bob's line is kept.
+    env.set_authfile("alice:ccccccdbjrgf\nalice@corp:cccccccccccd\nbob:cccccccccccb\n");
+    assert_eq!(d.verify("alice", &env.otp(&mut second)), Status::Ok);
+    let o = ykadmin(&env, &["revoke", "Alice"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        fs::read_to_string(&env.authfile).unwrap(),
+        "alice:\nbob:cccccccccccb\n"
+    );
+    for key in [&mut first, &mut second] {
+        assert_eq!(d.verify("alice", &env.otp(key)), Status::NotAuthorized);
+    }
+
+    // The system's user database down: whose a line is cannot be told, so
+    // nothing is edited and the error says why.
+    let before = "alice:ccccccdbjrgf\nALICE:cccccccccccd\n";
+    env.set_authfile(before);
+    nss.set_failing(true);
+    let o = ykadmin(&env, &["revoke", "alice", "ccccccdbjrgf"]);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("user database"), "{}", o.stderr);
+    assert_eq!(fs::read_to_string(&env.authfile).unwrap(), before);
+}

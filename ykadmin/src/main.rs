@@ -36,6 +36,7 @@ use ykadmin::metrics;
 use ykadmin::otp_input;
 use ykadmin::report;
 use ykhsm_config::Config;
+use ykhsm_core::account::Account;
 use ykhsm_core::authfile;
 use ykhsm_core::keyhandle::KeyHandleName;
 use ykhsm_core::otp::Otp;
@@ -102,9 +103,12 @@ enum Command {
         /// prompted for.
         key: Option<String>,
     },
-    /// Remove a key (or all of USER's keys) from the authfile. USER's line
-    /// stays, empty — USER then needs a key and is refused, also under
-    /// `nullok` — unless --purge removes it.
+    /// Remove a key (or all of USER's keys) from the authfile: from every
+    /// line ykhsmd counts for USER, including lines written under a name
+    /// the system's user database resolves to the same account (`ALICE`,
+    /// `alice@corp` with sssd). USER's line stays, empty — USER then needs
+    /// a key and is refused, also under `nullok` — unless --purge removes
+    /// it.
     Revoke {
         user: String,
         pubid: Option<String>,
@@ -615,7 +619,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Revoke { user, pubid, purge } => {
             let config = load_config(&cli.config)?;
             let edit = authfile::rewrite(&config.authfile, |text| {
-                authfile::revoke(text, user, pubid.as_deref(), *purge)
+                authfile::revoke(text, user, pubid.as_deref(), *purge, &Account::lookup)
             })
             .map_err(|e| fail(1, e.to_string()))?;
             if cli.json {
@@ -708,7 +712,7 @@ fn enroll(cli: &Cli, user: &str, key: Option<&str>) -> Result<u8, Failure> {
         );
     }
     let edit = authfile::rewrite(&config.authfile, |text| {
-        authfile::enroll(text, user, &public_id)
+        authfile::enroll(text, user, &public_id, &Account::lookup)
     })
     .map_err(|e| fail(1, e.to_string()))?;
     if cli.json {

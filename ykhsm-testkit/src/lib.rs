@@ -196,6 +196,9 @@ pub struct Env {
     hsm: Mutex<Option<EmuPty>>,
     /// Environment variables for the daemon (see [`Env::daemon_env`]).
     daemon_env: Mutex<Vec<(String, String)>>,
+    /// Environment variables for the daemon and ykadmin alike: the
+    /// system's view (its user database) both must share.
+    system_env: Mutex<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -217,6 +220,7 @@ impl Env {
             syslog,
             hsm: Mutex::new(on_hsm().then(|| emulated_hsm(None))),
             daemon_env: Mutex::new(Vec::new()),
+            system_env: Mutex::new(Vec::new()),
         };
         if let Some(hsm) = env.hsm.lock().unwrap().as_ref() {
             *env.device.lock().unwrap() = Some(hsm.path().to_path_buf());
@@ -264,7 +268,25 @@ impl Env {
             .push((key.to_owned(), value));
     }
 
-    /// Runs the daemons under nss_wrapper with the test NSS module
+    /// Sets an environment variable for the daemons and `ykadmin` runs
+    /// started from now on: what both see of the system.
+    pub fn system_env(&self, key: &str, value: impl AsRef<std::ffi::OsStr>) {
+        let value = value.as_ref().to_str().unwrap().to_owned();
+        self.system_env
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), value));
+    }
+
+    /// Every variable a daemon is started with: [`Env::system_env`]'s, then
+    /// [`Env::daemon_env`]'s.
+    fn daemon_vars(&self) -> Vec<(String, String)> {
+        let mut vars = self.system_env.lock().unwrap().clone();
+        vars.extend(self.daemon_env.lock().unwrap().iter().cloned());
+        vars
+    }
+
+    /// Runs the daemons (and ykadmin) under nss_wrapper with the test NSS module
     /// (`nss_alias.c`): the system's users are `root` and `accounts`
     /// (name, uid), and names are aliased as sssd does with
     /// case-insensitive names and a default domain (`ALICE`, `alice@corp`
@@ -377,7 +399,7 @@ impl Env {
         let mut child = Command::new(ykhsmd_bin())
             .arg("--config")
             .arg(&self.config_path)
-            .envs(self.daemon_env.lock().unwrap().iter().cloned())
+            .envs(self.daemon_vars())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -404,7 +426,7 @@ impl Env {
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
-            .envs(self.daemon_env.lock().unwrap().iter().cloned())
+            .envs(self.daemon_vars())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -535,13 +557,13 @@ impl Nss {
             fail: dir.join("fail"),
         };
         nss.set_accounts(accounts);
-        env.daemon_env("LD_PRELOAD", NSS_WRAPPER);
-        env.daemon_env("NSS_WRAPPER_PASSWD", &passwd);
-        env.daemon_env("NSS_WRAPPER_GROUP", &group);
-        env.daemon_env("NSS_WRAPPER_MODULE_SO_PATH", &module);
-        env.daemon_env("NSS_WRAPPER_MODULE_FN_PREFIX", "ykalias");
-        env.daemon_env("YKALIAS_PASSWD", &nss.accounts);
-        env.daemon_env("YKALIAS_FAIL", &nss.fail);
+        env.system_env("LD_PRELOAD", NSS_WRAPPER);
+        env.system_env("NSS_WRAPPER_PASSWD", &passwd);
+        env.system_env("NSS_WRAPPER_GROUP", &group);
+        env.system_env("NSS_WRAPPER_MODULE_SO_PATH", &module);
+        env.system_env("NSS_WRAPPER_MODULE_FN_PREFIX", "ykalias");
+        env.system_env("YKALIAS_PASSWD", &nss.accounts);
+        env.system_env("YKALIAS_FAIL", &nss.fail);
         nss
     }
 
@@ -586,6 +608,7 @@ pub fn ykadmin(env: &Env, args: &[&str]) -> Out {
 pub fn ykadmin_with_input(env: &Env, args: &[&str], input: &str) -> Out {
     use std::io::Write;
     let mut child = Command::new(ykadmin_bin())
+        .envs(env.system_env.lock().unwrap().iter().cloned())
         .arg("--config")
         .arg(&env.config_path)
         .args(args)
@@ -823,7 +846,7 @@ impl Env {
         let child = Command::new(ykhsmd_bin())
             .arg("--config")
             .arg(&self.config_path)
-            .envs(self.daemon_env.lock().unwrap().iter().cloned())
+            .envs(self.daemon_vars())
             .env("JOURNAL_STREAM", format!("{}:{ino}", meta.dev()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use ykhsm_core::authfile::{self, Line, LineError, MAX_AUTHFILE_LEN};
 use ykhsm_core::otp::PublicId;
 use ykhsm_core::secure_file::{self, FilePolicy, FileVersion, Op, SETTLED, SecureFileError};
@@ -50,45 +49,7 @@ use crate::log;
 /// `BACKEND_ERROR`, see [`Lookup::Unresolved`]).
 pub const NSS_RETRY: Duration = Duration::from_secs(10);
 
-/// What the system's user database (NSS) says about a user name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Account {
-    /// A user: its canonical name (`pw_name`, e.g. `alice` for `ALICE` with
-    /// sssd's case-insensitive names) and uid.
-    Known {
-        /// `pw_name`.
-        name: String,
-        /// `pw_uid`.
-        uid: u32,
-    },
-    /// NSS has no such user.
-    Unknown,
-    /// NSS could not answer (sssd unreachable, …): why.
-    Failed(String),
-}
-
-impl Account {
-    /// Asks NSS (`getpwnam_r`, which may block: sssd, LDAP). "Not found"
-    /// is `Ok(None)`, or one of the errors getpwnam_r(3) lists for it
-    /// (`ENOENT`, `ESRCH`, `EBADF`, `EPERM`: nss_wrapper, some modules);
-    /// anything else is [`Account::Failed`].
-    pub fn lookup(name: &str) -> Self {
-        match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Self::Known {
-                name: u.name,
-                uid: u.uid.as_raw(),
-            },
-            Ok(None) | Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => {
-                Self::Unknown
-            }
-            Err(e) => Self::Failed(e.desc().to_owned()),
-        }
-    }
-}
-
-/// How names are resolved: [`Account::lookup`] in the daemon, a table in
-/// unit tests.
-pub type Resolver = fn(&str) -> Account;
+pub use ykhsm_core::account::{Account, Resolver};
 
 /// A line that is not trusted, or worth a warning.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 use super::{Line, LineError, MAX_LINE_LEN, MAX_USER_LEN, ParsedLine, RawLine, parse, split_lines};
+use crate::account::Account;
 use crate::otp::{PublicId, PublicIdError};
 use crate::username;
 
@@ -63,6 +64,21 @@ pub enum EditError {
         user: String,
         /// What is wrong with the line.
         reason: UnsafeReason,
+    },
+    /// The system's user database could not say whether a name of the file
+    /// is the user (ykhsmd counts lines written under an alias of a user as
+    /// the user's, so an edit that skipped such a line would leave a key in
+    /// place).
+    #[error(
+        "the system's user database (NSS) could not resolve the user name {name:?}: {why}; whether it is {user:?} cannot be told, nothing was changed (retry when NSS answers)"
+    )]
+    NssFailed {
+        /// The name, as given or as written in the file.
+        name: String,
+        /// The user being edited.
+        user: String,
+        /// NSS's error.
+        why: String,
     },
     /// `revoke` for a user who has no line.
     #[error("user {user:?} has no line, nothing to revoke")]
@@ -155,21 +171,92 @@ fn canonical(public_id: &str) -> Result<PublicId, EditError> {
     })
 }
 
-/// A line of the user, plainly `user:id:id…`.
+/// A line of the user, plainly `name:id:id…`.
 #[derive(Debug)]
 struct UserLine<'a> {
     /// Index into the lines.
     index: usize,
+    /// The user name as the line writes it: the user's, or an alias of the
+    /// same account.
+    name: &'a str,
     /// The ids, as written and as parsed (lower-cased).
     ids: Vec<(&'a str, PublicId)>,
 }
 
-/// Every line belonging to `user`, in file order; an error for the first
-/// one that cannot be edited safely.
-fn user_lines<'a>(lines: &[ParsedLine<'a>], user: &str) -> Result<Vec<UserLine<'a>>, EditError> {
+/// Tells which names of the file are `user`, as ykhsmd does: a name is
+/// the user's when it is the name as given, or when the system's user
+/// database resolves both to the same account (`ALICE` and `alice@corp` for
+/// `alice` with sssd). A name the database does not know is only itself.
+struct SameUser<'r> {
+    user: &'r str,
+    /// The account `user` resolves to, if the database knows it.
+    account: Option<String>,
+    resolve: &'r dyn Fn(&str) -> Account,
+    asked: HashMap<String, Option<String>>,
+}
+
+impl<'r> SameUser<'r> {
+    fn new(user: &'r str, resolve: &'r dyn Fn(&str) -> Account) -> Result<Self, EditError> {
+        let mut same = Self {
+            user,
+            account: None,
+            resolve,
+            asked: HashMap::new(),
+        };
+        same.account = same.account_of(user)?;
+        Ok(same)
+    }
+
+    /// The account `name` resolves to (`None`: the database does not know
+    /// it); an error when the database cannot answer.
+    fn account_of(&mut self, name: &str) -> Result<Option<String>, EditError> {
+        if let Some(known) = self.asked.get(name) {
+            return Ok(known.clone());
+        }
+        let account = match (self.resolve)(name) {
+            Account::Known { name, .. } => Some(name),
+            Account::Unknown => None,
+            Account::Failed(why) => {
+                return Err(EditError::NssFailed {
+                    name: name.to_owned(),
+                    user: self.user.to_owned(),
+                    why,
+                });
+            }
+        };
+        self.asked.insert(name.to_owned(), account.clone());
+        Ok(account)
+    }
+
+    fn is(&mut self, name: &str) -> Result<bool, EditError> {
+        if name == self.user {
+            return Ok(true);
+        }
+        let Some(account) = self.account.clone() else {
+            return Ok(false);
+        };
+        Ok(self.account_of(name)?.as_deref() == Some(account.as_str()))
+    }
+}
+
+/// Every line belonging to `user` (by [`SameUser`]), in file order; an
+/// error for the first one that cannot be edited safely.
+fn user_lines<'a>(
+    lines: &[ParsedLine<'a>],
+    user: &str,
+    resolve: &dyn Fn(&str) -> Account,
+) -> Result<Vec<UserLine<'a>>, EditError> {
+    let mut same = SameUser::new(user, resolve)?;
     let mut out = Vec::new();
     for (index, line) in lines.iter().enumerate() {
-        if !line.names().contains(user) {
+        let mut mine = false;
+        for name in line.names().all() {
+            if same.is(name)? {
+                mine = true;
+                break;
+            }
+        }
+        if !mine {
             continue;
         }
         let refuse = |reason| EditError::UnsafeLine {
@@ -179,8 +266,11 @@ fn user_lines<'a>(lines: &[ParsedLine<'a>], user: &str) -> Result<Vec<UserLine<'
         };
         match &line.line {
             Line::Keys { crlf: true, .. } => return Err(refuse(UnsafeReason::CrLf)),
-            Line::Keys { ids, .. } => out.push(UserLine {
+            Line::Keys {
+                user: name, ids, ..
+            } => out.push(UserLine {
                 index,
+                name,
                 ids: ids.clone(),
             }),
             Line::Broken { error, .. } => return Err(refuse(error.clone().into())),
@@ -218,7 +308,9 @@ fn raw_lines<'a>(lines: &[ParsedLine<'a>]) -> Vec<RawLine<'a>> {
     lines.iter().map(|l| l.raw).collect()
 }
 
-/// Adds `public_id` to `user`.
+/// Adds `public_id` to `user`; `resolve` tells which names of the file are
+/// the user ([`Account::lookup`] in ykadmin: the lines ykhsmd counts for the
+/// user, those written under an alias included).
 ///
 /// If any line of the user already holds the id (in any letter case, as
 /// ykhsmd compares), nothing changes. Otherwise `:id` is appended to the
@@ -226,11 +318,16 @@ fn raw_lines<'a>(lines: &[ParsedLine<'a>]) -> Vec<RawLine<'a>> {
 /// user has no line or the last one would grow past [`MAX_LINE_LEN`], a line
 /// `user:id` is added at the end of the file (after a `\n` if the file does
 /// not end with one). Every other byte stays as it was.
-pub fn enroll(text: &[u8], user: &str, public_id: &str) -> Result<Edit, EditError> {
+pub fn enroll(
+    text: &[u8],
+    user: &str,
+    public_id: &str,
+    resolve: &dyn Fn(&str) -> Account,
+) -> Result<Edit, EditError> {
     validate_user(user)?;
     let wanted = canonical(public_id)?;
     let lines = parse(text);
-    let mine = user_lines(&lines, user)?;
+    let mine = user_lines(&lines, user, resolve)?;
     if mine
         .iter()
         .any(|l| l.ids.iter().any(|(_, id)| *id == wanted))
@@ -263,15 +360,21 @@ pub fn enroll(text: &[u8], user: &str, public_id: &str) -> Result<Edit, EditErro
     Ok(finish(text, out, Vec::new()))
 }
 
-/// Removes `public_id` (every id when `None`) from every line of `user`.
+/// Removes `public_id` (every id when `None`) from every line of `user`:
+/// every line ykhsmd counts for the user, as `resolve` tells
+/// ([`Account::lookup`] in ykadmin), those written under an alias of the
+/// user included. When the system's user database cannot answer for a name
+/// of the file, nothing is changed ([`EditError::NssFailed`]).
 ///
 /// The id is matched in any letter case, as ykhsmd compares. An edited line
-/// that keeps ids is rewritten as `user:id:id…` (the kept ids as written);
+/// that keeps ids is rewritten as `name:id:id…` (its own name and the kept
+/// ids as written);
 /// one left without ids is deleted, except that without `purge` the user
 /// always keeps a line: when no id of the user remains, the user's first
 /// line becomes `user:` and their other lines are deleted (a user with no
-/// line would have no second factor at all under `nullok`). With `purge`,
-/// when no id of the user remains, all of the user's lines are deleted.
+/// line would have no second factor at all under `nullok`); that line keeps
+/// its name as written. With `purge`, when no id of the user remains, all
+/// of the user's lines are deleted.
 ///
 /// Errors: [`EditError::NoSuchUser`] when the user has no line,
 /// [`EditError::KeyNotEnrolled`] when none of the user's lines holds
@@ -281,11 +384,12 @@ pub fn revoke(
     user: &str,
     public_id: Option<&str>,
     purge: bool,
+    resolve: &dyn Fn(&str) -> Account,
 ) -> Result<Edit, EditError> {
     validate_user(user)?;
     let wanted = public_id.map(canonical).transpose()?;
     let lines = parse(text);
-    let mine = user_lines(&lines, user)?;
+    let mine = user_lines(&lines, user, resolve)?;
     if mine.is_empty() {
         return Err(EditError::NoSuchUser {
             user: user.to_owned(),
@@ -295,13 +399,13 @@ pub fn revoke(
     let mut removed = Vec::new();
     let mut remaining = 0;
     // Per user line: the ids kept, if the line held one to remove.
-    let mut edited: Vec<(usize, Vec<&str>)> = Vec::new();
+    let mut edited: Vec<(&UserLine<'_>, Vec<&str>)> = Vec::new();
     for line in &mine {
         let (gone, kept): (Vec<_>, Vec<_>) = line.ids.iter().partition(|(_, id)| matches(id));
         remaining += kept.len();
         if !gone.is_empty() {
             removed.extend(gone.iter().map(|(s, _)| (*s).to_owned()));
-            edited.push((line.index, kept.iter().map(|(s, _)| *s).collect()));
+            edited.push((line, kept.iter().map(|(s, _)| *s).collect()));
         }
     }
     if let Some(id) = public_id
@@ -316,19 +420,22 @@ pub fn revoke(
     if remaining == 0 {
         for (n, line) in mine.iter().enumerate() {
             let keep = n == 0 && !purge;
-            replace.insert(line.index, keep.then(|| format!("{user}:").into_bytes()));
+            replace.insert(
+                line.index,
+                keep.then(|| format!("{}:", line.name).into_bytes()),
+            );
         }
     } else {
-        for (index, kept) in edited {
+        for (line, kept) in edited {
             let new = (!kept.is_empty()).then(|| {
-                let mut s = user.to_owned();
+                let mut s = line.name.to_owned();
                 for id in kept {
                     s.push(':');
                     s.push_str(id);
                 }
                 s.into_bytes()
             });
-            replace.insert(index, new);
+            replace.insert(line.index, new);
         }
     }
     Ok(finish(

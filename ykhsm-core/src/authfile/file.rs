@@ -161,7 +161,8 @@ pub fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authfile::{enroll, list, revoke};
+    use crate::account::Account;
+    use crate::authfile::{Edit, EditError, list};
     use std::fs;
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
 
@@ -170,6 +171,14 @@ mod tests {
     const A: &str = "cccccccccccb";
     const B: &str = "cccccccccccd";
     const C: &str = "ccccccccccce";
+
+    fn enroll(text: &[u8], user: &str, id: &str) -> Result<Edit, EditError> {
+        crate::authfile::enroll(text, user, id, &|_| Account::Unknown)
+    }
+
+    fn revoke(text: &[u8], user: &str, id: Option<&str>, purge: bool) -> Result<Edit, EditError> {
+        crate::authfile::revoke(text, user, id, purge, &|_| Account::Unknown)
+    }
 
     /// Other users' lines, comments and blank lines in every odd shape.
     const NOISE: &str = "# comment: bob:cccccccccccb\n\n#\nalice:  cccc\ncarol:cccccccccccb\r\n \ndave::cccccccccccb:\n#bob:x\n";

@@ -5,6 +5,78 @@ const A: &str = "cccccccccccb";
 const B: &str = "cccccccccccd";
 const C: &str = "ccccccccccce";
 
+/// No user database: every name is only itself.
+fn as_written(_: &str) -> Account {
+    Account::Unknown
+}
+
+// The edits without a user database, as most tests here want them (glob
+// imports are shadowed by these).
+fn enroll(text: &[u8], user: &str, id: &str) -> Result<Edit, EditError> {
+    super::enroll(text, user, id, &as_written)
+}
+
+fn revoke(text: &[u8], user: &str, id: Option<&str>, purge: bool) -> Result<Edit, EditError> {
+    super::revoke(text, user, id, purge, &as_written)
+}
+
+/// sssd-like names: `alice`, `ALICE`, `alice@corp` are the account
+/// `alice`; `bob` is bob; `ldap-down` cannot be resolved.
+fn sssd(name: &str) -> Account {
+    let base = name.to_lowercase();
+    let base = base.strip_suffix("@corp").unwrap_or(&base);
+    match base {
+        "alice" | "bob" => Account::Known {
+            name: base.to_owned(),
+            uid: 1000,
+        },
+        "ldap-down" => Account::Failed("Connection refused".into()),
+        _ => Account::Unknown,
+    }
+}
+
+#[test]
+fn revoke_edits_lines_written_under_an_alias_of_the_user() {
+    let text = "alice:cccccccccccb\nALICE:cccccccccccd:ccccccccccce\nbob:cccccccccccd\nalice@corp:cccccccccccd\n";
+    let e = super::revoke(text.as_bytes(), "alice", Some(B), false, &sssd).unwrap();
+    assert_eq!(
+        s(&e),
+        "alice:cccccccccccb\nALICE:ccccccccccce\nbob:cccccccccccd\n"
+    );
+    assert_eq!(e.removed, [B, B]);
+    // All keys, by an alias: the first of the user's lines stays, empty, under
+    // its own name.
+    let e = super::revoke(text.as_bytes(), "Alice@CORP", None, false, &sssd).unwrap();
+    assert_eq!(s(&e), "alice:\nbob:cccccccccccd\n");
+    // Without a user database only the name as given is the user.
+    let e = revoke(text.as_bytes(), "alice", Some(B), false).unwrap_err();
+    assert!(matches!(e, EditError::KeyNotEnrolled { .. }), "{e}");
+}
+
+#[test]
+fn an_unresolvable_name_stops_the_edit() {
+    // Whether `ldap-down` is alice cannot be told: nothing is changed.
+    let text = b"alice:cccccccccccb\nldap-down:cccccccccccd\n";
+    let e = super::revoke(text, "alice", Some(A), false, &sssd).unwrap_err();
+    assert!(
+        matches!(e, EditError::NssFailed { ref name, .. } if name == "ldap-down"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    let e = super::enroll(b"", "ldap-down", A, &sssd).unwrap_err();
+    assert!(matches!(e, EditError::NssFailed { .. }), "{e}");
+    // A user the database does not know is only the name as written.
+    let e = super::revoke(
+        b"zed:cccccccccccb\nZED:cccccccccccd\n",
+        "zed",
+        None,
+        true,
+        &sssd,
+    )
+    .unwrap();
+    assert_eq!(s(&e), "ZED:cccccccccccd\n");
+}
+
 fn en(text: &str, user: &str, id: &str) -> Edit {
     enroll(text.as_bytes(), user, id).unwrap()
 }
