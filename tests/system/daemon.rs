@@ -1,6 +1,7 @@
 //! The real `ykhsmd` binary on a temporary installation, over its real
 //! socket: every status word for the case that should give it, in the order
-//! of interface.md, and the audit trail that never holds a secret.
+//! of docs/protocol.md ("The order of the checks"), and the audit trail that
+//! never holds a secret.
 
 use ykhsm_testkit as common;
 

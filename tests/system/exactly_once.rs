@@ -1,7 +1,8 @@
 //! Exactly once, under races and crashes: the real `ykhsmd` binary accepts
 //! an OTP at most once however many clients present it at the same moment,
 //! and an OTP it answered `OK` stays consumed across SIGKILL at any moment
-//! (interface.md checks 6 and 7: no `OK` leaves before the commit).
+//! (docs/protocol.md, "The order of the checks", 6 and 7: no `OK` leaves
+//! before the commit).
 
 use ykhsm_testkit as common;
 

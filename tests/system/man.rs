@@ -265,7 +265,8 @@ fn pam_ykhsm_page_gives_every_status_word_its_pam_code() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The module's options (interface.md, "PAM module arguments").
+/// The options pam_ykhsm itself parses (pam_yubico's other arguments are
+/// accepted and ignored, so they are not listed).
 const MODULE_OPTIONS: &[&str] = &[
     "socket",
     "timeout",

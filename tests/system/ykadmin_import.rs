@@ -1,7 +1,7 @@
 //! `ykadmin import-ykksm`'s library (`ykadmin::import::import_ykksm`)
 //! against the real daemon: keys generated here, written as `ykksm-export`
-//! text (ksm-formats.md §2), imported, then OTPs of software YubiKeys with
-//! those secrets verified by the daemon.
+//! text (seven comma-separated fields, no `# ykksm 1` header), imported,
+//! then OTPs of software YubiKeys with those secrets verified by the daemon.
 
 use ykhsm_testkit as common;
 

@@ -69,9 +69,11 @@
 //! line (line number, reason) and no record, so a damaged file is never half
 //! merged.
 //!
-//! # YK-VAL's `ykval-export` (ksm-formats.md §6)
+//! # YK-VAL's `ykval-export`
 //!
-//! No header; one key per line, comma-separated:
+//! As Yubico's yubikey-val writes it (`ykval-export`, and
+//! `doc/YubiKey_Info_Format.adoc`): no header; one key per line,
+//! comma-separated, rows sorted by `yk_publicname`:
 //!
 //! ```text
 //! active,created,modified,yk_publicname,yk_counter,yk_use,yk_low,yk_high,nonce,notes
@@ -91,7 +93,7 @@
 //!   example above); fields after the 10th are ignored (`ykval-export`
 //!   writes `notes` unquoted, so a comma in the notes splits them into more
 //!   fields). `nonce` and `notes` are not used.
-//! - Names map as ksm-formats.md §0 says: `yk_counter` is ykhsm's
+//! - Names map as follows: `yk_counter` is ykhsm's
 //!   `counter`, `yk_use` is `session_use`, `yk_low` is `ts_low`, `yk_high`
 //!   is `ts_high`.
 //! - `active` is `1` or `0` (also accepted: `t`/`f`, `true`/`false`, any
@@ -541,11 +543,11 @@ pub struct YkvalKey {
     /// `yk_counter & 0x7fff`: the 15-bit usage counter.
     ///
     /// YK-VAL stores the counter exactly as YK-KSM reported it: the raw
-    /// 16-bit field of the OTP (ksm-formats.md §0: bytes 6–7, KSM
+    /// 16-bit field of the OTP (plaintext bytes 6–7, little-endian; KSM
     /// `counter=`, VAL `yk_counter`). Only its low 15 bits are a count; bit
-    /// 15 (0x8000) is the "triggered by caps lock" flag (yubico-otp.md §4,
-    /// yubico-c `yubikey_counter(ctr) = ctr & 0x7FFF`). ykhsm compares and
-    /// stores `ctr & 0x7fff` (yubico-otp.md §6), so an imported counter must
+    /// 15 (0x8000) is the "triggered by caps lock" flag (yubico-c
+    /// `yubikey_counter(ctr) = ctr & 0x7FFF`). ykhsm compares and stores
+    /// `ctr & 0x7fff` (`ykhsm_core::counters`), so an imported counter must
     /// be masked the same way, or a key whose last OTP at YK-VAL was
     /// caps-lock triggered would import as counter ≥ 0x8000: above every
     /// counter it can ever type (and refused by the daemon as out of range).

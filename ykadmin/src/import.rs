@@ -1,5 +1,6 @@
-//! `ykadmin import-ykksm`: YK-KSM's keys into ykhsm's AEAD store
-//! (interface.md, `import-ykksm`; ksm-formats.md §2).
+//! `ykadmin import-ykksm`: YK-KSM's keys into ykhsm's AEAD store (the
+//! subcommand's use: README.md, docs/migrating.md; the line format:
+//! `ykhsm_core::ykksm`).
 //!
 //! The input is `ykksm-export` output (no header) or `ykksm-gen-keys` /
 //! `yhsm-import-keys` input (with the `# ykksm 1` header). For every good

@@ -1,7 +1,7 @@
-//! The daemon's configuration file (interface.md, "Files and their
-//! defaults"): TOML, every key optional, unknown keys refused. Parsed into a
-//! raw struct, then validated into [`Config`], which has no `Option` left
-//! and whose paths are absolute.
+//! The daemon's configuration file (ykhsmd.toml(5), in packaging/man/):
+//! TOML, every key optional, unknown keys refused. Parsed into a raw
+//! struct, then validated into [`Config`], which has no `Option` left and
+//! whose paths are absolute.
 //!
 //! The file says where keys, AEADs and the authfile are, so whoever can
 //! write it decides who logs in: it must be root's and not writable by

@@ -1,4 +1,5 @@
-//! The YubiHSM 1 AEAD (yubihsm1.md §3): AES-CCM with an 8-byte tag, a 2-byte
+//! The YubiHSM 1 AEAD (pyhsm `soft_hsm.py` `aesCCM`; python-pyhsm's
+//! `doc/YubiHSM_if.h` `YSM_CCM_NONCE`): AES-CCM with an 8-byte tag, a 2-byte
 //! length field and the 13-byte nonce `key handle (u32 LE) || nonce (6) ||
 //! 00 00 00`, under a key handle's AES-128, -192 or -256 key. Because the key
 //! handle is inside the nonce, an AEAD opens only under the key handle number

@@ -1,4 +1,5 @@
-//! pyhsm's AEAD file formats (yubihsm1.md §4): v0 is the bare AEAD; v1 is
+//! pyhsm's AEAD file formats (pyhsm `aead_cmd.py` `YHSM_GeneratedAEAD`
+//! `save`/`load`): v0 is the bare AEAD; v1 is
 //! `"YubiHSM AEAD\n"`, a version byte `01`, the key handle (u32 LE), the
 //! 6-byte nonce, then the AEAD. Files written by pyhsm ≤ 1.1.1 on Windows
 //! have `"\r\n"` at the end of the marker; only the marker is repaired.

@@ -1,6 +1,7 @@
-//! pam_yubico's authfile, `/etc/yubikeys` (pam-yubico-compat.md §1): the
-//! format, the one parse of a line that ykhsmd's reader and ykadmin's
-//! editor share, the edits ([`edit`]) and the file itself ([`file`]).
+//! pam_yubico's authfile, `/etc/yubikeys` (read by yubico-pam's `util.c`
+//! `check_user_token`): the format, the one parse of a line that ykhsmd's
+//! reader and ykadmin's editor share, the edits ([`edit`]) and the file
+//! itself ([`file`]).
 //!
 //! The format: `user:id1:id2:…`, `#` comments in column 0 only, empty
 //! fields skipped, several lines per user allowed (the ids of all of them

@@ -1,9 +1,11 @@
 //! The one interface the daemon uses to turn AEADs and OTPs into counters,
 //! whatever holds the key-handle keys.
 //!
-//! It is shaped after the YubiHSM 1 (yubihsm1.md §2): OTP decode takes the
-//! AEAD, its key handle and nonce and the 16 ciphertext bytes, and answers
-//! with the counters only — the YubiKey's AES key never leaves the backend.
+//! It is shaped after the YubiHSM 1's `YSM_AEAD_YUBIKEY_OTP_DECODE` (see
+//! docs/architecture.md, "Why the Backend trait looks the way it does"): OTP
+//! decode takes the AEAD, its key handle and nonce and the 16 ciphertext
+//! bytes, and answers with the counters only — the YubiKey's AES key never
+//! leaves the backend.
 //! [`SoftBackend`] does the same with pyhsm's keys.json, the way pyhsm's
 //! `SoftYHSM` does.
 
@@ -140,8 +142,9 @@ pub enum RefusalReason {
 
 impl BackendError {
     /// Whether this means "the OTP is bad" (`BAD_OTP`) rather than "the
-    /// backend is broken" (`BACKEND_ERROR`): yubihsm1.md §7 treats a
-    /// failing AEAD and a failing OTP alike.
+    /// backend is broken" (`BACKEND_ERROR`): a failing AEAD and a failing
+    /// OTP are alike (docs/protocol.md, "The order of the checks", check 5):
+    /// either way the OTP does not decrypt for this key.
     pub fn is_bad_otp(&self) -> bool {
         match self {
             Self::OtpInvalid | Self::AeadInvalid { .. } => true,
@@ -155,7 +158,7 @@ impl BackendError {
     }
 }
 
-/// A secret that unlocks a locked YubiHSM (yubihsm1.md §2): the key
+/// A secret that unlocks a locked YubiHSM: the key
 /// store's master key (`YSM_KEY_STORE_DECRYPT` on firmware 1.0+, the
 /// password of `YSM_KEY_STORAGE_UNLOCK` on 0.9.x), or an OTP of the admin
 /// YubiKey stored in the device (`YSM_HSM_UNLOCK`). Never stored; wiped on

@@ -1,6 +1,9 @@
-//! The freshness rule (yubico-otp.md §6): an OTP is fresh iff its
-//! (counter, session use) pair is strictly above the last accepted pair,
-//! compared lexicographically, with "never seen" below every real pair.
+//! The freshness rule (YK-VAL's, from yubikey-val's `ykval-synclib.php`
+//! `countersHigherThanOrEqual`): an OTP is fresh iff its (counter, session
+//! use) pair is strictly above the last accepted pair, compared
+//! lexicographically, with "never seen" below every real pair. Unlike
+//! YK-VAL, the counter is the token's 16-bit field masked with 0x7fff (bit
+//! 15 is the caps-lock flag).
 //!
 //! `Option<Counters>` is the stored state: `None` (never seen, YK-VAL's
 //! (-1, -1)) orders below every `Some`, so [`is_fresh`] is one comparison.

@@ -1,5 +1,6 @@
 //! CRC-16/ISO-13239 (X.25 polynomial, LSB first) as the YubiKey uses it
-//! (yubico-otp.md §5). Not authentication: it tells a wrong key or a
+//! (yubico-c `ykcrc.c`; a valid token's CRC over all 16 bytes is
+//! [`CRC_OK_RESIDUE`]). Not authentication: it tells a wrong key or a
 //! corrupted token from a good one.
 
 /// The CRC over a whole valid 16-byte plaintext, stored CRC included.

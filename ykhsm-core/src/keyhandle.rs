@@ -1,5 +1,6 @@
 //! Key handles: the 32-bit numbers a YubiHSM (or pyhsm's keys.json) names its
-//! AES keys by, and the way operators spell them (yubihsm1.md §4).
+//! AES keys by, and the way operators spell them (pyhsm `util.py`
+//! `key_handle_to_int`).
 //!
 //! The spelling matters: pyhsm builds AEAD directory names from the string the
 //! operator typed, so `1`, `0x2000`, `8192` and `KSM1` are different

@@ -1,4 +1,5 @@
-//! pyhsm's `keys.json`, the soft HSM's key store (yubihsm1.md §5):
+//! pyhsm's `keys.json`, the soft HSM's key store (pyhsm `soft_hsm.py`
+//! `SoftYHSM.from_json`):
 //!
 //! ```json
 //! { "1": "000102030405060708090a0b0c0d0e0f", "8192": "2000…2000" }

@@ -1,7 +1,7 @@
 //! The whole decrypt of an OTP, store lookup then backend, answered the way
 //! Yubico's YK-KSM (`ykksm-decrypt.php`) answers, so an operator can diff
 //! `ykadmin decrypt` against the old KSM during a migration
-//! (ksm-formats.md §3). Decrypting does not consume the OTP.
+//! (docs/migrating.md). Decrypting does not consume the OTP.
 
 use thiserror::Error;
 

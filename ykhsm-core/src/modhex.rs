@@ -1,5 +1,6 @@
-//! Modhex, the YubiKey's keyboard-layout-safe hex (yubico-otp.md §2), and the
-//! Dvorak repair of typed OTPs (§9).
+//! Modhex, the YubiKey's keyboard-layout-safe hex (yubico-c `yubikey.h`
+//! `YUBIKEY_MODHEX_MAP`; each byte is two characters, high nibble first), and
+//! the Dvorak repair of typed OTPs.
 //!
 //! Decoding folds ASCII upper case to lower case and rejects every other
 //! character outside the alphabet, naming its position: yubico-c's decoder
@@ -11,7 +12,7 @@ use thiserror::Error;
 pub const ALPHABET: &[u8; 16] = b"cbdefghijklnrtuv";
 
 /// What the modhex letters come out as when a YubiKey types on a US Dvorak
-/// layout (yubico-otp.md §9), in alphabet order.
+/// layout (the YubiKey types USB key positions), in alphabet order.
 pub const DVORAK_ALPHABET: &[u8; 16] = b"jxe.uidchtnbpygk";
 
 /// Why a string is not modhex.
@@ -118,11 +119,11 @@ pub fn decode_array<const N: usize>(s: &str) -> Result<[u8; N], ModhexError> {
     })
 }
 
-/// Lower-cases a typed OTP and repairs Dvorak input, as yubico-otp.md §9
-/// requires: a string that is modhex (after case folding) is used as it is;
-/// only a string that is not modhex, but is made entirely of the Dvorak
-/// spellings `jxe.uidchtnbpygk`, is translated. Anything else is returned
-/// lower-cased for the caller's modhex check to reject with a position.
+/// Lower-cases a typed OTP and repairs Dvorak input: a string that is modhex
+/// (after case folding) is used as it is; only a string that is not modhex,
+/// but is made entirely of the Dvorak spellings `jxe.uidchtnbpygk`, is
+/// translated. Anything else is returned lower-cased for the caller's modhex
+/// check to reject with a position.
 ///
 /// YK-VAL translates every string that matches the Dvorak pattern, which
 /// breaks about one valid OTP in 10⁴ (those made only of the twelve shared

@@ -1,5 +1,7 @@
 //! The Yubico OTP: what a YubiKey types, how it splits into a public id and a
-//! token, and how a token decrypts and checks (yubico-otp.md §1–§5).
+//! token, and how a token decrypts and checks (yubico-c's `yubikey.h` and
+//! `yktoken.c` define the token; docs/protocol.md, check 2, the accepted
+//! form).
 //!
 //! Nothing here prints a token, an AES key or a uid: the types that hold them
 //! have redacting `Debug` implementations and are wiped on drop. A public id
@@ -68,7 +70,8 @@ pub enum PublicIdError {
 pub struct PublicId(String);
 
 impl PublicId {
-    /// Parses a public id, folding ASCII upper case (yubico-otp.md §1, §2).
+    /// Parses a public id, folding ASCII upper case: 0 to 16 modhex
+    /// characters of even length (whole bytes).
     pub fn parse(s: &str) -> Result<Self, PublicIdError> {
         let len = s.chars().count();
         if len > MAX_PUBLIC_ID_CHARS {
@@ -206,7 +209,7 @@ impl Otp {
     /// Parses what a YubiKey typed: ASCII case is folded and Dvorak input
     /// repaired (only when the input is not already modhex), then the last
     /// 32 characters are the token and the rest, 0 to 16 characters of even
-    /// length, the public id (yubico-otp.md §1, §2, §9, §10).
+    /// length, the public id (docs/protocol.md, check 2).
     ///
     /// Lengths are checked before anything is copied, so input of any size
     /// costs at most 48 bytes of work.
@@ -274,7 +277,8 @@ impl fmt::Debug for Otp {
 }
 
 /// A YubiKey's secrets: its AES-128 key and its 6-byte private id. This is
-/// the 22-byte plaintext inside a YubiKey AEAD (yubihsm1.md §3).
+/// the 22-byte plaintext inside a YubiKey AEAD, key then uid (python-pyhsm's
+/// `doc/YubiHSM_if.h` `YSM_YUBIKEY_SECRETS`).
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct YubiKeySecrets {
     key: [u8; KEY_LEN],
@@ -363,7 +367,8 @@ impl fmt::Debug for YubiKeySecrets {
 #[error("the OTP does not decrypt to a valid token for this key (CRC or private id mismatch)")]
 pub struct OtpInvalid;
 
-/// Decrypts one AES-128 block in ECB mode (yubico-otp.md §3).
+/// Decrypts one AES-128 block in ECB mode, no IV, no padding (the token is
+/// one block).
 ///
 /// Built so that nothing secret is left behind: the key reaches the cipher
 /// by reference (no temporary copy of it), the cipher's key schedule is
@@ -387,7 +392,9 @@ pub fn aes128_ecb_encrypt(key: &[u8; KEY_LEN], block: &[u8; 16]) -> [u8; 16] {
     out
 }
 
-/// A decrypted token, 16 bytes, fields little-endian (yubico-otp.md §4).
+/// A decrypted token, 16 bytes, fields little-endian (yubico-c `yubikey.h`):
+/// uid (bytes 0–5), usage counter (6–7), timestamp low (8–9) and high (10),
+/// session use (11), random (12–13), CRC (14–15).
 /// Wiped on drop; `Debug` shows the counters only.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct OtpPlaintext([u8; 16]);
@@ -429,7 +436,8 @@ impl OtpPlaintext {
     }
 
     /// Builds a plaintext with its CRC: the stored value is the ones'
-    /// complement of the CRC over bytes 0..14, little-endian (§5).
+    /// complement of the CRC over bytes 0..14, little-endian (so the CRC
+    /// over all 16 bytes gives [`CRC_OK_RESIDUE`]).
     pub fn from_fields(f: &OtpFields) -> Self {
         // Built in place: no unwiped array holds the uid.
         let mut p = Self([0u8; 16]);
@@ -511,7 +519,7 @@ impl fmt::Debug for OtpPlaintext {
 }
 
 /// What a decoded OTP tells the verifier: the fields a YubiHSM 1 returns from
-/// OTP decode (yubihsm1.md §2, command 0x06). No key, no uid.
+/// OTP decode (`YSM_AEAD_YUBIKEY_OTP_DECODE`, command 0x06). No key, no uid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OtpCounters {
     /// Raw 16-bit usage counter; bit 15 is the caps-lock flag.

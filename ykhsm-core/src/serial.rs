@@ -1,4 +1,5 @@
-//! Public ids made from a YubiKey's serial number (yubico-otp.md §8). These
+//! Public ids made from a YubiKey's serial number (the personalisation GUI's
+//! `otppage.cpp` and ykman's `--serial-public-id` conventions). These
 //! are conventions of the programming tools, not rules of the OTP: ykhsm
 //! treats a public id as an opaque string and never derives a serial from it.
 

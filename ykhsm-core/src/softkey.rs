@@ -1,6 +1,8 @@
 //! A software YubiKey: makes OTPs the way a YubiKey in Yubico OTP mode does
-//! (yubico-otp.md §4, §6), for tests, benchmarks and the demo. Its encoding
-//! is the one the vector tests check against every published OTP.
+//! (the 16-byte token of [`crate::otp`]; the counter goes up at each
+//! plug-in and whenever the session use wraps, as [`crate::counters`]
+//! expects), for tests, benchmarks and the demo. Its encoding is the one the
+//! vector tests check against every published OTP.
 
 use std::fmt;
 

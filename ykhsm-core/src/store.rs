@@ -1,5 +1,6 @@
 //! The AEAD store: pyhsm's directory tree of AEAD files, bit for bit
-//! (yubihsm1.md §4).
+//! (pyhsm `ksm/import_keys.py` `output_filename`, `ksm/yubikey_ksm.py`
+//! `aead_filename`).
 //!
 //! ```text
 //! <aead_dir>/<key handle as spelled>/<id[0:2]>/<id[2:4]>/…/<id>

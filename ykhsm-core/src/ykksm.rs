@@ -1,4 +1,5 @@
-//! The YK-KSM key line format (ksm-formats.md §2): what `ykksm-export`
+//! The YK-KSM key line format (Yubico's yubikey-ksm
+//! `doc/Key_Provisioning_Format.adoc`, `ykksm-export`): what `ykksm-export`
 //! prints (no header) and what `ykksm-gen-keys` and `yhsm-import-keys` use
 //! (with the `# ykksm 1` header).
 //!

@@ -5,14 +5,15 @@
 //! pseudo-terminal from a thread (and carries out [`Misbehave`]), and the
 //! `ykhsm-hsm-emu` binary runs one for manual tests and benchmarks.
 //!
-//! The protocol is the one in `yubihsm1.md` §1–§3, and every frame is decoded
-//! and encoded with [`ykhsm_yubihsm::wire`], the driver's own codec, so the
-//! emulator and the host-side driver share one definition of the bytes. The
-//! emulator answers the commands ykhsm sends (the ones that codec speaks:
-//! echo, system info, buffer load, buffer AEAD generate, OTP decode and the
-//! three unlocks).
+//! The protocol is the YubiHSM 1's as python-pyhsm speaks it (its
+//! `doc/YubiHSM_if.h`, the device's C header, and `pyhsm/cmd.py`), with the
+//! AEAD of `ykhsm_core::aead`, and every frame is decoded and encoded with
+//! [`ykhsm_yubihsm::wire`], the driver's own codec, so the emulator and the
+//! host-side driver share one definition of the bytes. The emulator answers
+//! the commands ykhsm sends (the ones that codec speaks: echo, system info,
+//! buffer load, buffer AEAD generate, OTP decode and the three unlocks).
 //!
-//! # Choices where the spec does not say what the device does
+//! # Choices where no source says what the device does
 //!
 //! - **Unknown, unsupported or malformed frames** (a command the codec does
 //!   not decode: one ykhsm never sends, such as `YSM_RANDOM_GENERATE` or
@@ -242,7 +243,7 @@ impl Emulator {
 
     /// Forgets what a reset by the USB bus loses: the data buffer. Key
     /// handles, the lock state and the nonce counter are kept (an emulator
-    /// choice: the spec does not say what a bus reset of the device keeps).
+    /// choice: no source says what a bus reset of the device keeps).
     pub fn bus_reset(&mut self) {
         self.buffer.zeroize();
         self.buffer_len = 0;

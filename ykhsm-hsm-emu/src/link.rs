@@ -1,4 +1,4 @@
-//! The stream side of the serial link (yubihsm1.md §1): bytes arrive in any
+//! The stream side of the YubiHSM 1's serial link: bytes arrive in any
 //! pieces; zeros between frames are resync padding; whole frames go to the
 //! [`Emulator`].
 

@@ -1,5 +1,6 @@
-//! The emulator against vectors-hsm.json (`recorded`, `frames`, `keys_json`)
-//! and its lock, permission and stream behaviour.
+//! The emulator against ykhsm-core's committed `tests/data/vectors-hsm.json`
+//! (`recorded`, `frames`, `keys_json`) and its lock, permission and stream
+//! behaviour.
 //!
 //! Not exercised here, by design: `R4-hmac-sha1` is HMAC-SHA1, a command
 //! ykhsm never sends (the emulator does not answer it), and

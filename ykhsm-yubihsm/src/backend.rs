@@ -97,9 +97,12 @@ fn failure(e: HsmError) -> BackendError {
 }
 
 /// Maps a device error to what the daemon answers: 0x82/0x83 are a bad OTP
-/// (yubihsm1.md §7); 0x81 and 0x89 are named; 0x8a is the locked key store
-/// of this device; everything else is a failure carrying the error, which
-/// names the device, the command and the status.
+/// (0x83: CRC or uid wrong; 0x82: the AEAD does not authenticate — no
+/// recording shows which status a device gives for a failed tag, so both
+/// count, as a soft HSM's failed CCM tag does); 0x81 and 0x89 are named;
+/// 0x8a is the locked key store of this device; everything else is a
+/// failure carrying the error, which names the device, the command and the
+/// status.
 fn to_backend_error(e: HsmError, key_handle: KeyHandle, purpose: Purpose) -> BackendError {
     match e.status() {
         Some(Status::KeyStorageLocked) => match e {

@@ -1,5 +1,5 @@
 //! [`YubiHsm`]: one open YubiHSM 1, its serial line and one exchange at a
-//! time (yubihsm1.md §1).
+//! time (the link as pyhsm's `base.py`, `cmd.py` and `stick.py` drive it).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use crate::wire::{
     FrameError, PUBLIC_ID_SIZE, Redacted, Request, Response, Status, SystemInfo, cmd,
 };
 
-/// The line speed of the YubiHSM 1's serial port (yubihsm1.md §1).
+/// The line speed of the YubiHSM 1's serial port (pyhsm `stick.py`).
 const BAUD_RATE: u32 = 115_200;
 /// Silence that ends the drain after a resync (pyhsm waits 0.1 s).
 const RESYNC_QUIET: Duration = Duration::from_millis(100);
@@ -106,10 +106,10 @@ pub struct YubiHsm {
 impl YubiHsm {
     /// Opens the device at `path` (e.g. `/dev/ttyACM0`), exclusive and in
     /// raw mode at 115200 baud ([`HsmError::Busy`] if another process holds
-    /// it), and runs the start-up of yubihsm1.md §1: resync, system info
-    /// (checking for configuration mode when nothing answers), protocol
-    /// version 1, and the raw-line echo test. `timeout` bounds each
-    /// exchange.
+    /// it), and runs pyhsm's start-up (`base.py` `YHSM.__init__`): resync,
+    /// system info (checking for configuration mode when nothing answers),
+    /// protocol version 1, and the raw-line echo test (pyhsm's `test_comm`).
+    /// `timeout` bounds each exchange.
     pub fn open(path: &Path, timeout: Duration) -> Result<Self, HsmError> {
         let port = open_line(path, timeout)?;
         let mut hsm = Self {
@@ -208,7 +208,7 @@ impl YubiHsm {
     /// `YSM_BUFFER_LOAD` of `plaintext` at offset 0, then
     /// `YSM_BUFFER_AEAD_GENERATE` under `key_handle` and `nonce` (all
     /// zeros: the device picks the nonce): the hardware import path of
-    /// `yhsm-import-keys` (yubihsm1.md §3).
+    /// `yhsm-import-keys` (pyhsm `ksm/import_keys.py`).
     pub fn buffer_aead_generate(
         &mut self,
         key_handle: KeyHandle,
@@ -338,13 +338,13 @@ impl YubiHsm {
         Ok(response)
     }
 
-    /// Resynchronises the link (yubihsm1.md §1): 96 zero bytes, drain until
-    /// 0.1 s of silence, flush the input; then, as pyhsm's `reset` with its
-    /// sync test, an echo that must come back within the timeout. The echo
-    /// carries a marker unique to this resync, and whole answer frames that
-    /// arrive before its answer are read and discarded: a late answer to a
-    /// request that timed out (a slow device answers after the drain) is
-    /// never taken for the answer to the next request.
+    /// Resynchronises the link: 96 zero bytes, drain until 0.1 s of silence,
+    /// flush the input (pyhsm `cmd.py` `reset`); then, as pyhsm's `reset`
+    /// with its sync test, an echo that must come back within the timeout.
+    /// The echo carries a marker unique to this resync, and whole answer
+    /// frames that arrive before its answer are read and discarded: a late
+    /// answer to a request that timed out (a slow device answers after the
+    /// drain) is never taken for the answer to the next request.
     pub fn resync(&mut self) -> Result<(), HsmError> {
         self.needs_resync = true;
         let deadline = Instant::now() + self.timeout;

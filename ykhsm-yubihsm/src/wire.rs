@@ -1,6 +1,8 @@
-//! The YubiHSM 1 serial protocol as bytes (yubihsm1.md §1, §2): request and
-//! response frames, status codes, permission flags, the resync and the
-//! configuration-mode check.
+//! The YubiHSM 1 serial protocol as bytes: request and response frames,
+//! status codes, permission flags, the resync and the configuration-mode
+//! check. The sources are python-pyhsm's `doc/YubiHSM_if.h` (the device's C
+//! header, "if.h" below), `pyhsm/defines.py`, and `pyhsm/cmd.py` /
+//! `pyhsm/base.py` for what the host does.
 //!
 //! This module exists so that the two programs that speak the protocol — the
 //! serial driver ([`YubiHsm`](crate::YubiHsm)) and the device emulator used in
@@ -81,14 +83,16 @@ pub const SYSTEM_UID_SIZE: usize = 12;
 /// `YSM_YUBIKEY_AEAD_SIZE`).
 pub const YUBIKEY_AEAD_SIZE: usize = 30;
 /// The only protocol version this codec speaks (if.h `YSM_PROTOCOL_VERSION`);
-/// a device reporting another is refused (yubihsm1.md §1).
+/// a device reporting another in its system-info answer is refused, as
+/// pyhsm's `YHSM.__init__` does.
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Most bytes an echo carries (payload minus its count byte).
 pub const ECHO_MAX_DATA: usize = MAX_PAYLOAD - 1;
 /// Length of the resync: `YSM_NULL` and 95 zero bytes, no length byte.
 pub const RESYNC_LEN: usize = MAX_PAYLOAD;
 /// What the host writes to a silent device to see whether it is in
-/// configuration mode (yubihsm1.md §1).
+/// configuration mode (a YubiHSM started with its button held talks a text
+/// console, not frames; pyhsm `cmd.py` `_handle_invalid_read_response`).
 pub const CONFIG_MODE_PROBE: &[u8; 3] = b"\r\r\r";
 /// How many bytes pyhsm reads after [`CONFIG_MODE_PROBE`].
 pub const CONFIG_MODE_READ_LEN: usize = 50;
@@ -100,7 +104,7 @@ const _: () = assert!(DATA_BUF_SIZE == MAX_PLAINTEXT_LEN);
 const _: () = assert!(YUBIKEY_AEAD_SIZE == YUBIKEY_AEAD_LEN);
 const _: () = assert!(MAX_FRAME_LEN == MAX_BCNT as usize + 1);
 
-/// Command codes (if.h, pyhsm `defines.py`; yubihsm1.md §2).
+/// Command codes (if.h, pyhsm `defines.py`).
 ///
 /// [`Request`] and [`Response`] cover the codes for which
 /// [`is_supported`](cmd::is_supported) is true: the ones ykhsm sends. The
@@ -210,12 +214,16 @@ pub mod cmd {
     }
 }
 
-/// Key-handle permission flags (yubihsm1.md §2): a 32-bit word per key
-/// handle, set in configuration mode; a command whose flag is missing answers
+/// Key-handle permission flags: a 32-bit word per key handle, set in
+/// configuration mode; a command whose flag is missing answers
 /// [`Status::FunctionDisabled`].
 ///
-/// The values marked *inferred* are not written in any source: every attested
-/// command flag is `1 << command code`, so these follow that rule. In
+/// The values marked *attested* are written in comments of python-pyhsm's
+/// tests (`test/test_aead.py`, `test_otp_validate.py`, `test_aes_ecb.py`,
+/// `test_hmac.py`). The values marked *inferred* are not written in any
+/// source: every attested command flag is `1 << command code`, and the
+/// configuration console lists the flags in command-code order, so these
+/// follow that rule. In
 /// particular [`AEAD_YUBIKEY_OTP_DECODE`](permission::AEAD_YUBIKEY_OTP_DECODE)
 /// = 0x40 is inferred, so a device must never be refused on that flag alone.
 pub mod permission {
@@ -229,8 +237,8 @@ pub mod permission {
     pub const AEAD_DECRYPT_CMP: u32 = 0x0000_0010;
     /// `YSM_DB_YUBIKEY_AEAD_STORE` (inferred).
     pub const DB_YUBIKEY_AEAD_STORE: u32 = 0x0000_0020;
-    /// `YSM_AEAD_YUBIKEY_OTP_DECODE` (**inferred**, yubihsm1.md §2 and §7):
-    /// the flag the KSM key handle needs.
+    /// `YSM_AEAD_YUBIKEY_OTP_DECODE` (**inferred**: `1 << 0x06`; no source
+    /// states it): the flag the KSM key handle needs.
     pub const AEAD_YUBIKEY_OTP_DECODE: u32 = 0x0000_0040;
     /// `YSM_DB_YUBIKEY_OTP_VALIDATE` (inferred).
     pub const DB_YUBIKEY_OTP_VALIDATE: u32 = 0x0000_0080;
@@ -277,7 +285,7 @@ pub mod permission {
     }
 }
 
-/// The status byte inside a response payload (if.h; yubihsm1.md §2).
+/// The status byte inside a response payload (if.h `YSM_STATUS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     /// 0x80 `YSM_STATUS_OK`: success.
@@ -379,7 +387,7 @@ impl Status {
         }
     }
 
-    /// What the status means, in a few words (yubihsm1.md §2).
+    /// What the status means, in a few words (after if.h's comments).
     pub fn meaning(self) -> &'static str {
         match Self::from_byte(self.to_byte()) {
             Self::Ok => "success",
@@ -554,7 +562,7 @@ impl FrameError {
 
 /// The resync: `YSM_NULL` (0x00) followed by 95 zero bytes, 96 in all, with
 /// no length byte. No answer comes; the host then drains its input until
-/// 0.1 s of silence and flushes (yubihsm1.md §1).
+/// 0.1 s of silence and flushes (pyhsm `cmd.py` `reset`).
 pub const fn resync_bytes() -> [u8; RESYNC_LEN] {
     [0; RESYNC_LEN]
 }
@@ -616,7 +624,8 @@ pub fn check_frame(buf: &[u8]) -> Result<usize, FrameError> {
 
 /// Whether what a device sent after [`CONFIG_MODE_PROBE`] shows its
 /// configuration console: some line (split at `\n`) matching
-/// `^(NO_CFG|WSAPI|HSM).*> .*`, as pyhsm checks (yubihsm1.md §1). Works on
+/// `^(NO_CFG|WSAPI|HSM).*> .*`, as pyhsm checks (`cmd.py`
+/// `_handle_invalid_read_response`, after reading 50 bytes). Works on
 /// raw bytes; a `\r` is an ordinary character, as in pyhsm.
 pub fn is_config_mode(reply: &[u8]) -> bool {
     const PROMPTS: [&[u8]; 3] = [b"NO_CFG", b"WSAPI", b"HSM"];
@@ -680,8 +689,8 @@ pub struct AeadAnswer {
     pub aead: Vec<u8>,
 }
 
-/// The answer to `YSM_AEAD_YUBIKEY_OTP_DECODE`: the counters in clear
-/// (yubihsm1.md §2, 0x06). The device does not check replay.
+/// The answer to `YSM_AEAD_YUBIKEY_OTP_DECODE` (0x06): the counters in
+/// clear. The device does not check replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OtpDecodeAnswer {
     /// The nonce (the frame's "public id" field), echoed.
@@ -770,8 +779,8 @@ impl<T: AsRef<[u8]>> fmt::Debug for Redacted<T> {
     }
 }
 
-/// What the host sends (yubihsm1.md §2 table, request column): only the
-/// commands ykhsm sends, each variant naming who sends it.
+/// What the host sends (if.h's request structs): only the commands ykhsm
+/// sends, each variant naming who sends it.
 ///
 /// `Debug` shows no secret: buffer contents, passwords and keys are
 /// [`Redacted`], OTPs are [`Token`]s.
@@ -1109,8 +1118,8 @@ impl Request {
     }
 }
 
-/// What the device answers (yubihsm1.md §2 table, response column). Each
-/// variant answers the [`Request`] variant of the same name. No answer to a
+/// What the device answers (if.h's response structs). Each variant
+/// answers the [`Request`] variant of the same name. No answer to a
 /// command ykhsm sends carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {

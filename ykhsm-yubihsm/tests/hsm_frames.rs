@@ -1,13 +1,14 @@
 //! The YubiHSM 1 frame codec (`ykhsm_yubihsm::wire`) against the frames of
-//! vectors-hsm.json (`frames`, the OTP-decode frames of every `aead_cases`
-//! entry, the hardware-recorded `recorded` vectors), plus properties: every
-//! request and answer round-trips, and no input makes a decoder panic.
+//! ykhsm-core's committed `tests/data/vectors-hsm.json` (`frames`, the
+//! OTP-decode frames of every `aead_cases` entry, the hardware-recorded
+//! `recorded` vectors), plus properties: every request and answer
+//! round-trips, and no input makes a decoder panic.
 //!
-//! The vectors are the copy committed with ykhsm-core (its `vectors` test
-//! checks that copy against the spec). Not exercised here, by design:
-//! `R4-hmac-sha1` (HMAC-SHA1, a command ykhsm never sends, so the codec does
-//! not encode it), and `R5-key-handle-parse` and `R6-modhex`, host-side
-//! parsing vectors that ykhsm-core's tests cover.
+//! The vectors are read only from that committed copy, so the test runs on
+//! a bare clone. Not exercised here, by design: `R4-hmac-sha1` (HMAC-SHA1, a
+//! command ykhsm never sends, so the codec does not encode it), and
+//! `R5-key-handle-parse` and `R6-modhex`, host-side parsing vectors that
+//! ykhsm-core's tests cover.
 
 use std::path::PathBuf;
 
@@ -21,13 +22,8 @@ use ykhsm_yubihsm::wire::{
 use zeroize::Zeroizing;
 
 fn vectors() -> Value {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let committed = manifest.join("../ykhsm-core/tests/data/vectors-hsm.json");
-    let path = if committed.exists() {
-        committed
-    } else {
-        manifest.join("../../shared/spec/vectors-hsm.json")
-    };
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ykhsm-core/tests/data/vectors-hsm.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("vectors-hsm.json is JSON")

@@ -1,5 +1,5 @@
-//! The user → key map, `/etc/yubikeys`, in pam_yubico's format
-//! (pam-yubico-compat.md §1): `user:id1:id2:…`, `#` comments in column 0,
+//! The user → key map, `/etc/yubikeys`, in pam_yubico's format (yubico-pam's
+//! `util.c` `check_user_token`): `user:id1:id2:…`, `#` comments in column 0,
 //! empty fields skipped, several lines per user allowed. Each line is read
 //! by `ykhsm_core::authfile`, the parse ykadmin's editor uses too; this
 //! module ties the names to the system's accounts and keeps the result.
