@@ -136,17 +136,13 @@ fn clk_tck() -> u64 {
 
 /// utime + stime of a whole process (all its threads), in clock ticks.
 fn process_ticks(pid: &str) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name is in parentheses and may hold spaces: count fields
-    // after the last ')'. Field 3 (state) is index 0, so utime (14) is 11.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
+    stat_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
 }
 
-/// (busy, total) ticks of the whole machine, from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
+/// (busy, total, steal) ticks of the whole machine, from /proc/stat;
+/// steal (time the hypervisor gave this machine's CPUs to someone else) is
+/// part of busy.
+fn machine_ticks() -> (u64, u64, u64) {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = stat.lines().next().unwrap_or_default();
     let v: Vec<u64> = line
@@ -157,7 +153,77 @@ fn machine_ticks() -> (u64, u64) {
     let g = |i: usize| v.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal
     let busy = g(0) + g(1) + g(2) + g(5) + g(6) + g(7);
-    (busy, busy + g(3) + g(4))
+    (busy, busy + g(3) + g(4), g(7))
+}
+
+/// CPU ticks of every thread on the machine but the daemon's and this
+/// process's, by (pid, tid), with the thread's name: who the "others" are.
+fn other_threads(daemon_pid: &str) -> BTreeMap<(String, String), (String, u64)> {
+    let me = std::process::id().to_string();
+    let mut out = BTreeMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me || pid == daemon_pid {
+            continue;
+        }
+        let Ok(tasks) = fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(stat) = fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            let name = stat
+                .split_once('(')
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .map_or("?", |(name, _)| name)
+                .to_owned();
+            let tid = t.file_name().to_string_lossy().into_owned();
+            out.insert((pid.clone(), tid), (name, stat_ticks(&stat)));
+        }
+    }
+    out
+}
+
+/// A level's machine ticks, at least 1 (a share's denominator).
+fn m_of(l: &Level) -> f64 {
+    l.machine_ticks.max(1) as f64
+}
+
+/// utime + stime of a `stat` line (a process's or a thread's).
+fn stat_ticks(stat: &str) -> u64 {
+    // The command name is in parentheses and may hold spaces: count fields
+    // after the last ')'. Field 3 (state) is index 0, so utime (14) is 11.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// The threads (by name) that used the most CPU between two
+/// [`other_threads`] snapshots, most first, at most `n`, and the ticks of
+/// all of them (what `others` leaves beyond that was used by threads that
+/// ended before the second snapshot: short-lived processes).
+fn top_others(
+    before: &BTreeMap<(String, String), (String, u64)>,
+    after: &BTreeMap<(String, String), (String, u64)>,
+    n: usize,
+) -> (Vec<(String, u64)>, u64) {
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    for (key, (name, ticks)) in after {
+        let was = before.get(key).map_or(0, |(_, t)| *t);
+        if *ticks > was {
+            *by_name.entry(name.clone()).or_default() += ticks - was;
+        }
+    }
+    let seen = by_name.values().sum();
+    let mut v: Vec<(String, u64)> = by_name.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(n);
+    (v, seen)
 }
 
 /// CPU counters at one instant.
@@ -167,16 +233,18 @@ struct Cpu {
     bench: u64,
     busy: u64,
     total: u64,
+    steal: u64,
 }
 
 impl Cpu {
     fn now(daemon_pid: &str) -> Self {
-        let (busy, total) = machine_ticks();
+        let (busy, total, steal) = machine_ticks();
         Self {
             daemon: process_ticks(daemon_pid),
             bench: process_ticks("self"),
             busy,
             total,
+            steal,
         }
     }
 }
@@ -554,6 +622,14 @@ struct Level {
     daemon_ticks: u64,
     bench_ticks: u64,
     other_ticks: u64,
+    /// Of `other_ticks`: the hypervisor's (steal).
+    steal_ticks: u64,
+    /// The threads outside the daemon and this bench that used the most
+    /// CPU during the level (name, ticks).
+    top_others: Vec<(String, u64)>,
+    /// Ticks of all threads outside the daemon and this bench that were
+    /// alive at the level's end.
+    seen_others: u64,
     machine_ticks: u64,
 }
 
@@ -571,6 +647,7 @@ fn run_level(inst: &Install, daemon: &Daemon, clients: usize, dur: Duration) -> 
             thread::spawn(move || client(&socket, &keys, &mine, dur, &barrier))
         })
         .collect();
+    let others_before = other_threads(daemon_pid);
     barrier.wait();
     let before = Cpu::now(daemon_pid);
     let start = Instant::now();
@@ -580,6 +657,7 @@ fn run_level(inst: &Install, daemon: &Daemon, clients: usize, dur: Duration) -> 
         .collect();
     let secs = start.elapsed().as_secs_f64();
     let after = Cpu::now(daemon_pid);
+    let (top_others, seen_others) = top_others(&others_before, &other_threads(daemon_pid), 4);
     // The audit lines were written before the answers; let the reader
     // thread catch up with the pipe.
     thread::sleep(Duration::from_millis(200));
@@ -610,6 +688,9 @@ fn run_level(inst: &Install, daemon: &Daemon, clients: usize, dur: Duration) -> 
         daemon_ticks,
         bench_ticks,
         other_ticks: busy.saturating_sub(daemon_ticks + bench_ticks),
+        steal_ticks: after.steal - before.steal,
+        top_others,
+        seen_others,
         machine_ticks: after.total - before.total,
     }
 }
@@ -1036,7 +1117,7 @@ fn main() {
     println!();
     println!("Where the time goes");
     println!(
-        "  {:>7} {:>9} {:>9} {:>10} {:>7} {:>10} {:>9} {:>9} {:>7}",
+        "  {:>7} {:>9} {:>9} {:>10} {:>7} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "clients",
         "srv p50",
         "srv p99",
@@ -1045,6 +1126,7 @@ fn main() {
         "bCPU us/v",
         "machine:",
         "others %",
+        "steal %",
         "idle %"
     );
     let tck_f = tck as f64;
@@ -1055,7 +1137,7 @@ fn main() {
             .machine_ticks
             .saturating_sub(l.daemon_ticks + l.bench_ticks + l.other_ticks);
         println!(
-            "  {:>7} {:>9.1} {:>9.1} {:>10.1} {:>7.0} {:>10.1} {:>9} {:>9.1} {:>7.1}",
+            "  {:>7} {:>9.1} {:>9.1} {:>10.1} {:>7.0} {:>10.1} {:>9} {:>9.1} {:>8.1} {:>7.1}",
             l.clients,
             us(l.srv.0),
             us(l.srv.1),
@@ -1064,7 +1146,36 @@ fn main() {
             l.bench_ticks as f64 / tck_f / n * 1e6,
             "",
             l.other_ticks as f64 / m * 100.0,
+            l.steal_ticks as f64 / m * 100.0,
             idle as f64 / m * 100.0
+        );
+    }
+    for l in &levels {
+        let share = |ticks: u64| ticks as f64 / m_of(l) * 100.0;
+        let mut named: Vec<String> = l
+            .top_others
+            .iter()
+            .map(|(name, ticks)| format!("{name} {:.1} %", share(*ticks)))
+            .collect();
+        // CPU no thread visible here was charged with: processes in another
+        // PID namespace (other containers sharing this kernel: invisible in
+        // /proc, counted in /proc/stat), processes that ended during the
+        // level, interrupts.
+        let unnamed = l.other_ticks.saturating_sub(l.seen_others + l.steal_ticks);
+        if unnamed > 0 {
+            named.push(format!(
+                "not in this /proc (other PID namespaces, ended processes, interrupts) {:.1} %",
+                share(unnamed)
+            ));
+        }
+        println!(
+            "  c={:<4} others by thread: {}",
+            l.clients,
+            if named.is_empty() {
+                "none".to_owned()
+            } else {
+                named.join(", ")
+            }
         );
     }
     println!("  srv: the daemon's own duration_us from its audit lines (request decoded → verdict");
@@ -1072,8 +1183,10 @@ fn main() {
     println!("  dCPU / bCPU: CPU time of the daemon (all threads, /proc/<pid>/stat) and of this");
     println!("       bench process (clients, pipe readers) per verify; dCPU % is of one CPU;");
     println!(
-        "  others % / idle %: the rest of the machine ({cpus} CPUs, /proc/stat) during the level."
+        "  others % / idle %: the rest of the machine ({cpus} CPUs, /proc/stat) during the level;"
     );
+    println!("       steal %: of others, CPU the hypervisor gave to other guests; by thread: the");
+    println!("       threads outside the daemon and this bench that used the most (/proc/*/task).");
     if hsm_mode {
         println!("  (yubihsm: the emulator is a thread of this bench, so its CPU is in bCPU.)");
     }

@@ -71,9 +71,47 @@ pub fn is_fresh(stored: Option<Counters>, presented: Counters) -> bool {
     Some(presented) > stored
 }
 
+/// Where a key stands in a fleet of bastions sharing one counter store:
+/// its generation (raised by each explicit reset), then the last accepted
+/// pair of that generation, `None` (never seen) below every pair. The
+/// derived order is the fleet's: lexicographic, generation first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The key's generation.
+    pub generation: u32,
+    /// The last accepted pair in that generation.
+    pub last: Option<Counters>,
+}
+
+/// The fleet's rule, the one conditional write of the shared store: a
+/// presented position raises the stored one (`None`: the store has no row
+/// for the key) iff it is strictly higher. Equal is a replay. The store's
+/// SQL statement and the model of the fleet protocol both implement this;
+/// tests check each against this function.
+pub fn raises(stored: Option<Position>, presented: Position) -> bool {
+    Some(presented) > stored
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fleet_order_is_generation_first() {
+        let p = |generation, last: Option<(u16, u8)>| Position {
+            generation,
+            last: last.map(|(c, u)| Counters::new(c, u).unwrap()),
+        };
+        assert!(raises(None, p(0, None)));
+        assert!(raises(Some(p(0, None)), p(0, Some((0, 0)))));
+        assert!(!raises(Some(p(0, Some((3, 4)))), p(0, Some((3, 4)))));
+        assert!(!raises(Some(p(0, Some((3, 4)))), p(0, Some((3, 3)))));
+        assert!(raises(Some(p(0, Some((3, 4)))), p(0, Some((4, 0)))));
+        // A reset (a new generation, nothing seen) is above every pair of
+        // the generation before, and below nothing of its own.
+        assert!(raises(Some(p(0, Some((0x7fff, 0xff)))), p(1, None)));
+        assert!(!raises(Some(p(2, None)), p(1, Some((9, 9)))));
+    }
 
     #[test]
     fn equal_pair_is_a_replay() {
