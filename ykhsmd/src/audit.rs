@@ -58,7 +58,7 @@ impl Audit {
             || "counter=- session_use=-".to_owned(),
             |c| format!("counter={} session_use={}", c.counter(), c.session_use()),
         );
-        let line = format!(
+        let mut line = format!(
             "{} user={} pubid={pubid} status={} {counters} peer_uid={} peer_pid={} duration_us={}",
             what.word(),
             log::user(user),
@@ -67,6 +67,10 @@ impl Audit {
             pid(peer),
             took.as_micros()
         );
+        if let Some(word) = o.fleet {
+            line.push_str(" fleet=");
+            line.push_str(word.as_str());
+        }
         Self {
             status: o.status,
             line,
@@ -108,6 +112,7 @@ mod tests {
             status: Status::Ok,
             public_id: Some(PublicId::parse("ccccccdbjrgf").unwrap()),
             counters: Counters::new(12, 3),
+            fleet: None,
         };
         let took = Duration::from_micros(180);
         assert_eq!(
@@ -118,6 +123,7 @@ mod tests {
             status: Status::Denied,
             public_id: None,
             counters: None,
+            fleet: None,
         };
         let nobody = Peer {
             uid: 65534,

@@ -32,7 +32,7 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,8 @@ use tokio::sync::oneshot;
 use ykhsm_core::counters::Counters;
 use ykhsm_proto::CounterRecord;
 use ykhsm_proto::message::{FINGERPRINT_LEN, MAX_BOUND_AEADS};
+
+use crate::fleet::Fleet;
 
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -209,10 +211,22 @@ pub struct Presented {
 /// The outcome of a check-and-set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accept {
-    /// Fresh: stored and committed.
+    /// Fresh: stored and committed (with a fleet: raised in the store
+    /// first).
     Fresh,
+    /// Fresh against this host's row, decided without the fleet's store
+    /// (it could not be reached; `offline = "local"`): stored, committed,
+    /// marked unsynced and counted as an offline acceptance.
+    Offline,
     /// Not above the stored pair: nothing written.
     Replayed,
+    /// Fresh here, but the fleet's store held this position or a higher
+    /// one (another bastion accepted it): a replay; the local row was
+    /// raised to the store's.
+    Lost,
+    /// The fleet's store could not be reached and `offline = "deny"`:
+    /// nothing written.
+    FleetDown,
     /// The key was reset to `generation`, and the AEAD that decoded the OTP
     /// is not one that generation was started for (it may hold the retired
     /// secret): nothing written.
@@ -263,6 +277,20 @@ enum Op {
         aeads: Vec<[u8; FINGERPRINT_LEN]>,
         reply: Reply<ResetOutcome>,
     },
+    /// The rows the fleet's store may not have (at most `limit`).
+    FleetUnsynced {
+        limit: usize,
+        reply: Reply<Vec<CounterRecord>>,
+    },
+    /// Raises rows to the store's records; clears what is synced.
+    FleetSettle {
+        records: Vec<CounterRecord>,
+        reply: Reply<MergeOutcome>,
+    },
+    /// The fleet's numbers.
+    FleetCounts {
+        reply: Reply<FleetCounts>,
+    },
 }
 
 /// The counter database: a queue of check-and-sets and the connection
@@ -286,6 +314,8 @@ struct Inner {
     /// Unix seconds of the last commit that changed counters (0: none
     /// since the daemon started), for `ykadmin status` and `metrics`.
     last_commit: AtomicU64,
+    /// The fleet, if `[fleet]` is configured ([`Db::attach_fleet`]).
+    fleet: OnceLock<Arc<Fleet>>,
 }
 
 #[derive(Debug, Default)]
@@ -324,6 +354,9 @@ impl std::fmt::Debug for Op {
             Op::Merge { .. } => "Merge",
             Op::Export { .. } => "Export",
             Op::Reset { .. } => "Reset",
+            Op::FleetUnsynced { .. } => "FleetUnsynced",
+            Op::FleetSettle { .. } => "FleetSettle",
+            Op::FleetCounts { .. } => "FleetCounts",
         })
     }
 }
@@ -334,7 +367,15 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    now()
+}
+
+mod fleet;
 mod schema;
+
+pub use fleet::FleetCounts;
 
 pub use schema::{Migration, Opened, inspect};
 
@@ -352,6 +393,7 @@ impl Db {
             work: Condvar::new(),
             thread: Mutex::new(None),
             last_commit: AtomicU64::new(0),
+            fleet: OnceLock::new(),
         });
         let for_thread = Arc::clone(&inner);
         let handle = thread::Builder::new()
@@ -381,6 +423,63 @@ impl Db {
 
     fn error(&self, kind: DbErrorKind) -> DbError {
         DbError::new(&self.inner.path, kind)
+    }
+
+    /// Whether a fleet is attached.
+    pub fn has_fleet(&self) -> bool {
+        self.inner.fleet.get().is_some()
+    }
+
+    /// The fleet, if attached.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.inner.fleet.get()
+    }
+
+    /// From now on every login of a batch is raised in the fleet's store
+    /// before its local commit ([`crate::fleet`]). Once, before serving.
+    pub fn attach_fleet(&self, fleet: Arc<Fleet>) {
+        let _ = self.inner.fleet.set(fleet);
+    }
+
+    /// Runs `op` (made with the reply) on the commit thread and waits for
+    /// its result: for threads that are not the event loop's.
+    fn blocking<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, DbError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(op(to_oneshot(tx)), Committer::CommitThread(Busy::EventLoop));
+        rx.blocking_recv()
+            .map_err(|_| self.error(DbErrorKind::CommitterStopped))?
+    }
+
+    /// The rows the fleet's store may not have, oldest first, at most
+    /// `limit` (the reconciler's thread).
+    pub fn fleet_unsynced(&self, limit: usize) -> Result<Vec<CounterRecord>, DbError> {
+        self.blocking(|reply| Op::FleetUnsynced { limit, reply })
+    }
+
+    /// Raises rows to `records` (the store's, or what the store now holds)
+    /// and clears the unsynced mark of every key the store is level with
+    /// (the reconciler's thread).
+    pub fn fleet_settle(&self, records: Vec<CounterRecord>) -> Result<MergeOutcome, DbError> {
+        self.blocking(|reply| Op::FleetSettle { records, reply })
+    }
+
+    /// Every key's public id (the reconciler's thread).
+    pub fn public_ids(&self) -> Result<Vec<String>, DbError> {
+        let records = self.blocking(|reply| Op::Export { reply })?;
+        Ok(records.into_iter().map(|r| r.public_id).collect())
+    }
+
+    /// The fleet's numbers.
+    pub async fn fleet_counts(&self) -> Result<FleetCounts, DbError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Op::FleetCounts {
+                reply: to_oneshot(tx),
+            },
+            Committer::CommitThread(Busy::EventLoop),
+        );
+        rx.await
+            .map_err(|_| self.error(DbErrorKind::CommitterStopped))?
     }
 
     /// Queues `op`. If no commit is running and `committer` is the calling
@@ -555,7 +654,12 @@ fn commit_batch(inner: &Inner, batch: Vec<Op>) -> Vec<Done> {
     let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
     match conn.as_mut() {
         Some(c) => {
-            let done = run_batch(c, &inner.path, batch);
+            let (done, later) = run_batch(c, &inner.path, batch, inner.fleet.get());
+            if !later.is_empty() {
+                // The next batch checks them, after this one is settled;
+                // the commit thread is woken when this commit ends.
+                inner.queue().ops.splice(0..0, later);
+            }
             if done.iter().any(Done::changed_counters) {
                 inner.last_commit.store(now(), Ordering::Relaxed);
             }
@@ -869,6 +973,7 @@ enum Done {
         Result<Vec<CounterRecord>, DbError>,
     ),
     Reset(Reply<ResetOutcome>, Result<ResetOutcome, DbError>),
+    FleetCounts(Reply<FleetCounts>, Result<FleetCounts, DbError>),
 }
 
 impl Done {
@@ -878,16 +983,17 @@ impl Done {
             Done::Merge(reply, r) => reply(r),
             Done::Export(reply, r) => reply(r),
             Done::Reset(reply, r) => reply(r),
+            Done::FleetCounts(reply, r) => reply(r),
         }
     }
 
     /// Whether this is a committed change of the counter table.
     fn changed_counters(&self) -> bool {
         match self {
-            Done::Accept(_, r) => matches!(r, Ok(Accept::Fresh)),
+            Done::Accept(_, r) => matches!(r, Ok(Accept::Fresh | Accept::Offline | Accept::Lost)),
             Done::Merge(_, r) => r.as_ref().is_ok_and(|m| m.raised > 0),
             Done::Reset(_, r) => r.is_ok(),
-            Done::Export(..) => false,
+            Done::Export(..) | Done::FleetCounts(..) => false,
         }
     }
 
@@ -897,6 +1003,7 @@ impl Done {
             Done::Accept(reply, _) => Done::Accept(reply, Err(e.clone())),
             Done::Merge(reply, _) => Done::Merge(reply, Err(e.clone())),
             Done::Export(reply, r) => Done::Export(reply, r),
+            Done::FleetCounts(reply, r) => Done::FleetCounts(reply, r),
             Done::Reset(reply, _) => Done::Reset(reply, Err(e.clone())),
         }
     }
@@ -933,12 +1040,21 @@ impl Drop for Txn<'_> {
     }
 }
 
-/// One batch: one transaction, one commit; the results to hand out.
-fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done> {
+/// One batch: one transaction, one commit; the results to hand out, and
+/// the logins put back for the next batch (with a fleet: a second login
+/// of a key in the same round).
+fn run_batch(
+    conn: &mut Connection,
+    path: &Path,
+    mut batch: Vec<Op>,
+    fleet: Option<&Arc<Fleet>>,
+) -> (Vec<Done>, Vec<Op>) {
     let err = |e: rusqlite::Error| DbError::new(path, e.into());
-    // A lone verify is one statement in its own (implicit) transaction:
-    // committed, fsync included, when `execute` returns.
-    if let [Op::Accept { .. }] = batch.as_slice()
+    // Without a fleet, a lone verify is one statement in its own
+    // (implicit) transaction: committed, fsync included, when `execute`
+    // returns.
+    if fleet.is_none()
+        && let [Op::Accept { .. }] = batch.as_slice()
         && let Some(Op::Accept {
             key,
             presented,
@@ -946,22 +1062,36 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
         }) = batch.pop()
     {
         let r = accept_in(conn, &key, &presented).map_err(err);
-        return vec![Done::Accept(reply, r)];
+        return (vec![Done::Accept(reply, r)], Vec::new());
     }
+    // With a fleet, the store is asked first (one round trip for the
+    // batch), then everything commits locally in one transaction.
+    let (batch, later): (Vec<(Op, Option<fleet::Call>)>, Vec<Op>) = match fleet {
+        Some(f) => fleet::round(conn, batch, f),
+        None => (batch.into_iter().map(|op| (op, None)).collect(), Vec::new()),
+    };
     let tx = match Txn::begin(conn) {
         Ok(tx) => tx,
-        Err(e) => return failed(batch, &err(e)),
+        Err(e) => {
+            return (
+                failed(batch.into_iter().map(|(op, _)| op).collect(), &err(e)),
+                later,
+            );
+        }
     };
     let mut done = Vec::with_capacity(batch.len());
     let mut ops = batch.into_iter();
     let mut tx_error = None;
-    for op in ops.by_ref() {
+    for (op, call) in ops.by_ref() {
         let d = match op {
             Op::Accept {
                 key,
                 presented,
                 reply,
-            } => Done::Accept(reply, accept_in(tx.conn, &key, &presented).map_err(err)),
+            } => Done::Accept(
+                reply,
+                accept_with(tx.conn, &key, &presented, call).map_err(err),
+            ),
             Op::Merge { records, reply } => {
                 Done::Merge(reply, merge_in(tx.conn, &records).map_err(err))
             }
@@ -971,6 +1101,15 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
                 aeads,
                 reply,
             } => Done::Reset(reply, reset_in(tx.conn, &public_id, &aeads).map_err(err)),
+            Op::FleetUnsynced { limit, reply } => {
+                Done::Export(reply, fleet::unsynced(tx.conn, limit).map_err(err))
+            }
+            Op::FleetSettle { records, reply } => {
+                Done::Merge(reply, fleet::settle(tx.conn, &records).map_err(err))
+            }
+            Op::FleetCounts { reply } => {
+                Done::FleetCounts(reply, fleet::counts(tx.conn).map_err(err))
+            }
         };
         let broke = match &d {
             Done::Accept(_, Err(e)) | Done::Merge(_, Err(e)) | Done::Reset(_, Err(e)) => {
@@ -996,10 +1135,42 @@ fn run_batch(conn: &mut Connection, path: &Path, mut batch: Vec<Op>) -> Vec<Done
         Err(e) => done.into_iter().map(|d| d.fail(&e)).collect(),
     };
     out.extend(failed(
-        ops.collect(),
+        ops.map(|(op, _)| op).collect(),
         &DbError::new(path, DbErrorKind::EarlierStatementFailed),
     ));
-    out
+    (out, later)
+}
+
+/// A login's check-and-set after the fleet's store said `call` (`None`:
+/// no fleet, or the store was not asked because the local row refuses it).
+fn accept_with(
+    conn: &Connection,
+    key: &CounterKey,
+    presented: &Presented,
+    call: Option<fleet::Call>,
+) -> rusqlite::Result<Accept> {
+    match call {
+        None => accept_in(conn, key, presented),
+        Some(fleet::Call::Won) => {
+            let r = accept_in(conn, key, presented)?;
+            if r == Accept::Fresh {
+                fleet::synced(conn, &key.public_id)?;
+            }
+            Ok(r)
+        }
+        Some(fleet::Call::Lost(held)) => {
+            fleet::settle(conn, std::slice::from_ref(&held))?;
+            Ok(Accept::Lost)
+        }
+        Some(fleet::Call::Offline) => match accept_in(conn, key, presented)? {
+            Accept::Fresh => {
+                fleet::accepted_offline(conn, &key.public_id)?;
+                Ok(Accept::Offline)
+            }
+            other => Ok(other),
+        },
+        Some(fleet::Call::Down) => Ok(Accept::FleetDown),
+    }
 }
 
 /// Every op answered with `e`.
@@ -1010,6 +1181,9 @@ fn failed(ops: Vec<Op>, e: &DbError) -> Vec<Done> {
             Op::Merge { reply, .. } => Done::Merge(reply, Err(e.clone())),
             Op::Export { reply } => Done::Export(reply, Err(e.clone())),
             Op::Reset { reply, .. } => Done::Reset(reply, Err(e.clone())),
+            Op::FleetUnsynced { reply, .. } => Done::Export(reply, Err(e.clone())),
+            Op::FleetSettle { reply, .. } => Done::Merge(reply, Err(e.clone())),
+            Op::FleetCounts { reply } => Done::FleetCounts(reply, Err(e.clone())),
         })
         .collect()
 }

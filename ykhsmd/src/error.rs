@@ -79,6 +79,14 @@ pub enum Error {
         /// The key's generation.
         generation: u32,
     },
+    /// Step 6 with a fleet: the fleet's counter store held this position
+    /// or a higher one (another bastion accepted the OTP).
+    #[error("the fleet's counter store holds the OTP's counters or higher ones")]
+    ReplayedInFleet,
+    /// Step 6 with a fleet and `offline = "deny"`: the store could not be
+    /// reached.
+    #[error("the fleet's counter store cannot be reached, and offline = \"deny\"")]
+    FleetDown,
     /// Steps 6 and 7, and the admin requests on the counters: the database
     /// failed (nothing was committed).
     #[error(transparent)]
@@ -136,7 +144,7 @@ pub fn status_of(e: &Error) -> Status {
         // (`BackendError::is_bad_otp`): an AEAD that does not authenticate
         // and an OTP whose CRC or uid is wrong are the OTP's fault.
         Error::Decode(e) if e.is_bad_otp() => Status::BadOtp,
-        Error::Replayed => Status::ReplayedOtp,
+        Error::Replayed | Error::ReplayedInFleet => Status::ReplayedOtp,
         Error::Authfile(_)
         | Error::UnreadableLine
         | Error::Unresolved
@@ -144,6 +152,7 @@ pub fn status_of(e: &Error) -> Status {
         | Error::Decode(_)
         | Error::DeviceBacklog { .. }
         | Error::Unbound { .. }
+        | Error::FleetDown
         | Error::Db(_)
         | Error::NothingToUnlock
         | Error::Backend(_)

@@ -5,6 +5,8 @@
 //! - [`config`]: the TOML file, validated;
 //! - [`authfile`]: pam_yubico's `/etc/yubikeys`, re-read on change;
 //! - [`db`]: counters in SQLite, exactly-once, durable, group commit;
+//! - [`fleet`]: several bastions, one counter store (PostgreSQL), the
+//!   reconciler;
 //! - [`service`]: every request dispatched, and the daemon's state;
 //! - [`login`]: the login pipeline — the checks of a login, in order;
 //! - [`error`]: every refusal, and the one table from each to its status word;
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod db;
 pub mod device;
 pub mod error;
+pub mod fleet;
 pub mod log;
 pub mod login;
 pub mod manual;

@@ -112,6 +112,46 @@ pub struct Outcome {
     pub public_id: Option<PublicId>,
     /// Its counters, once the backend decoded it (step 5).
     pub counters: Option<Counters>,
+    /// With a fleet, what the fleet's store said (step 6).
+    pub fleet: Option<FleetWord>,
+}
+
+/// What the fleet's counter store said about a login, for its audit line
+/// (`fleet=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetWord {
+    /// The store raised the key's row: accepted fleet-wide.
+    Ok,
+    /// The store could not be reached; decided on this host's counters
+    /// (`offline = "local"`; counted in the replay window).
+    Offline,
+    /// The store held the OTP's counters or higher ones.
+    Replayed,
+    /// The store could not be reached; refused (`offline = "deny"`).
+    Down,
+}
+
+impl FleetWord {
+    /// The audit line's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Offline => "offline",
+            Self::Replayed => "replayed",
+            Self::Down => "down",
+        }
+    }
+
+    /// The word for a check-and-set's outcome, if the fleet had a say.
+    fn of(r: &Result<Accept, DbError>, with_fleet: bool) -> Option<Self> {
+        match r {
+            Ok(Accept::Fresh) if with_fleet => Some(Self::Ok),
+            Ok(Accept::Offline) => Some(Self::Offline),
+            Ok(Accept::Lost) => Some(Self::Replayed),
+            Ok(Accept::FleetDown) => Some(Self::Down),
+            Ok(Accept::Fresh | Accept::Replayed | Accept::Unbound { .. }) | Err(_) => None,
+        }
+    }
 }
 
 impl Outcome {
@@ -121,6 +161,7 @@ impl Outcome {
             status: Status::Ok,
             public_id: None,
             counters: None,
+            fleet: None,
         }
     }
 
@@ -130,6 +171,7 @@ impl Outcome {
             status: status_of(e),
             public_id: public_id.cloned(),
             counters: None,
+            fleet: None,
         }
     }
 }
@@ -413,6 +455,7 @@ impl Service {
             presented,
             committer,
             Box::new(move |r| {
+                let fleet = FleetWord::of(&r, this.db.has_fleet());
                 let status = match this.settled(&public_id, pair, &path, r) {
                     Ok(()) => Status::Ok,
                     Err(e) => status_of(&e),
@@ -421,6 +464,7 @@ impl Service {
                     status,
                     public_id: Some(public_id),
                     counters: Some(pair),
+                    fleet,
                 });
             }),
         );
@@ -436,7 +480,7 @@ impl Service {
         r: Result<Accept, DbError>,
     ) -> Result<(), Error> {
         match r {
-            Ok(Accept::Fresh) => {
+            Ok(Accept::Fresh | Accept::Offline) => {
                 if pair.is_exhausted() {
                     self.log.warn(&format!(
                         "key {public_id} has reached counter 0x7fff and session use 255: no later OTP can be accepted; reprogram it"
@@ -445,6 +489,8 @@ impl Service {
                 Ok(())
             }
             Ok(Accept::Replayed) => Err(Error::Replayed),
+            Ok(Accept::Lost) => Err(Error::ReplayedInFleet),
+            Ok(Accept::FleetDown) => Err(Error::FleetDown),
             Ok(Accept::Unbound { generation }) => {
                 self.log.error(&format!(
                     "pubid={public_id}: AEAD {} is not one the key's counter generation {generation} was started for (by a reset); it may hold the retired secret. Bring the AEAD store up to date, or, if this file holds the key's current secret, run `ykadmin counters reset {public_id}` here",

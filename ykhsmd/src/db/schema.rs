@@ -159,6 +159,8 @@ pub(super) fn open(path: &Path) -> Result<(Connection, Opened), DbError> {
         v if v > SCHEMA_VERSION => return Err(err(path, DbErrorKind::NewerSchema(v))),
         v => return Err(err(path, DbErrorKind::UnknownSchema(v))),
     };
+    // The fleet's tables (additive: no version change).
+    conn.execute_batch(super::fleet::SCHEMA).map_err(&e)?;
     Ok((
         conn,
         Opened {
