@@ -166,6 +166,34 @@ pub fn exposition(report: Option<&StatusReport>) -> String {
         );
         out.sample("ykhsm_log_syslog_missed_lines_total", &[], sys.missed_lines);
     }
+    if let Some(f) = &r.fleet {
+        out.family(
+            "ykhsm_fleet_connected",
+            "gauge",
+            "1 if the fleet's counter store answered ykhsmd's last call, 0 while it does not.",
+        );
+        out.sample("ykhsm_fleet_connected", &[], u64::from(f.connected));
+        out.family(
+            "ykhsm_fleet_unsynced_keys",
+            "gauge",
+            "Keys whose counters on this host hold an acceptance the fleet's store may not have.",
+        );
+        out.sample("ykhsm_fleet_unsynced_keys", &[], f.unsynced_rows);
+        if let Some(t) = f.oldest_unsynced {
+            out.family(
+                "ykhsm_fleet_oldest_unsynced_timestamp_seconds",
+                "gauge",
+                "Unix time of the oldest acceptance the fleet's store may not have; absent when none.",
+            );
+            out.sample("ykhsm_fleet_oldest_unsynced_timestamp_seconds", &[], t);
+        }
+        out.family(
+            "ykhsm_fleet_offline_accepts_total",
+            "counter",
+            "OTPs accepted on this host while the fleet's store could not be reached (offline = \"local\"): the replay window that happened. Kept in the counter database.",
+        );
+        out.sample("ykhsm_fleet_offline_accepts_total", &[], f.offline_accepts);
+    }
     out.text
 }
 

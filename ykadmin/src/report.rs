@@ -90,6 +90,40 @@ pub fn text(report: &StatusReport, now: u64) -> String {
             ))
         ),
     );
+    if let Some(f) = &report.fleet {
+        let ago = |t: u64| format!("{} s ago", now.saturating_sub(t));
+        add(
+            "fleet_store",
+            if f.connected {
+                "connected".to_owned()
+            } else {
+                format!(
+                    "not reachable (last answer: {}); offline = {}",
+                    f.last_contact
+                        .map_or_else(|| "none since start".to_owned(), ago),
+                    f.offline
+                )
+            },
+        );
+        add(
+            "fleet_unsynced",
+            format!(
+                "{} keys{}",
+                f.unsynced_rows,
+                f.oldest_unsynced
+                    .map_or_else(String::new, |t| format!(", the oldest accepted {}", ago(t)))
+            ),
+        );
+        add(
+            "fleet_offline",
+            format!(
+                "{} OTPs accepted while the store could not be reached{}",
+                f.offline_accepts,
+                f.last_offline_accept
+                    .map_or_else(String::new, |t| format!(", the last {}", ago(t)))
+            ),
+        );
+    }
     add(
         "answers",
         report
@@ -141,6 +175,8 @@ pub struct Json<'a> {
     log: LogJson<'a>,
     /// Status word → answers since the daemon started.
     answers: BTreeMap<&'static str, u64>,
+    /// `null` without `[fleet]`.
+    fleet: Option<FleetJson<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -188,6 +224,19 @@ struct LogJson<'a> {
     counted_peer_uids: u64,
     /// `null` when the daemon writes to no syslog.
     syslog: Option<SyslogJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct FleetJson<'a> {
+    connected: bool,
+    /// Unix seconds; `null`: not since the daemon started.
+    last_contact: Option<u64>,
+    offline: &'a str,
+    unsynced_keys: u64,
+    /// Unix seconds; `null` when nothing waits.
+    oldest_unsynced: Option<u64>,
+    offline_accepts: u64,
+    last_offline_accept: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +304,15 @@ impl<'a> Json<'a> {
                 .iter()
                 .map(|(s, n)| (s.as_str(), *n))
                 .collect(),
+            fleet: report.fleet.as_ref().map(|f| FleetJson {
+                connected: f.connected,
+                last_contact: f.last_contact,
+                offline: &f.offline,
+                unsynced_keys: f.unsynced_rows,
+                oldest_unsynced: f.oldest_unsynced,
+                offline_accepts: f.offline_accepts,
+                last_offline_accept: f.last_offline_accept,
+            }),
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum Part {
     Database,
     /// The daemon itself (its status task failed).
     Daemon,
+    /// The fleet's counter store (`[fleet]` configured only).
+    Fleet,
 }
 
 impl Part {
@@ -75,11 +77,12 @@ impl Part {
             Self::Authfile => 3,
             Self::Database => 4,
             Self::Daemon => 5,
+            Self::Fleet => 6,
         }
     }
 
     /// The kind of part: `device`, `key_handle`, `aead_dir`, `authfile`,
-    /// `database`, `daemon`.
+    /// `database`, `daemon`, `fleet`.
     pub const fn kind(&self) -> &'static str {
         match self {
             Self::Device => "device",
@@ -88,6 +91,7 @@ impl Part {
             Self::Authfile => "authfile",
             Self::Database => "database",
             Self::Daemon => "daemon",
+            Self::Fleet => "fleet",
         }
     }
 
@@ -189,6 +193,28 @@ pub struct SyslogStats {
     pub missed_lines: u64,
 }
 
+/// The fleet's numbers (`[fleet]` configured only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetStats {
+    /// Whether the counter store answered the last call (a login's or the
+    /// reconciler's).
+    pub connected: bool,
+    /// When it last answered, Unix seconds; `None`: not since the daemon
+    /// started.
+    pub last_contact: Option<u64>,
+    /// `offline` of the configuration: `local` or `deny`.
+    pub offline: String,
+    /// Keys whose local row holds an acceptance the store may not have.
+    pub unsynced_rows: u64,
+    /// When the oldest of those acceptances was, Unix seconds.
+    pub oldest_unsynced: Option<u64>,
+    /// OTPs accepted while the store could not be reached (with `offline =
+    /// "local"`), ever, on this host: the replay window that happened.
+    pub offline_accepts: u64,
+    /// When the last of them was, Unix seconds.
+    pub last_offline_accept: Option<u64>,
+}
+
 /// The answer to `Status`. (`Default`: an empty report, for tests.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusReport {
@@ -215,6 +241,8 @@ pub struct StatusReport {
     /// How many answers of each status word (to logins, and to OTPs
     /// consumed by `enroll`) since the daemon started, in wire-code order.
     pub answers: Vec<(Status, u64)>,
+    /// The fleet's numbers, when `[fleet]` is configured.
+    pub fleet: Option<FleetStats>,
 }
 
 impl StatusReport {
@@ -279,6 +307,19 @@ impl StatusReport {
             w.u8(status.code());
             w.u64(*n);
         }
+        match &self.fleet {
+            None => w.u8(0),
+            Some(f) => {
+                w.u8(1);
+                w.u8(u8::from(f.connected));
+                write_opt(w, f.last_contact);
+                w.str(&f.offline);
+                w.u64(f.unsynced_rows);
+                write_opt(w, f.oldest_unsynced);
+                w.u64(f.offline_accepts);
+                write_opt(w, f.last_offline_accept);
+            }
+        }
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -302,6 +343,7 @@ impl StatusReport {
                 3 => Part::Authfile,
                 4 => Part::Database,
                 5 => Part::Daemon,
+                6 => Part::Fleet,
                 _ => return Err(DecodeError::BadValue { field: "part" }),
             };
             let health = Health::from_code(r.u8("health")?)
@@ -355,6 +397,27 @@ impl StatusReport {
             }
             answers.push((status, r.u64("answers count")?));
         }
+        let fleet = match r.u8("fleet")? {
+            0 => None,
+            1 => Some(FleetStats {
+                connected: match r.u8("fleet connected")? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::BadValue {
+                            field: "fleet connected",
+                        });
+                    }
+                },
+                last_contact: read_opt(r, "fleet last_contact")?,
+                offline: r.str("fleet offline")?.to_owned(),
+                unsynced_rows: r.u64("fleet unsynced_rows")?,
+                oldest_unsynced: read_opt(r, "fleet oldest_unsynced")?,
+                offline_accepts: r.u64("fleet offline_accepts")?,
+                last_offline_accept: read_opt(r, "fleet last_offline_accept")?,
+            }),
+            _ => return Err(DecodeError::BadValue { field: "fleet" }),
+        };
         Ok(Self {
             version,
             uptime_seconds,
@@ -367,6 +430,7 @@ impl StatusReport {
             database,
             log,
             answers,
+            fleet,
         })
     }
 }
@@ -438,6 +502,27 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_numbers_round_trip() {
+        let r = StatusReport {
+            checks: vec![check(Part::Fleet, Health::Warning)],
+            fleet: Some(FleetStats {
+                connected: false,
+                last_contact: Some(1_700_000_000),
+                offline: "local".into(),
+                unsynced_rows: 3,
+                oldest_unsynced: Some(1_700_000_100),
+                offline_accepts: 7,
+                last_offline_accept: None,
+            }),
+            ..StatusReport::default()
+        };
+        match Response::decode(&encoded(r.clone())) {
+            Ok(Response::StatusInfo { report }) => assert_eq!(*report, r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn an_unknown_part_or_health_does_not_decode() {
         let r = StatusReport {
             checks: vec![check(Part::AeadDir, Health::Error)],
@@ -450,7 +535,7 @@ mod tests {
         let at = 22;
         assert_eq!(body[at], 2, "the part byte");
         let mut bad_part = body.clone();
-        bad_part[at] = 6;
+        bad_part[at] = 7;
         assert_eq!(
             Response::decode(&bad_part),
             Err(DecodeError::BadValue { field: "part" })

@@ -64,6 +64,7 @@ fn check() -> impl Strategy<Value = Check> {
             Just(Part::Authfile),
             Just(Part::Database),
             Just(Part::Daemon),
+            Just(Part::Fleet),
         ],
         prop::sample::select(vec![Health::Ok, Health::Warning, Health::Error]),
         "\\PC{0,30}",
@@ -142,6 +143,17 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     }),
                 },
                 answers: words.into_iter().zip(counts).collect(),
+                // Drawn from numbers already drawn: the strategy tuple is at
+                // its size limit.
+                fleet: (log[4] % 3 != 0).then(|| ykhsm_proto::report::FleetStats {
+                    connected: log[4] % 2 == 0,
+                    last_contact: (log[5] % 2 == 0).then_some(log[0]),
+                    offline: if log[1] % 2 == 0 { "local" } else { "deny" }.into(),
+                    unsynced_rows: log[2],
+                    oldest_unsynced: (log[3] % 2 == 0).then_some(log[4]),
+                    offline_accepts: log[5],
+                    last_offline_accept: (log[0] % 2 == 0).then_some(log[1]),
+                }),
             },
         )
 }

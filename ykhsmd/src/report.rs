@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ykhsm_core::backend::Purpose;
 use ykhsm_proto::report::{
-    AuthfileStats, BackendKind, Check, DatabaseStats, Health, Part, StatusReport,
+    AuthfileStats, BackendKind, Check, DatabaseStats, FleetStats, Health, Part, StatusReport,
 };
 use ykhsm_proto::status::ALL as ALL_STATUS;
 use ykhsm_proto::{Response, Status};
 
 use crate::config::BackendConfig;
+use crate::db::{DbError, FleetCounts};
+use crate::fleet::{Fleet, Offline};
 use crate::service::{FailClosed, Service};
 
 /// How many answers of each word the daemon gave to verifications (each
@@ -60,9 +62,64 @@ pub async fn status(service: &Arc<Service>) -> Response {
         health,
         detail,
     });
+    if let Some(fleet) = db.fleet() {
+        let (check, stats) = fleet_part(fleet, db.fleet_counts().await);
+        report.checks.push(check);
+        report.fleet = Some(stats);
+    }
     Response::StatusInfo {
         report: Box::new(report),
     }
+}
+
+/// The fleet's check and numbers: an error while the store cannot be
+/// reached and logins are refused (`offline = "deny"`), a warning while
+/// they are decided on this host's counters or rows wait to be pushed.
+fn fleet_part(fleet: &Fleet, counts: Result<FleetCounts, DbError>) -> (Check, FleetStats) {
+    let offline = match fleet.offline {
+        Offline::Local => "local",
+        Offline::Deny => "deny",
+    };
+    let counts = counts.unwrap_or_default();
+    let stats = FleetStats {
+        connected: fleet.is_connected(),
+        last_contact: fleet.last_contact(),
+        offline: offline.to_owned(),
+        unsynced_rows: counts.unsynced,
+        oldest_unsynced: counts.oldest_unsynced,
+        offline_accepts: counts.offline_accepts,
+        last_offline_accept: counts.last_offline_accept,
+    };
+    let (health, detail) = match (stats.connected, fleet.offline) {
+        (false, Offline::Deny) => (
+            Health::Error,
+            "the counter store cannot be reached: logins get BACKEND_ERROR (offline = \"deny\")"
+                .to_owned(),
+        ),
+        (false, Offline::Local) => (
+            Health::Warning,
+            format!(
+                "the counter store cannot be reached: logins are decided on this host's counters; {} keys unsynced",
+                counts.unsynced
+            ),
+        ),
+        (true, _) if counts.unsynced > 0 => (
+            Health::Warning,
+            format!(
+                "connected; {} keys accepted offline wait to be pushed",
+                counts.unsynced
+            ),
+        ),
+        (true, _) => (Health::Ok, "connected".to_owned()),
+    };
+    (
+        Check {
+            part: Part::Fleet,
+            health,
+            detail,
+        },
+        stats,
+    )
 }
 
 /// Everything of the status report but the database's row count.
@@ -157,6 +214,7 @@ fn parts(service: &Service) -> StatusReport {
         },
         log: service.log.stats(),
         answers: service.answered.snapshot(),
+        fleet: None,
     }
 }
 
