@@ -6,6 +6,12 @@
 //! verify user=alice pubid=ccccccdbjrgf status=OK counter=12 session_use=3 peer_uid=0 peer_pid=4242 duration_us=180
 //! ```
 //!
+//! With `[fleet]`, a login's line ends in `fleet=ok` (the fleet's store
+//! raised the key's row), `fleet=offline` (the store could not be reached:
+//! decided on this host's counters, counted), `fleet=replayed` (the store
+//! held the OTP or a later one) or `fleet=down` (unreachable, `offline =
+//! "deny"`).
+//!
 //! The line names the user (escaped, withheld if it looks like an OTP) and
 //! the key's public id, never the OTP's token. Root's lines are written as
 //! they come; an unprivileged peer's accepted OTPs go to its own share of
@@ -132,6 +138,15 @@ mod tests {
         assert_eq!(
             Audit::new(Audited::Consume, "-", &refused, &nobody, took).line,
             "consume user=- pubid=- status=DENIED counter=- session_use=- peer_uid=65534 peer_pid=- duration_us=180"
+        );
+        // With a fleet, what its store said comes last.
+        let offline = Outcome {
+            fleet: Some(crate::login::FleetWord::Offline),
+            ..ok
+        };
+        assert_eq!(
+            Audit::new(Audited::Verify, "alice", &offline, &peer, took).line,
+            "verify user=alice pubid=ccccccdbjrgf status=OK counter=12 session_use=3 peer_uid=0 peer_pid=4242 duration_us=180 fleet=offline"
         );
     }
 }
