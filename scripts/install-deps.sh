@@ -20,6 +20,8 @@ packages=(
     bash-completion   # the package test: `ykadmin <TAB>` completes with the installed completion
     libpam-runtime    # pam-auth-update: the package's maintainer scripts and its test run it
     python3           # tests/system/protocol_client.py: a client written from docs/protocol.md alone (tests/system/protocol.rs)
+    iproute2          # ip netns + veth: the fleet store behind a link the test cuts (tests/system/fleet.rs)
+    openssl           # a throw-away CA for the fleet store's TLS in that test
 )
 
 missing=()

@@ -24,6 +24,7 @@
 
 mod bins;
 mod install;
+pub mod netns;
 
 pub use bins::{pam_module, ykadmin_bin, ykhsmd_bin};
 pub use install::{Enrolled, Installation};
@@ -348,6 +349,14 @@ impl Env {
             .aead;
         self.secret(&hex::encode(aead.0));
         SoftYubiKey::new(id, secrets)
+    }
+
+    /// Puts `key` (made by another `Env`) into this installation's store
+    /// too, under key handle 1: another bastion with the same AEADs.
+    pub fn share_key(&self, key: &SoftYubiKey) {
+        let name: KeyHandleName = "1".parse().unwrap();
+        self.files
+            .enroll(&name, key.public_id(), key.secrets(), WriteMode::Replace);
     }
 
     /// A new software YubiKey that is *not* in the store, and the line
