@@ -291,6 +291,10 @@ enum Op {
     FleetCounts {
         reply: Reply<FleetCounts>,
     },
+    /// Marks every row for the reconciler to push.
+    FleetMarkAll {
+        reply: Reply<()>,
+    },
 }
 
 /// The counter database: a queue of check-and-sets and the connection
@@ -357,6 +361,7 @@ impl std::fmt::Debug for Op {
             Op::FleetUnsynced { .. } => "FleetUnsynced",
             Op::FleetSettle { .. } => "FleetSettle",
             Op::FleetCounts { .. } => "FleetCounts",
+            Op::FleetMarkAll { .. } => "FleetMarkAll",
         })
     }
 }
@@ -437,8 +442,12 @@ impl Db {
 
     /// From now on every login of a batch is raised in the fleet's store
     /// before its local commit ([`crate::fleet`]). Once, before serving.
-    pub fn attach_fleet(&self, fleet: Arc<Fleet>) {
+    /// Every key's row is marked for the reconciler to push once: the
+    /// store learns what this host accepted before it joined the fleet
+    /// (or while the daemon was stopped), whatever it held.
+    pub fn attach_fleet(&self, fleet: Arc<Fleet>) -> Result<(), DbError> {
         let _ = self.inner.fleet.set(fleet);
+        self.blocking(|reply| Op::FleetMarkAll { reply })
     }
 
     /// Runs `op` (made with the reply) on the commit thread and waits for
@@ -974,6 +983,7 @@ enum Done {
     ),
     Reset(Reply<ResetOutcome>, Result<ResetOutcome, DbError>),
     FleetCounts(Reply<FleetCounts>, Result<FleetCounts, DbError>),
+    Unit(Reply<()>, Result<(), DbError>),
 }
 
 impl Done {
@@ -984,6 +994,7 @@ impl Done {
             Done::Export(reply, r) => reply(r),
             Done::Reset(reply, r) => reply(r),
             Done::FleetCounts(reply, r) => reply(r),
+            Done::Unit(reply, r) => reply(r),
         }
     }
 
@@ -993,7 +1004,7 @@ impl Done {
             Done::Accept(_, r) => matches!(r, Ok(Accept::Fresh | Accept::Offline | Accept::Lost)),
             Done::Merge(_, r) => r.as_ref().is_ok_and(|m| m.raised > 0),
             Done::Reset(_, r) => r.is_ok(),
-            Done::Export(..) | Done::FleetCounts(..) => false,
+            Done::Export(..) | Done::FleetCounts(..) | Done::Unit(..) => false,
         }
     }
 
@@ -1004,6 +1015,7 @@ impl Done {
             Done::Merge(reply, _) => Done::Merge(reply, Err(e.clone())),
             Done::Export(reply, r) => Done::Export(reply, r),
             Done::FleetCounts(reply, r) => Done::FleetCounts(reply, r),
+            Done::Unit(reply, _) => Done::Unit(reply, Err(e.clone())),
             Done::Reset(reply, _) => Done::Reset(reply, Err(e.clone())),
         }
     }
@@ -1092,15 +1104,31 @@ fn run_batch(
                 reply,
                 accept_with(tx.conn, &key, &presented, call).map_err(err),
             ),
-            Op::Merge { records, reply } => {
-                Done::Merge(reply, merge_in(tx.conn, &records).map_err(err))
-            }
+            // What a merge or a reset changed goes to the fleet's store too
+            // (the reconciler pushes it; without a fleet the mark waits for
+            // one).
+            Op::Merge { records, reply } => Done::Merge(
+                reply,
+                merge_in(tx.conn, &records)
+                    .and_then(|m| {
+                        for r in &records {
+                            fleet::changed(tx.conn, &r.public_id)?;
+                        }
+                        Ok(m)
+                    })
+                    .map_err(err),
+            ),
             Op::Export { reply } => Done::Export(reply, export_all(tx.conn).map_err(err)),
             Op::Reset {
                 public_id,
                 aeads,
                 reply,
-            } => Done::Reset(reply, reset_in(tx.conn, &public_id, &aeads).map_err(err)),
+            } => Done::Reset(
+                reply,
+                reset_in(tx.conn, &public_id, &aeads)
+                    .and_then(|r| fleet::changed(tx.conn, &public_id).map(|()| r))
+                    .map_err(err),
+            ),
             Op::FleetUnsynced { limit, reply } => {
                 Done::Export(reply, fleet::unsynced(tx.conn, limit).map_err(err))
             }
@@ -1110,11 +1138,13 @@ fn run_batch(
             Op::FleetCounts { reply } => {
                 Done::FleetCounts(reply, fleet::counts(tx.conn).map_err(err))
             }
+            Op::FleetMarkAll { reply } => Done::Unit(reply, fleet::mark_all(tx.conn).map_err(err)),
         };
         let broke = match &d {
-            Done::Accept(_, Err(e)) | Done::Merge(_, Err(e)) | Done::Reset(_, Err(e)) => {
-                Some(e.clone())
-            }
+            Done::Accept(_, Err(e))
+            | Done::Merge(_, Err(e))
+            | Done::Reset(_, Err(e))
+            | Done::Unit(_, Err(e)) => Some(e.clone()),
             _ => None,
         };
         done.push(d);
@@ -1184,6 +1214,7 @@ fn failed(ops: Vec<Op>, e: &DbError) -> Vec<Done> {
             Op::FleetUnsynced { reply, .. } => Done::Export(reply, Err(e.clone())),
             Op::FleetSettle { reply, .. } => Done::Merge(reply, Err(e.clone())),
             Op::FleetCounts { reply } => Done::FleetCounts(reply, Err(e.clone())),
+            Op::FleetMarkAll { reply } => Done::Unit(reply, Err(e.clone())),
         })
         .collect()
 }

@@ -182,15 +182,33 @@ pub(super) fn synced(tx: &Connection, public_id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// After a login accepted while the store could not be reached: the row
-/// must be pushed, and the acceptance is counted.
-pub(super) fn accepted_offline(tx: &Connection, public_id: &str) -> rusqlite::Result<()> {
-    let at = i64::try_from(now()).unwrap_or(i64::MAX);
+/// After a merge or a reset changed the row: the store must learn it (the
+/// oldest change's time is kept).
+pub(super) fn changed(tx: &Connection, public_id: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO fleet_unsynced (public_id, since) VALUES (?1, ?2)
          ON CONFLICT (public_id) DO NOTHING",
     )?
-    .execute(params![public_id, at])?;
+    .execute(params![public_id, i64::try_from(now()).unwrap_or(i64::MAX)])?;
+    Ok(())
+}
+
+/// Every row, to be pushed once (the daemon joined the fleet, or started).
+pub(super) fn mark_all(tx: &Connection) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO fleet_unsynced (public_id, since)
+         SELECT public_id, modified FROM counters WHERE true
+         ON CONFLICT (public_id) DO NOTHING",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+/// After a login accepted while the store could not be reached: the row
+/// must be pushed, and the acceptance is counted.
+pub(super) fn accepted_offline(tx: &Connection, public_id: &str) -> rusqlite::Result<()> {
+    let at = i64::try_from(now()).unwrap_or(i64::MAX);
+    changed(tx, public_id)?;
     tx.prepare_cached(
         "INSERT INTO fleet_window (id, offline_accepts, last_at) VALUES (1, 1, ?1)
          ON CONFLICT (id) DO UPDATE SET offline_accepts = offline_accepts + 1, last_at = ?1",
@@ -308,7 +326,8 @@ mod tests {
     fn bastion(dir: &std::path::Path, name: &str, store: &Shared, offline: Offline) -> Db {
         let db = Db::open(&dir.join(name)).unwrap();
         let log = Arc::new(Log::stderr_only(false));
-        db.attach_fleet(Arc::new(Fleet::new(Box::new(store.clone()), offline, log)));
+        db.attach_fleet(Arc::new(Fleet::new(Box::new(store.clone()), offline, log)))
+            .unwrap();
         db
     }
 
