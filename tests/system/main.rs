@@ -17,6 +17,7 @@
 //! - `pam`: the PAM module through pamtester under pam_wrapper.
 //! - `sshd`: a login through a real sshd with the shipped PAM lines.
 //! - `ykadmin`, `ykadmin_import`: the operator's tool against the daemon.
+//! - `fleet_admin`: `ykadmin fleet init|status` against a real PostgreSQL.
 //! - `man`: the shipped man pages say what the code does.
 //!
 //! A daemon behaviour goes in the suite of its concern, not here. Unit
@@ -27,6 +28,7 @@
 mod counters;
 mod daemon;
 mod exactly_once;
+mod fleet_admin;
 mod man;
 mod pam;
 mod peers;

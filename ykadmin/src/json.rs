@@ -276,3 +276,94 @@ pub struct Unlocked {
     /// Always true: a refusal is an error on standard error.
     pub unlocked: bool,
 }
+
+/// `fleet init`.
+#[derive(Debug, Serialize)]
+pub struct FleetInit<'a> {
+    /// `user@host:port/dbname`.
+    pub store: &'a str,
+    /// `created`, `migrated` or `current`.
+    pub outcome: &'static str,
+    /// The schema version now.
+    pub schema_version: i32,
+    /// The version found, when migrated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrated_from: Option<i32>,
+}
+
+impl<'a> FleetInit<'a> {
+    /// The document of what `init` did.
+    pub fn new(store: &'a str, outcome: ykhsm_fleet::InitOutcome) -> Self {
+        use ykhsm_fleet::InitOutcome;
+        let (name, schema_version, migrated_from) = match outcome {
+            InitOutcome::Created { version } => ("created", version, None),
+            InitOutcome::Migrated { from, to } => ("migrated", to, Some(from)),
+            InitOutcome::Current { version } => ("current", version, None),
+        };
+        Self {
+            store,
+            outcome: name,
+            schema_version,
+            migrated_from,
+        }
+    }
+}
+
+/// `fleet status`.
+#[derive(Debug, Serialize)]
+pub struct FleetStatus<'a> {
+    /// `user@host:port/dbname`.
+    pub store: &'a str,
+    /// Whether the store answered.
+    pub connected: bool,
+    /// Its PostgreSQL version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Its schema version (null: no schema, or not connected).
+    pub schema_version: Option<i32>,
+    /// The version this ykhsm knows.
+    pub known_schema_version: i32,
+    /// Keys with a row (null without the table, or not connected).
+    pub rows: Option<i64>,
+    /// What is wrong (null: nothing); the exit code is then 1.
+    pub problem: Option<String>,
+}
+
+impl<'a> FleetStatus<'a> {
+    /// The document of `status`'s answer.
+    pub fn new(
+        store: &'a str,
+        answer: &Result<ykhsm_fleet::StoreStatus, ykhsm_fleet::FleetError>,
+    ) -> Self {
+        use ykhsm_fleet::SchemaProblem;
+        let known = ykhsm_fleet::SCHEMA_VERSION;
+        match answer {
+            Ok(s) => {
+                let problem = match s.schema_version {
+                    None => Some(SchemaProblem::Missing),
+                    Some(found) if found < known => Some(SchemaProblem::Older { found, known }),
+                    Some(found) if found > known => Some(SchemaProblem::Newer { found, known }),
+                    Some(_) => None,
+                };
+                Self {
+                    store,
+                    connected: true,
+                    server_version: Some(s.server_version.clone()),
+                    schema_version: s.schema_version,
+                    known_schema_version: known,
+                    rows: s.rows,
+                    problem: problem.map(|p| p.to_string()),
+                }
+            }
+            Err(e) => Self {
+                store,
+                connected: false,
+                server_version: None,
+                schema_version: None,
+                known_schema_version: known,
+                rows: None,
+                problem: Some(e.to_string()),
+            },
+        }
+    }
+}

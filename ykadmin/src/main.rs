@@ -200,6 +200,12 @@ enum Command {
     /// The AEAD store.
     #[command(subcommand)]
     Aeads(AeadsCommand),
+    /// The counter store several bastions share (the [fleet] table of
+    /// ykhsmd.toml): a PostgreSQL database. ykadmin connects to it itself,
+    /// with the daemon's settings, waiting up to timeout_ms or 5 s,
+    /// whichever is longer.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// The YubiHSM (backend = "yubihsm").
     #[command(subcommand)]
     Hsm(HsmCommand),
@@ -236,6 +242,23 @@ enum AeadsCommand {
         #[arg(long)]
         per_key: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Creates the store's schema (the tables ykhsm_schema and
+    /// ykhsm_counters), or migrates one an older ykhsm made; prints which.
+    /// Safe to run again (then it does nothing) and from several hosts at
+    /// once. A schema a newer ykhsm made is refused (exit 1): it is never
+    /// downgraded. The role needs to own the database, or to be allowed to
+    /// create tables in it.
+    Init,
+    /// Whether the store answers, its PostgreSQL version, its schema
+    /// version and how many keys it holds. Exit 0 when it answers with the
+    /// schema this ykhsm knows; 1 when there is no [fleet] table, the store
+    /// cannot be reached or refuses, or its schema is missing, older or
+    /// newer (the message says what to do).
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -528,6 +551,8 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             }
         }
         Command::Aeads(AeadsCommand::Check) => aeads_check(cli),
+        Command::Fleet(FleetCommand::Init) => fleet_init(cli),
+        Command::Fleet(FleetCommand::Status) => fleet_status(cli),
         Command::Hsm(HsmCommand::Unlock { otp_only, no_otp }) => {
             hsm_unlock(cli, !*otp_only, !*no_otp)
         }
@@ -651,6 +676,71 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
 }
 
 /// The prompt of `verify` and `decrypt` without their OTP argument.
+/// The least ykadmin waits for the fleet store: it is not a login.
+const FLEET_MIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The store of the configuration's [fleet] table, not yet connected;
+/// `code` is the exit code when there is no such table.
+fn fleet_store(config: &Config, code: u8) -> Result<ykhsm_fleet::Fleet, Failure> {
+    let Some(settings) = &config.fleet else {
+        return Err(fail(
+            code,
+            format!(
+                "{}: no [fleet] table: this host's counters are its own (ykhsmd.toml(5), FLEET)",
+                config.path.display()
+            ),
+        ));
+    };
+    let mut settings = settings.clone();
+    settings.timeout = settings.timeout.max(FLEET_MIN_TIMEOUT);
+    ykhsm_fleet::Fleet::new(&settings).map_err(|e| trouble(e.to_string()))
+}
+
+fn fleet_init(cli: &Cli) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let mut fleet = fleet_store(&config, 3)?;
+    let outcome = fleet.init().map_err(|e| match e.class() {
+        ykhsm_fleet::ErrorClass::Schema => fail(1, e.to_string()),
+        _ => trouble(e.to_string()),
+    })?;
+    if cli.json {
+        print_json(&json::FleetInit::new(fleet.store(), outcome))?;
+    } else {
+        println!("fleet store {}: {outcome}", fleet.store());
+    }
+    Ok(0)
+}
+
+fn fleet_status(cli: &Cli) -> Result<u8, Failure> {
+    let config = load_config(&cli.config)?;
+    let mut fleet = fleet_store(&config, 1)?;
+    let store = fleet.store().to_owned();
+    let answer = fleet.status();
+    let doc = json::FleetStatus::new(&store, &answer);
+    if cli.json {
+        print_json(&doc)?;
+    } else if let Ok(s) = &answer {
+        println!(
+            "fleet store {store}: connected (PostgreSQL {})",
+            s.server_version
+        );
+        match s.schema_version {
+            Some(v) => println!("schema version {v} (this ykhsm: {})", s.known_version),
+            None => println!("no schema"),
+        }
+        if let Some(rows) = s.rows {
+            println!("keys: {rows}");
+        }
+    } else {
+        println!("fleet store {store}: not connected");
+    }
+    match (answer, doc.problem) {
+        (Err(e), _) => Err(fail(1, e.to_string())),
+        (Ok(_), Some(problem)) => Err(fail(1, format!("fleet store {store}: {problem}"))),
+        (Ok(_), None) => Ok(0),
+    }
+}
+
 const OTP_PROMPT: &str = "YubiKey OTP (touch the key): ";
 
 /// An OTP argument as [`otp_input::get`] reads it, its errors with their

@@ -24,6 +24,10 @@ use ykhsm_core::keyhandle::{KeyHandleError, KeyHandleName};
 use ykhsm_core::secure_file::{self, FilePolicy, SecureFileError, SecureFileErrorKind};
 use ykhsm_core::store::{AeadStore, V1Nonce};
 
+mod fleet;
+
+pub use fleet::{DEFAULT_TIMEOUT_MS, FleetSettings, MAX_TIMEOUT_MS, Offline};
+
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/ykhsm/ykhsmd.toml";
 
@@ -64,6 +68,17 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A file the configuration names (`fleet.password_file`,
+    /// `fleet.ca_file`) is missing, unreadable, or not safe to trust.
+    #[error("{}: {key}: {source}", config.display())]
+    File {
+        /// The configuration file.
+        config: PathBuf,
+        /// The key that names the file.
+        key: &'static str,
+        /// What is wrong with the file (it names the file).
+        source: SecureFileError,
+    },
 }
 
 /// Which backend holds the key-handle keys.
@@ -94,6 +109,8 @@ struct RawConfig {
     syslog_socket: Option<PathBuf>,
     debug: Option<bool>,
     accept_random_nonce: Option<bool>,
+    // Several bastions sharing counters (docs/fleet.md).
+    fleet: Option<fleet::RawFleet>,
 }
 
 /// The validated configuration.
@@ -129,6 +146,9 @@ pub struct Config {
     /// bound to its path, and whoever can write the store can make one
     /// key log in as another public id (docs/security.md).
     pub accept_random_nonce: bool,
+    /// The `[fleet]` table: the counter store several bastions share.
+    /// None: this host's counters are its own.
+    pub fleet: Option<FleetSettings>,
 }
 
 /// The backend section, validated.
@@ -284,6 +304,10 @@ impl Config {
             syslog_socket: abs("syslog_socket", raw.syslog_socket, "/dev/log")?,
             debug: raw.debug.unwrap_or(false),
             accept_random_nonce: raw.accept_random_nonce.unwrap_or(false),
+            fleet: raw
+                .fleet
+                .map(|f| FleetSettings::validate(path, f))
+                .transpose()?,
         })
     }
 }
@@ -364,9 +388,10 @@ mod tests {
     /// The conffile the package installs as /etc/ykhsm/ykhsmd.toml.
     const SHIPPED: &str = include_str!("../../packaging/ykhsmd.toml");
 
-    /// The keys `RawConfig` accepts, as serde's derive lists them: asked
-    /// of the type itself, so a key added to it is a key this test knows.
-    fn accepted_keys() -> Vec<&'static str> {
+    /// The keys a raw table (`RawConfig`, `RawFleet`) accepts, as serde's
+    /// derive lists them: asked of the type itself, so a key added to it
+    /// is a key this test knows.
+    fn accepted_keys<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
         use serde::de::{self, Visitor};
         use serde::forward_to_deserialize_any;
 
@@ -393,24 +418,38 @@ mod tests {
             }
         }
         let mut keys = Vec::new();
-        let _ = RawConfig::deserialize(Fields(&mut keys));
+        let _ = T::deserialize(Fields(&mut keys));
         assert!(!keys.is_empty(), "serde listed no fields");
         keys
     }
 
-    /// The shipped file with every `# key = value` line uncommented: the
-    /// settings it documents, each with the value it says is the default.
-    fn documented_settings() -> Vec<(String, String)> {
-        SHIPPED
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("# ")?;
-                let (key, value) = rest.split_once(" = ")?;
-                key.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_')
-                    .then(|| (key.to_owned(), value.to_owned()))
-            })
-            .collect()
+    /// `key = value` pairs, as documented.
+    type Settings = Vec<(String, String)>;
+
+    /// The line of the shipped file that begins the (commented) `[fleet]`
+    /// table: the settings after it are the table's.
+    const FLEET_HEADER: &str = "# [fleet]";
+
+    /// The shipped file's `# key = value` lines, uncommented: the settings
+    /// it documents, each with the value it says is the default (or, for a
+    /// key with none, an example); first the top level's, then the
+    /// `[fleet]` table's.
+    fn documented_settings() -> (Settings, Settings) {
+        let (top, fleet) = SHIPPED
+            .split_once(&format!("\n{FLEET_HEADER}\n"))
+            .expect("the shipped file has a commented [fleet] table");
+        let settings = |text: &str| -> Settings {
+            text.lines()
+                .filter_map(|l| {
+                    let rest = l.strip_prefix("# ")?;
+                    let (key, value) = rest.split_once(" = ")?;
+                    key.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_')
+                        .then(|| (key.to_owned(), value.to_owned()))
+                })
+                .collect()
+        };
+        (settings(top), settings(fleet))
     }
 
     fn text_of(settings: &[(String, String)]) -> String {
@@ -426,17 +465,26 @@ mod tests {
         assert_eq!(parse(SHIPPED).unwrap(), parse("").unwrap());
     }
 
-    /// Issue 13: every key the daemon accepts is in the shipped file, once,
-    /// with its default; so a new key cannot be left out of it.
-    #[test]
-    fn shipped_config_file_documents_every_key_with_its_default() {
-        let settings = documented_settings();
+    /// The sorted keys of `settings`, each once.
+    fn keys_once(settings: &[(String, String)]) -> Vec<&str> {
         let mut documented: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
         documented.sort_unstable();
         let before = documented.len();
         documented.dedup();
         assert_eq!(before, documented.len(), "a key is documented twice");
-        let mut accepted = accepted_keys();
+        documented
+    }
+
+    /// Issue 13: every key the daemon accepts is in the shipped file, once,
+    /// with its default; so a new key cannot be left out of it.
+    #[test]
+    fn shipped_config_file_documents_every_key_with_its_default() {
+        let (settings, fleet_settings) = documented_settings();
+        let mut documented = keys_once(&settings);
+        // The [fleet] table is documented by its header line.
+        documented.push("fleet");
+        documented.sort_unstable();
+        let mut accepted = accepted_keys::<RawConfig>();
         accepted.sort_unstable();
         assert_eq!(
             documented, accepted,
@@ -462,6 +510,24 @@ mod tests {
             parse(&without("keys_file", hsm)).unwrap(),
             parse(hsm).unwrap()
         );
+
+        // The [fleet] table: every key it accepts, once; uncommented, the
+        // whole table is valid; the keys that have a default show it.
+        let mut accepted = accepted_keys::<fleet::RawFleet>();
+        accepted.sort_unstable();
+        assert_eq!(
+            keys_once(&fleet_settings),
+            accepted,
+            "packaging/ykhsmd.toml must show every key of [fleet]"
+        );
+        let table = |settings: &[(String, String)]| format!("[fleet]\n{}", text_of(settings));
+        let whole = parse(&table(&fleet_settings)).unwrap_or_else(|e| panic!("{e}"));
+        let without_defaults: Vec<(String, String)> = fleet_settings
+            .iter()
+            .filter(|(k, _)| !["timeout_ms", "offline"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(whole, parse(&table(&without_defaults)).unwrap());
     }
 
     /// Issue 12, item 3: the file is read only when it is its owner's and

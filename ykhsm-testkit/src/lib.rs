@@ -17,6 +17,9 @@
 //! The programs under test are the workspace's own, found (and built if
 //! missing or stale) in the running test's target directory by
 //! [`ykhsmd_bin`], [`ykadmin_bin`] and [`pam_module`] (src/bins.rs).
+//!
+//! [`postgres::Postgres`]: a PostgreSQL server of the test's own, for the
+//! fleet store (ykhsm-fleet, `ykadmin fleet`).
 
 // Its types hold child processes, sockets and the secrets a test used;
 // nothing prints them.
@@ -25,6 +28,7 @@
 mod bins;
 mod install;
 pub mod netns;
+pub mod postgres;
 
 pub use bins::{pam_module, ykadmin_bin, ykhsmd_bin};
 pub use install::{Enrolled, Installation};
