@@ -17,6 +17,8 @@
 //! - `pam`: the PAM module through pamtester under pam_wrapper.
 //! - `sshd`: a login through a real sshd with the shipped PAM lines.
 //! - `ykadmin`, `ykadmin_import`: the operator's tool against the daemon.
+//! - `fleet`: several daemons sharing one counter store (a real
+//!   PostgreSQL): exactly once across them, outages, the reported window.
 //! - `fleet_admin`: `ykadmin fleet init|status` against a real PostgreSQL.
 //! - `man`: the shipped man pages say what the code does.
 //!
@@ -28,6 +30,7 @@
 mod counters;
 mod daemon;
 mod exactly_once;
+mod fleet;
 mod fleet_admin;
 mod man;
 mod pam;

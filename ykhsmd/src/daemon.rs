@@ -29,6 +29,7 @@ use ykhsm_yubihsm::YubiHsmBackend;
 use crate::authfile::Authfile;
 use crate::config::{BackendConfig, Config};
 use crate::db::Db;
+use crate::fleet::{self, Fleet, Offline};
 use crate::log::{Level, Log};
 use crate::server;
 use crate::service::Service;
@@ -362,6 +363,10 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     let own_nice = server::run_ahead(log);
     let db = Db::open(&config.database())?;
     report_opened(&db, log);
+    let fleet = match &config.fleet {
+        Some(settings) => Some(join_fleet(settings, &db, log)?),
+        None => None,
+    };
     // Root's logins are answered by the acceptor threads (server.rs);
     // this one event-loop thread holds everything slower: connections whose
     // request is not there yet, other uids, admin requests, signals.
@@ -394,6 +399,26 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
         db.clone(),
         users,
     ));
+    // The reconciler pulls the counters of the keys this host serves: those
+    // it has counters for and those of the authfile.
+    let reconciler = fleet.map(|(fleet, background)| {
+        let svc = Arc::clone(&service);
+        let served: fleet::Served = Box::new(move || {
+            svc.authfile()
+                .current()
+                .map(|c| {
+                    c.parsed
+                        .users()
+                        .into_iter()
+                        .flat_map(|(_, e)| e.keys.iter().map(ToString::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let stop = Arc::new(fleet::Stop::default());
+        let handle = fleet::reconciler(db.clone(), fleet, background, served, Arc::clone(&stop));
+        (stop, handle)
+    });
     server::run_at(own_nice);
     let result: Result<()> = runtime.block_on(async {
         let listener = bound.listener.try_clone().context("socket")?;
@@ -450,9 +475,46 @@ fn serve(config: Config, log: &Arc<Log>) -> Result<()> {
     drop(service);
     runtime.shutdown_timeout(Duration::from_secs(2));
     drop(bound);
+    if let Some((stop, handle)) = reconciler {
+        stop.stop();
+        let _ = handle.join();
+    }
     db.close();
     log.info("stopped");
     result
+}
+
+/// `[fleet]`: the store's client for the logins, attached to the database,
+/// and a client of its own for the reconciler (started once the service
+/// exists). Nothing is connected yet: a store that cannot be reached does
+/// not stop the daemon (the mode decides what logins do meanwhile).
+fn join_fleet(
+    settings: &ykhsm_config::FleetSettings,
+    db: &Db,
+    log: &Arc<Log>,
+) -> Result<(Arc<Fleet>, Box<dyn fleet::Store>)> {
+    let client = |what: &str| {
+        ykhsm_fleet::Fleet::new(settings)
+            .with_context(|| format!("fleet: cannot set up the {what} client"))
+    };
+    let logins = client("logins'")?;
+    let background = client("reconciler's")?;
+    log.info(&format!(
+        "fleet: counters shared through {} (offline = {}, timeout {} ms)",
+        logins.store(),
+        match settings.offline {
+            Offline::Local => "local",
+            Offline::Deny => "deny",
+        },
+        settings.timeout.as_millis()
+    ));
+    let fleet = Arc::new(Fleet::new(
+        Box::new(logins),
+        settings.offline,
+        Arc::clone(log),
+    ));
+    db.attach_fleet(Arc::clone(&fleet))?;
+    Ok((fleet, Box::new(background)))
 }
 
 /// `--check`: validates the whole configuration and reports each part.

@@ -23,19 +23,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use ykhsm_config::Offline;
+pub use ykhsm_fleet::Raised;
 use ykhsm_proto::CounterRecord;
 
 use crate::db::Db;
 use crate::log::Log;
-
-/// What the store did with one presented record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Raised {
-    /// The store's row now holds the presented position.
-    Won,
-    /// The store held a position at or above it: here it is.
-    Lost(CounterRecord),
-}
 
 /// The shared counter store, as the daemon uses it. Every call is one round
 /// trip bounded by the configured timeout (connecting first if needed); an
@@ -48,13 +41,16 @@ pub trait Store: Send {
     fn pull(&mut self, public_ids: &[String]) -> Result<Vec<CounterRecord>, String>;
 }
 
-/// What a login does when the store cannot answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offline {
-    /// Decide on the local counters; count the acceptance.
-    Local,
-    /// Refuse (`BACKEND_ERROR`).
-    Deny,
+/// PostgreSQL, through `ykhsm_fleet` (its errors shown without the
+/// password; any error counts as "no answer", and the mode decides).
+impl Store for ykhsm_fleet::Fleet {
+    fn raise(&mut self, records: &[CounterRecord]) -> Result<Vec<Raised>, String> {
+        ykhsm_fleet::Fleet::raise(self, records).map_err(|e| e.to_string())
+    }
+
+    fn pull(&mut self, public_ids: &[String]) -> Result<Vec<CounterRecord>, String> {
+        ykhsm_fleet::Fleet::pull(self, public_ids).map_err(|e| e.to_string())
+    }
 }
 
 /// The fleet as the login path holds it: the store (used by whichever
@@ -180,11 +176,16 @@ impl Stop {
     }
 }
 
+/// The keys this host serves beyond those it has counters for (the
+/// authfile's public ids): their rows are pulled too.
+pub type Served = Box<dyn Fn() -> Vec<String> + Send>;
+
 /// Starts the reconciler thread on its own connection to the store.
 pub fn reconciler(
     db: Db,
     fleet: Arc<Fleet>,
     mut store: Box<dyn Store>,
+    served: Served,
     stop: Arc<Stop>,
 ) -> thread::JoinHandle<()> {
     thread::Builder::new()
@@ -194,7 +195,7 @@ pub fn reconciler(
             let mut last_pull: Option<Instant> = None;
             loop {
                 let pull_due = last_pull.is_none_or(|t| t.elapsed() >= PULL_EVERY);
-                let r = reconcile_once(&db, store.as_mut(), pull_due);
+                let r = reconcile_once(&db, store.as_mut(), pull_due.then_some(&served));
                 fleet.note(&r);
                 let wait = match r {
                     Ok(more) => {
@@ -222,9 +223,11 @@ pub fn reconciler(
         .expect("spawn the fleet reconciler")
 }
 
-/// One pass: push up to [`PUSH_CHUNK`] unsynced rows, then pull if due.
+/// One pass: push up to [`PUSH_CHUNK`] unsynced rows, then, if due
+/// (`pull`: the keys served besides those with counters), pull the store's
+/// rows of every key this host has counters for or serves.
 /// `Ok(true)`: more unsynced rows wait.
-fn reconcile_once(db: &Db, store: &mut dyn Store, pull: bool) -> Result<bool, String> {
+fn reconcile_once(db: &Db, store: &mut dyn Store, pull: Option<&Served>) -> Result<bool, String> {
     let pending = db.fleet_unsynced(PUSH_CHUNK).map_err(|e| e.to_string())?;
     let more = pending.len() == PUSH_CHUNK;
     if !pending.is_empty() {
@@ -241,8 +244,11 @@ fn reconcile_once(db: &Db, store: &mut dyn Store, pull: bool) -> Result<bool, St
         }
         db.fleet_settle(settled).map_err(|e| e.to_string())?;
     }
-    if pull {
-        let ids = db.public_ids().map_err(|e| e.to_string())?;
+    if let Some(served) = pull {
+        let mut ids = db.public_ids().map_err(|e| e.to_string())?;
+        ids.extend(served());
+        ids.sort_unstable();
+        ids.dedup();
         for chunk in ids.chunks(PUSH_CHUNK) {
             let rows = store.pull(chunk)?;
             if !rows.is_empty() {
