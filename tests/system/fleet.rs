@@ -252,7 +252,7 @@ fn three_bastions_under_load_with_replays_accept_each_otp_at_most_once() {
                         let r: [u8; 2] = common::random();
                         // Half new OTPs, half replays of one made before
                         // (at any bastion).
-                        let pick = if r[0] % 2 == 0 {
+                        let pick = if r[0].is_multiple_of(2) {
                             let made = made.lock().unwrap();
                             (!made.is_empty())
                                 .then(|| made[usize::from(r[1]) * n % made.len()].clone())
