@@ -19,6 +19,7 @@ packages=(
     systemd           # systemd-analyze: verify and the offline security score of ykhsmd.service (no systemd running needed)
     bash-completion   # the package test: `ykadmin <TAB>` completes with the installed completion
     libpam-runtime    # pam-auth-update: the package's maintainer scripts and its test run it
+    openssl           # the fleet store's TLS tests: a CA and a server certificate made for each test (ykhsm-testkit/src/postgres.rs)
     postgresql-15     # the fleet store's tests (ykhsm-fleet/tests, tests/system/fleet_admin.rs): a server of their own, started by ykhsm-testkit
     python3           # tests/system/protocol_client.py: a client written from docs/protocol.md alone (tests/system/protocol.rs)
     iproute2          # ip netns + veth: the fleet store behind a link the test cuts (tests/system/fleet.rs)

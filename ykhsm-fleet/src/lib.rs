@@ -273,6 +273,10 @@ enum Tls {
 
 /// The shared counter store: a configuration, a private runtime, and at
 /// most one connection, made when a call needs it.
+///
+/// `Send`: made anywhere, used and dropped on one plain thread at a time
+/// (not inside a tokio runtime: its calls block, and dropping it drops its
+/// runtime).
 pub struct Fleet {
     runtime: Runtime,
     /// Where and how to connect; holds the password (never printed:

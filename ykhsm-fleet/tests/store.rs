@@ -138,6 +138,41 @@ fn init_creates_the_schema_and_is_idempotent() {
 }
 
 #[test]
+fn two_inits_at_once_create_the_schema_once() {
+    let pg = Postgres::start();
+    let barrier = Arc::new(Barrier::new(2));
+    let inits: Vec<_> = (0..2)
+        .map(|_| {
+            let mut fleet = socket_fleet(&pg);
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                fleet.init().unwrap()
+            })
+        })
+        .collect();
+    let mut got: Vec<InitOutcome> = inits.into_iter().map(|t| t.join().unwrap()).collect();
+    got.sort_by_key(|o| matches!(o, InitOutcome::Current { .. }));
+    assert_eq!(
+        got,
+        [
+            InitOutcome::Created {
+                version: SCHEMA_VERSION
+            },
+            InitOutcome::Current {
+                version: SCHEMA_VERSION
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_fleet_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<Fleet>();
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let pg = Postgres::start();
     let mut fleet = socket_fleet(&pg);

@@ -61,11 +61,24 @@ pub struct Postgres {
     /// Run the binaries as `postgres` (we are root).
     as_postgres: bool,
     running: bool,
+    /// TLS on, with a certificate for `localhost` from this CA (PEM).
+    ca: Option<PathBuf>,
 }
 
 impl Postgres {
     /// A new cluster, started, with the role and database `ykhsm`.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// As [`Postgres::start`], with TLS on TCP: the server's certificate
+    /// is for `localhost` only (no IP address), issued by a CA made for it
+    /// ([`Postgres::ca_file`]). Plain connections are still accepted.
+    pub fn start_with_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let as_postgres = nix::unistd::geteuid().is_root();
         let dir = tempfile::Builder::new()
             .prefix("ykhsm-pg.")
@@ -87,8 +100,12 @@ impl Postgres {
             password,
             as_postgres,
             running: false,
+            ca: None,
         };
         pg.initdb();
+        if tls {
+            pg.make_certificates();
+        }
         // Another process may take the free port between our look and the
         // server's bind: try a few.
         let mut last = String::new();
@@ -142,6 +159,74 @@ impl Postgres {
             let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
             nix::unistd::chown(&self.socket_dir(), Some(user.uid), Some(user.gid)).unwrap();
         }
+    }
+
+    /// A CA, and a certificate and key for `localhost` that it issued, for
+    /// the server (openssl's command line; Debian's `openssl`).
+    fn make_certificates(&mut self) {
+        let tls = self.dir.path().join("tls");
+        let ca = make_ca(&tls, "ykhsm test CA");
+        fs::write(
+            tls.join("server.ext"),
+            "subjectAltName = DNS:localhost\nbasicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &tls,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        openssl(
+            &tls,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ],
+        );
+        for f in ["server.key", "server.crt"] {
+            let text = fs::read_to_string(tls.join(f)).unwrap();
+            self.write_owned(&self.data().join(f), &text);
+        }
+        self.ca = Some(ca);
+    }
+
+    /// The CA (PEM) the server's certificate chains to, with TLS
+    /// ([`Postgres::start_with_tls`]); a root-owned 0644 file when the
+    /// test runs as root, as `ca_file` requires.
+    pub fn ca_file(&self) -> &Path {
+        self.ca.as_deref().expect("started with TLS")
+    }
+
+    /// `postgresql://ykhsm@localhost:<port>/ykhsm`: the name the
+    /// certificate is for ([`Postgres::start_with_tls`]).
+    pub fn url_tls(&self) -> String {
+        format!("postgresql://{ROLE}@localhost:{}/{ROLE}", self.port)
     }
 
     /// A file the server's user can read.
@@ -200,11 +285,15 @@ impl Postgres {
     }
 
     fn try_start(&mut self) -> Result<(), String> {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -h 127.0.0.1 -c fsync=off -c max_connections=50",
             self.port,
             self.socket_dir().display()
         );
+        if self.ca.is_some() {
+            // Relative to the data directory.
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let out = self.pg_cmd(
             "pg_ctl",
             &[
@@ -360,6 +449,53 @@ impl Drop for Postgres {
             );
         }
     }
+}
+
+/// Makes a CA in `dir` (created): `ca.key` and `ca.pem`, self-signed, for
+/// two days; returns the certificate's path (mode 0644).
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let pem = dir.join("ca.pem");
+    fs::set_permissions(&pem, fs::Permissions::from_mode(0o644)).unwrap();
+    pem
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
