@@ -23,7 +23,6 @@ packages=(
     postgresql-15     # the fleet store's tests (ykhsm-fleet/tests, tests/system/fleet_admin.rs): a server of their own, started by ykhsm-testkit
     python3           # tests/system/protocol_client.py: a client written from docs/protocol.md alone (tests/system/protocol.rs)
     iproute2          # ip netns + veth: the fleet store behind a link the test cuts (tests/system/fleet.rs)
-    openssl           # a throw-away CA for the fleet store's TLS in that test
 )
 
 missing=()

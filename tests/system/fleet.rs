@@ -15,6 +15,7 @@ use ykhsm_proto::{Request, Response, ServerUid, Status, call};
 use ykhsm_testkit as common;
 use zeroize::Zeroizing;
 
+use common::netns::Netns;
 use common::postgres::Postgres;
 use common::{Daemon, Env, ykadmin};
 
@@ -42,7 +43,10 @@ struct Fleet {
 
 impl Fleet {
     fn new() -> Self {
-        let pg = Postgres::start();
+        Self::on(Postgres::start())
+    }
+
+    fn on(pg: Postgres) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let password_file = dir.path().join("fleet.password");
         pg.write_password_file(&password_file);
@@ -56,10 +60,21 @@ impl Fleet {
     /// A bastion's installation on this store (`offline` mode), holding
     /// `keys` (the first bastion makes them: [`Bastion::make_keys`]).
     fn bastion(&self, offline: &str, keys: &[SoftYubiKey]) -> Bastion {
+        self.bastion_with(
+            &format!(
+                "url = {:?}\ntimeout_ms = 500\noffline = {offline:?}",
+                self.pg.url_tcp()
+            ),
+            keys,
+        )
+    }
+
+    /// As [`Fleet::bastion`], with `table` in `[fleet]` (and the password
+    /// file).
+    fn bastion_with(&self, table: &str, keys: &[SoftYubiKey]) -> Bastion {
         let env = Env::new();
         env.config(&format!(
-            "[fleet]\nurl = {:?}\npassword_file = {:?}\ntimeout_ms = 500\noffline = {offline:?}",
-            self.pg.url_tcp(),
+            "[fleet]\n{table}\npassword_file = {:?}",
             self.password_file.display().to_string()
         ));
         for k in keys {
@@ -398,4 +413,69 @@ fn with_the_store_down_local_bastions_go_on_and_count_and_converge_when_it_is_ba
     let next = a.env.otp(&mut keys[i]);
     assert_eq!(verify(&a.socket(), &user(i), &next), Status::Ok);
     assert_eq!(verify(&d.socket(), &user(i), &next), Status::ReplayedOtp);
+}
+
+/// How long the PAM module waits for the daemon by default (`timeout=`).
+const PAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_cut_link_to_the_store_costs_a_login_at_most_the_timeout() {
+    if common::on_hsm() {
+        return;
+    }
+    // The store in a network namespace of the test's own, reached over a
+    // veth pair with TLS (verify-full against the address); the link is
+    // taken down mid-stream, so packets to the store are dropped, not
+    // refused: only the daemon's own deadline ends the wait.
+    let ns = Netns::create();
+    let fleet = Fleet::on(Postgres::start_in(&ns));
+    let timeout = Duration::from_millis(300);
+    let a = fleet.bastion_with(
+        &format!(
+            "url = {:?}\nca_file = {:?}\ntimeout_ms = {}\noffline = \"local\"",
+            fleet.pg.url_tls(),
+            fleet.pg.ca_file().display().to_string(),
+            timeout.as_millis()
+        ),
+        &[],
+    );
+    let mut keys = a.make_keys();
+    fleet.init(&a);
+    let a = a.start();
+    let mut slowest_before = Duration::ZERO;
+    for i in 0..20 {
+        let otp = a.env.otp(&mut keys[i % IDS.len()]);
+        let t = Instant::now();
+        assert_eq!(verify(&a.socket(), &user(i % IDS.len()), &otp), Status::Ok);
+        slowest_before = slowest_before.max(t.elapsed());
+    }
+    a.env.wait_log("fleet=ok");
+
+    ns.cut();
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let otp = a.env.otp(&mut keys[i % IDS.len()]);
+        let t = Instant::now();
+        assert_eq!(verify(&a.socket(), &user(i % IDS.len()), &otp), Status::Ok);
+        slowest = slowest.max(t.elapsed());
+    }
+    // Each login waited at most the store's timeout (one round trip per
+    // batch) plus the usual latency, far from the PAM module's deadline.
+    let bound = timeout + slowest_before + Duration::from_millis(500);
+    assert!(
+        slowest <= bound,
+        "a login took {slowest:?} with the link cut (bound {bound:?})"
+    );
+    assert!(slowest < PAM_TIMEOUT);
+    a.env.wait_log("fleet=offline");
+    let f = a.fleet_status();
+    assert_eq!(f["connected"], false, "{f}");
+    assert_eq!(f["offline_accepts"], 20, "{f}");
+
+    ns.heal();
+    wait_until("the bastion synced", Duration::from_secs(15), || {
+        let f = a.fleet_status();
+        f["connected"] == true && f["unsynced_keys"] == 0
+    });
+    println!("slowest login: {slowest_before:?} with the link up, {slowest:?} with it cut");
 }

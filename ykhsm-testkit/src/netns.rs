@@ -3,12 +3,8 @@
 //! [`Netns::inner_ip`], and [`Netns::cut`] takes the link down mid-stream
 //! (packets are then dropped, not refused: a client waits until its own
 //! deadline). Needs root and `ip` (iproute2). Removed on drop.
-//!
-//! Also a throw-away certificate authority (`openssl` CLI) for a TLS
-//! server at that address: a client that verifies the server's name
-//! (`verify-full`) checks it against the certificate's IP address.
+//! [`crate::postgres::Postgres::start_in`] runs a PostgreSQL server there.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A namespace and the veth pair to it.
@@ -124,103 +120,5 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
-    }
-}
-
-/// A certificate authority and one server certificate, in `dir`.
-pub struct TestCa {
-    /// The CA's certificate (what a client trusts: `ca_file`).
-    pub ca_cert: PathBuf,
-    /// The server's certificate, for `ip_address`.
-    pub server_cert: PathBuf,
-    /// Its key.
-    pub server_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl TestCa {
-    /// A new CA in `dir`, and a certificate for a server at `ip_address`
-    /// (its subjectAltName) signed by it.
-    pub fn new(dir: &Path, ip_address: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=ykhsm test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                "/CN=ykhsm test store",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-        );
-        std::fs::write(
-            dir.join("san.ext"),
-            format!("subjectAltName=IP:{ip_address}\nbasicConstraints=CA:FALSE\n"),
-        )
-        .unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-                "-out",
-                "server.pem",
-            ],
-        );
-        Self {
-            ca_cert: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-        }
     }
 }

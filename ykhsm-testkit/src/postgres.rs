@@ -63,6 +63,9 @@ pub struct Postgres {
     running: bool,
     /// TLS on, with a certificate for `localhost` from this CA (PEM).
     ca: Option<PathBuf>,
+    /// Started inside this network namespace, listening on this address
+    /// (its certificate is for that address).
+    netns: Option<(String, String)>,
 }
 
 impl Postgres {
@@ -78,7 +81,19 @@ impl Postgres {
         Self::start_with(true)
     }
 
+    /// A server inside the network namespace `ns` (the test's own: see
+    /// [`crate::netns::Netns`]), listening on `ns.inner_ip` with TLS only
+    /// over TCP there: its certificate is for that IP address, issued by
+    /// [`Postgres::ca_file`]. [`Postgres::url_tls`] names the address.
+    pub fn start_in(ns: &crate::netns::Netns) -> Self {
+        Self::start_full(true, Some((ns.name().to_owned(), ns.inner_ip.clone())))
+    }
+
     fn start_with(tls: bool) -> Self {
+        Self::start_full(tls, None)
+    }
+
+    fn start_full(tls: bool, netns: Option<(String, String)>) -> Self {
         let as_postgres = nix::unistd::geteuid().is_root();
         let dir = tempfile::Builder::new()
             .prefix("ykhsm-pg.")
@@ -101,6 +116,7 @@ impl Postgres {
             as_postgres,
             running: false,
             ca: None,
+            netns,
         };
         pg.initdb();
         if tls {
@@ -154,6 +170,14 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if self.netns.is_some() {
+            // Reached only through the namespace's veth pair: TLS and a
+            // password from whatever address is on the other side.
+            let hba = self.data().join("pg_hba.conf");
+            let mut text = fs::read_to_string(&hba).unwrap();
+            text.push_str("hostssl ykhsm ykhsm 0.0.0.0/0 scram-sha-256\n");
+            fs::write(&hba, text).unwrap();
+        }
         fs::create_dir_all(self.socket_dir()).unwrap();
         if self.as_postgres {
             let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
@@ -168,8 +192,14 @@ impl Postgres {
         let ca = make_ca(&tls, "ykhsm test CA");
         fs::write(
             tls.join("server.ext"),
-            "subjectAltName = DNS:localhost\nbasicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+            format!(
+                "subjectAltName = {}\nbasicConstraints = critical, CA:FALSE\n\
+                 keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+                match &self.netns {
+                    Some((_, ip)) => format!("IP:{ip}"),
+                    None => "DNS:localhost".to_owned(),
+                }
+            ),
         )
         .unwrap();
         openssl(
@@ -226,7 +256,11 @@ impl Postgres {
     /// `postgresql://ykhsm@localhost:<port>/ykhsm`: the name the
     /// certificate is for ([`Postgres::start_with_tls`]).
     pub fn url_tls(&self) -> String {
-        format!("postgresql://{ROLE}@localhost:{}/{ROLE}", self.port)
+        let host = self
+            .netns
+            .as_ref()
+            .map_or("localhost", |(_, ip)| ip.as_str());
+        format!("postgresql://{ROLE}@{host}:{}/{ROLE}", self.port)
     }
 
     /// A file the server's user can read.
@@ -285,8 +319,12 @@ impl Postgres {
     }
 
     fn try_start(&mut self) -> Result<(), String> {
+        let listen = self
+            .netns
+            .as_ref()
+            .map_or("127.0.0.1", |(_, ip)| ip.as_str());
         let mut options = format!(
-            "-p {} -k {} -h 127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {} -k {} -h {listen} -c fsync=off -c max_connections=50",
             self.port,
             self.socket_dir().display()
         );
@@ -414,12 +452,26 @@ impl Postgres {
     /// temporary directory (so it never lacks a working directory).
     fn pg_cmd(&self, program: &str, args: &[&str]) -> Output {
         let exe = self.bin.join(program);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
+        let mut cmd = match (&self.netns, self.as_postgres) {
+            // The server (pg_ctl starts it) inside the namespace; psql and
+            // initdb use the Unix socket and files, which it does not hide.
+            (Some((ns, _)), true) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"])
+                    .arg(&exe);
+                c
+            }
+            (Some((ns, _)), false) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            (None, true) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&exe);
+                c
+            }
+            (None, false) => Command::new(&exe),
         };
         cmd.args(args)
             .current_dir(self.dir.path())

@@ -64,6 +64,10 @@ pub struct Fleet {
     state: AtomicU8,
     /// Unix seconds of the last call the store answered (0: never).
     last_contact: AtomicU64,
+    /// While the store is down, the logins' next try (milliseconds since
+    /// `born`): until then logins do not wait for it.
+    retry_at: AtomicU64,
+    born: Instant,
     log: Arc<Log>,
 }
 
@@ -84,8 +88,36 @@ impl Fleet {
             offline,
             state: AtomicU8::new(UNKNOWN),
             last_contact: AtomicU64::new(0),
+            retry_at: AtomicU64::new(0),
+            born: Instant::now(),
             log,
         }
+    }
+
+    /// Whether a batch of logins should ask the store: always while it
+    /// answers; while it is down, one batch per [`LOGIN_RETRY`] (the
+    /// others are decided at once by the mode, not after a timeout each;
+    /// the reconciler notices the store's return within its backoff too).
+    pub(crate) fn worth_asking(&self) -> bool {
+        if self.state.load(Ordering::Relaxed) != DOWN {
+            return true;
+        }
+        let now = self.millis();
+        let at = self.retry_at.load(Ordering::Relaxed);
+        now >= at
+            && self
+                .retry_at
+                .compare_exchange(
+                    at,
+                    now + LOGIN_RETRY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the store answered the last call.
@@ -110,6 +142,8 @@ impl Fleet {
                 }
             }
             Err(why) => {
+                self.retry_at
+                    .store(self.millis() + LOGIN_RETRY_MS, Ordering::Relaxed);
                 if self.state.swap(DOWN, Ordering::Relaxed) != DOWN {
                     let what = match self.offline {
                         Offline::Local => {
@@ -125,6 +159,10 @@ impl Fleet {
         }
     }
 }
+
+/// While the store is down, how often a batch of logins tries it.
+pub const LOGIN_RETRY: Duration = Duration::from_secs(1);
+const LOGIN_RETRY_MS: u64 = 1000;
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;

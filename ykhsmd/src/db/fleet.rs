@@ -121,7 +121,10 @@ pub(super) fn round(
         return (out, later);
     }
     let records: Vec<CounterRecord> = sent.iter().map(|(_, r)| r.clone()).collect();
-    let answer = {
+    let asked = fleet.worth_asking();
+    let answer = if !asked {
+        Err("the store did not answer a moment ago".to_owned())
+    } else {
         let mut store = fleet.store.lock().unwrap_or_else(|p| p.into_inner());
         store.raise(&records).and_then(|v| {
             if v.len() == records.len() {
@@ -135,7 +138,9 @@ pub(super) fn round(
             }
         })
     };
-    fleet.note(&answer);
+    if asked {
+        fleet.note(&answer);
+    }
     match answer {
         Ok(verdicts) => {
             for ((at, _), v) in sent.iter().zip(verdicts) {
@@ -396,6 +401,10 @@ mod tests {
         a.fleet_settle(pending).unwrap();
         let counts = rt.block_on(a.fleet_counts()).unwrap();
         assert_eq!((counts.unsynced, counts.offline_accepts), (0, 2));
+        // While the store is down, b's logins do not wait for it (one try
+        // a second); b learns it is back from its reconciler, as here.
+        assert_eq!(verify(&b, 9), Accept::FleetDown);
+        b.fleet().unwrap().note(&Ok::<(), String>(()));
         // What a accepted offline is a replay everywhere now.
         assert_eq!(verify(&b, 7), Accept::Lost);
     }
