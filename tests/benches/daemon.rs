@@ -14,6 +14,10 @@
 //! client owns a disjoint set of keys, so every OTP must be answered `OK`;
 //! any other answer is counted and listed as an error.
 //!
+//! `YKHSM_BENCH_FLEET=1` runs the levels once more with `[fleet]` on a
+//! PostgreSQL started by the bench, and prints the ratios to this run's
+//! local-only figures and how many logins each round trip carried.
+//!
 //! `YKHSM_BENCH_SECS` sets the seconds per concurrency level (default 4),
 //! `YKHSM_BENCH_LEVELS` the levels (default `1,8,64`; `1,8` with the YubiHSM
 //! backend). The targets are only reported, never enforced.
@@ -1252,6 +1256,110 @@ fn main() {
 
     if let Some(p) = &probe_hsm {
         print_hsm_table(p, &levels, sock.p50, commit.p50);
+    }
+    if std::env::var_os("YKHSM_BENCH_FLEET").is_some_and(|v| v == "1") {
+        fleet_comparison(&inst, &levels, dur);
+    }
+}
+
+/// `YKHSM_BENCH_FLEET=1`: the same levels again with `[fleet]` on a
+/// PostgreSQL of the bench's own (Debian's postgresql-15, started here in a
+/// temporary directory, on 127.0.0.1 over TCP with a password, fsync off
+/// in the store: the store's own disk is not what is measured), next to
+/// the local-only figures of this run; and how many logins each round trip
+/// to the store carried (the daemon's own count, `ykadmin status`).
+fn fleet_comparison(inst: &Install, local: &[Level], dur: Duration) {
+    use ykhsm_testkit::postgres::Postgres;
+    let pg = Postgres::start();
+    let pw = inst.files.dir.path().join("fleet.password");
+    pg.write_password_file(&pw);
+    let fleet_table = format!(
+        "[fleet]\nurl = {:?}\npassword_file = {:?}\n",
+        pg.url_tcp(),
+        pw.display().to_string()
+    );
+    inst.files.write_config(None, &fleet_table);
+    let init = Command::new(ykhsm_testkit::ykadmin_bin())
+        .arg("--config")
+        .arg(&inst.files.config_path)
+        .args(["fleet", "init"])
+        .output()
+        .expect("ykadmin fleet init");
+    assert!(
+        init.status.success(),
+        "ykadmin fleet init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut daemon = Daemon::start(inst);
+    // At start the daemon pushes every row it has once: let that finish.
+    let end = Instant::now() + Duration::from_secs(60);
+    while fleet_stats(inst).is_none_or(|f| f.unsynced_rows > 0 || !f.connected) {
+        assert!(Instant::now() < end, "the daemon did not sync within 60 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let warm = run_level(inst, &daemon, 8, Duration::from_secs(1));
+    let mut rows = Vec::new();
+    for l in local {
+        let before = fleet_stats(inst).expect("status");
+        let f = run_level(inst, &daemon, l.clients, dur);
+        let after = fleet_stats(inst).expect("status");
+        let trips = after.round_trips - before.round_trips;
+        let sent = after.logins_sent - before.logins_sent;
+        rows.push((l, f, trips, sent));
+    }
+    let status = daemon.stop();
+    println!();
+    println!(
+        "With [fleet] (PostgreSQL 15 on 127.0.0.1, TCP, SCRAM), next to this run's local-only levels"
+    );
+    println!(
+        "  {:>7} {:>11} {:>11} {:>6} {:>12} {:>12} {:>6} {:>11} {:>12} {:>7}",
+        "clients",
+        "local p50",
+        "fleet p50",
+        "ratio",
+        "local /s",
+        "fleet /s",
+        "ratio",
+        "round trips",
+        "logins sent",
+        "per trip"
+    );
+    let mut errors = warm.errors.values().sum::<u64>();
+    for (l, f, trips, sent) in &rows {
+        errors += f.errors.values().sum::<u64>();
+        let (lt, ft) = (l.verifies as f64 / l.secs, f.verifies as f64 / f.secs);
+        println!(
+            "  {:>7} {:>11.1} {:>11.1} {:>6.2} {:>12.0} {:>12.0} {:>6.2} {:>11} {:>12} {:>7.2}",
+            l.clients,
+            us(l.p50),
+            us(f.p50),
+            f.p50 as f64 / l.p50.max(1) as f64,
+            lt,
+            ft,
+            ft / lt.max(1.0),
+            trips,
+            sent,
+            *sent as f64 / (*trips).max(1) as f64
+        );
+    }
+    println!("  per trip: logins carried by one round trip to the store (the daemon's counters).");
+    println!("  errors with the fleet: {errors}; ykhsmd stopped: {status}");
+    for n in daemon.notes.lock().expect("notes").iter().take(5) {
+        println!("  daemon said: {n}");
+    }
+}
+
+/// The daemon's fleet numbers (`Status`).
+fn fleet_stats(inst: &Install) -> Option<ykhsm_proto::report::FleetStats> {
+    match call(
+        &inst.files.socket,
+        ServerUid::ROOT,
+        &Request::Status,
+        Duration::from_secs(5),
+    ) {
+        Ok(Response::StatusInfo { report }) => report.fleet,
+        _ => None,
     }
 }
 

@@ -193,6 +193,18 @@ pub fn exposition(report: Option<&StatusReport>) -> String {
             "OTPs accepted on this host while the fleet's store could not be reached (offline = \"local\"): the replay window that happened. Kept in the counter database.",
         );
         out.sample("ykhsm_fleet_offline_accepts_total", &[], f.offline_accepts);
+        out.family(
+            "ykhsm_fleet_round_trips_total",
+            "counter",
+            "Round trips ykhsmd's logins made to the fleet's store since it started (one per batch of logins committed together).",
+        );
+        out.sample("ykhsm_fleet_round_trips_total", &[], f.round_trips);
+        out.family(
+            "ykhsm_fleet_logins_sent_total",
+            "counter",
+            "Logins those round trips carried.",
+        );
+        out.sample("ykhsm_fleet_logins_sent_total", &[], f.logins_sent);
     }
     out.text
 }

@@ -115,6 +115,13 @@ pub fn text(report: &StatusReport, now: u64) -> String {
             ),
         );
         add(
+            "fleet_traffic",
+            format!(
+                "{} round trips carried {} logins since start",
+                f.round_trips, f.logins_sent
+            ),
+        );
+        add(
             "fleet_offline",
             format!(
                 "{} OTPs accepted while the store could not be reached{}",
@@ -237,6 +244,10 @@ struct FleetJson<'a> {
     oldest_unsynced: Option<u64>,
     offline_accepts: u64,
     last_offline_accept: Option<u64>,
+    /// Since the daemon started: the logins' round trips to the store
+    /// (one per batch) and the logins they carried.
+    round_trips: u64,
+    logins_sent: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -312,6 +323,8 @@ impl<'a> Json<'a> {
                 oldest_unsynced: f.oldest_unsynced,
                 offline_accepts: f.offline_accepts,
                 last_offline_accept: f.last_offline_accept,
+                round_trips: f.round_trips,
+                logins_sent: f.logins_sent,
             }),
         }
     }

@@ -213,6 +213,11 @@ pub struct FleetStats {
     pub offline_accepts: u64,
     /// When the last of them was, Unix seconds.
     pub last_offline_accept: Option<u64>,
+    /// Round trips the logins made to the store since the daemon started
+    /// (one per batch of logins committed together).
+    pub round_trips: u64,
+    /// Logins those round trips carried.
+    pub logins_sent: u64,
 }
 
 /// The answer to `Status`. (`Default`: an empty report, for tests.)
@@ -318,6 +323,8 @@ impl StatusReport {
                 write_opt(w, f.oldest_unsynced);
                 w.u64(f.offline_accepts);
                 write_opt(w, f.last_offline_accept);
+                w.u64(f.round_trips);
+                w.u64(f.logins_sent);
             }
         }
     }
@@ -415,6 +422,8 @@ impl StatusReport {
                 oldest_unsynced: read_opt(r, "fleet oldest_unsynced")?,
                 offline_accepts: r.u64("fleet offline_accepts")?,
                 last_offline_accept: read_opt(r, "fleet last_offline_accept")?,
+                round_trips: r.u64("fleet round_trips")?,
+                logins_sent: r.u64("fleet logins_sent")?,
             }),
             _ => return Err(DecodeError::BadValue { field: "fleet" }),
         };
@@ -513,6 +522,8 @@ mod tests {
                 oldest_unsynced: Some(1_700_000_100),
                 offline_accepts: 7,
                 last_offline_accept: None,
+                round_trips: 5,
+                logins_sent: 9,
             }),
             ..StatusReport::default()
         };

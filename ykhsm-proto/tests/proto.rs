@@ -153,6 +153,8 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
                     oldest_unsynced: (log[3] % 2 == 0).then_some(log[4]),
                     offline_accepts: log[5],
                     last_offline_accept: (log[0] % 2 == 0).then_some(log[1]),
+                    round_trips: log[2] / 2,
+                    logins_sent: log[3] / 2,
                 }),
             },
         )

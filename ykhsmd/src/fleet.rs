@@ -68,6 +68,10 @@ pub struct Fleet {
     /// `born`): until then logins do not wait for it.
     retry_at: AtomicU64,
     born: Instant,
+    /// Round trips the logins made to the store, and the logins they
+    /// carried.
+    round_trips: AtomicU64,
+    logins_sent: AtomicU64,
     log: Arc<Log>,
 }
 
@@ -90,8 +94,25 @@ impl Fleet {
             last_contact: AtomicU64::new(0),
             retry_at: AtomicU64::new(0),
             born: Instant::now(),
+            round_trips: AtomicU64::new(0),
+            logins_sent: AtomicU64::new(0),
             log,
         }
+    }
+
+    /// Counts one round trip of the logins carrying `logins`.
+    pub(crate) fn sent(&self, logins: usize) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.logins_sent
+            .fetch_add(u64::try_from(logins).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// (round trips, logins sent) since the daemon started.
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.round_trips.load(Ordering::Relaxed),
+            self.logins_sent.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether a batch of logins should ask the store: always while it

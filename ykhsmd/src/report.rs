@@ -89,6 +89,8 @@ fn fleet_part(fleet: &Fleet, counts: Result<FleetCounts, DbError>) -> (Check, Fl
         oldest_unsynced: counts.oldest_unsynced,
         offline_accepts: counts.offline_accepts,
         last_offline_accept: counts.last_offline_accept,
+        round_trips: fleet.traffic().0,
+        logins_sent: fleet.traffic().1,
     };
     let (health, detail) = match (stats.connected, fleet.offline) {
         (false, Offline::Deny) => (

@@ -125,6 +125,7 @@ pub(super) fn round(
     let answer = if !asked {
         Err("the store did not answer a moment ago".to_owned())
     } else {
+        fleet.sent(records.len());
         let mut store = fleet.store.lock().unwrap_or_else(|p| p.into_inner());
         store.raise(&records).and_then(|v| {
             if v.len() == records.len() {
