@@ -374,8 +374,14 @@ impl Fleet {
     /// are sent sorted and without duplicates.
     ///
     /// Only when another bastion raised a losing key between this
-    /// statement's snapshot and its write (see [`sql`]'s `RAISE`) are the
+    /// statement's snapshot and its write (see [`sql::RAISE`]) are the
     /// losers' rows read again, in a second round trip.
+    ///
+    /// An error says nothing was decided for this bastion, not that
+    /// nothing was written: a raise whose answer did not arrive in time
+    /// ([`FleetError::Timeout`], a lost connection) may have been applied
+    /// by the server, and then a later raise of the same position loses
+    /// to it. It is never sent again by this call.
     pub fn raise(&mut self, recs: &[CounterRecord]) -> Result<Vec<Raised>, FleetError> {
         let batch = Batch::new(recs, &self.updated_by)?;
         if recs.is_empty() {

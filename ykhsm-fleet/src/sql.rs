@@ -144,7 +144,7 @@ macro_rules! record_columns {
 /// it returns is older than what beat us (below the presented position,
 /// or no row). [`crate::Fleet::raise`] then reads those rows again, in a
 /// second statement with a new snapshot — only in that race.
-pub(crate) const RAISE: &str = concat!(
+pub const RAISE: &str = concat!(
     "WITH presented AS (
     SELECT p.public_id, p.generation, p.counter, p.session_use, p.ts_high, p.ts_low,
            p.modified, p.reset_at,
@@ -191,7 +191,7 @@ LEFT JOIN ykhsm_counters c ON c.public_id = p.public_id AND r.public_id IS NULL"
 );
 
 /// The rows of some keys: `$1` public ids (text[]).
-pub(crate) const PULL: &str = concat!(
+pub const PULL: &str = concat!(
     "SELECT c.public_id, ",
     record_columns!("c"),
     " FROM ykhsm_counters c WHERE c.public_id = ANY($1::text[]) ORDER BY c.public_id"
