@@ -319,6 +319,18 @@ fn three_bastions_under_load_with_replays_accept_each_otp_at_most_once() {
         0,
         "{answers:?}"
     );
+    // One round trip per batch, never per login: under c=8 the logins
+    // committed together shared their trips.
+    for (name, x) in [("a", &a), ("b", &b), ("c", &c)] {
+        let f = x.fleet_status();
+        let trips = f["round_trips"].as_u64().unwrap();
+        let sent = f["logins_sent"].as_u64().unwrap();
+        assert!(
+            trips > 0 && trips < sent,
+            "bastion {name}: {trips} round trips for {sent} logins"
+        );
+        println!("bastion {name}: {trips} round trips carried {sent} logins");
+    }
     println!(
         "{} OTPs accepted once each; answers {answers:?}",
         accepted.len()
