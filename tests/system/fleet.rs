@@ -356,7 +356,17 @@ fn with_the_store_down_local_bastions_go_on_and_count_and_converge_when_it_is_ba
         assert_eq!(verify(&b.socket(), &user(i), &otp), Status::ReplayedOtp);
     }
 
+    // `--check` (ExecStartPre) asks the store; down, it only warns.
+    let (code, out) = a.env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok    fleet: ") && out.contains("reachable, schema version 1"),
+        "{out}"
+    );
     fleet.pg.stop();
+    let (code, out) = a.env.run_daemon_cmd(&["--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warn  fleet: "), "{out}");
     // Offline, "local": fresh OTPs, and one OTP presented at both a and b
     // (accepted by each: the window), all counted; "deny" refuses.
     let mut on_a = 0;

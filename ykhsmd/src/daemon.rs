@@ -599,6 +599,35 @@ pub fn check(config: &Config) -> bool {
             crate::db::inspect(&config.database()).map_err(anyhow::Error::from),
         );
     }
+    if let Some(settings) = &config.fleet {
+        // The files are checked (a failure fails the check); the store is
+        // asked, but one that cannot be reached is only a warning: the
+        // daemon starts anyway, and `offline` decides what logins do.
+        match ykhsm_fleet::Fleet::new(settings) {
+            Err(e) => report("fleet", Err(e.into())),
+            Ok(mut store) => match store.status() {
+                Ok(st) => report(
+                    "fleet",
+                    Ok(format!(
+                        "{}: reachable, schema {}",
+                        store.store(),
+                        st.schema_version.map_or_else(
+                            || "missing (run `ykadmin fleet init`)".to_owned(),
+                            |v| format!("version {v}")
+                        )
+                    )),
+                ),
+                Err(e) => println!(
+                    "warn  fleet: {}: {e} (logins will be decided as offline = {} says until it answers)",
+                    store.store(),
+                    match settings.offline {
+                        Offline::Local => "\"local\"",
+                        Offline::Deny => "\"deny\"",
+                    }
+                ),
+            },
+        }
+    }
     ok
 }
 
