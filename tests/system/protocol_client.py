@@ -43,7 +43,7 @@ WORDS = [
 VERIFY, HAS_USER, STATUS = 0x01, 0x02, 0x10
 VERDICT, FAILED, PROTOCOL_ERROR, STATUS_INFO = 0x01, 0x02, 0x03, 0x10
 
-PARTS = ["device", "key_handle", "aead_dir", "authfile", "database", "daemon"]
+PARTS = ["device", "key_handle", "aead_dir", "authfile", "database", "daemon", "fleet"]
 HEALTHS = ["ok", "warning", "error"]
 BACKENDS = ["soft", "yubihsm"]
 
@@ -237,6 +237,29 @@ def read_report(b):
     words = [w for w, _ in answers]
     if len(set(words)) != len(words):
         raise Unreadable("answers: a word twice")
+    has_fleet = b.u8("fleet")
+    if has_fleet == 1:
+        connected = b.u8("fleet connected")
+        if connected not in (0, 1):
+            raise Unreadable(f"fleet connected: {connected}")
+        contact = b.opt_u64("fleet last_contact")
+        offline = b.str("fleet offline")
+        unsynced = b.u64("fleet unsynced_rows")
+        oldest = b.opt_u64("fleet oldest_unsynced")
+        accepts = b.u64("fleet offline_accepts")
+        last = b.opt_u64("fleet last_offline_accept")
+        trips = b.u64("fleet round_trips")
+        sent = b.u64("fleet logins_sent")
+        f["fleet"] = (
+            f"connected={connected} last_contact={'-' if contact is None else contact} "
+            f"offline={offline} unsynced={unsynced} oldest={'-' if oldest is None else oldest} "
+            f"offline_accepts={accepts} last={'-' if last is None else last} "
+            f"round_trips={trips} logins_sent={sent}"
+        )
+    elif has_fleet == 0:
+        f["fleet"] = "-"
+    else:
+        raise Unreadable(f"fleet: flag {has_fleet}")
     lines = []
     for name, value in f.items():
         lines.append(f"{name}={'-' if value is None else value}")
