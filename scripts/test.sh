@@ -20,6 +20,8 @@ echo "== fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the fleet protocol's model, checked by stateright in release (every property in every state; a broken rule caught)"
+cargo test --release -p ykhsm-fleet-model --locked -- --include-ignored
 echo "== the whole-system suites again (tests/system: daemon, PAM, sshd, ykadmin, ...), on the YubiHSM 1 emulator: same tests, same AEAD files"
 # --workspace: the same packages as above, so nothing is compiled again.
 YKHSM_TEST_BACKEND=yubihsm cargo test --workspace --locked --test system
