@@ -501,3 +501,113 @@ fn a_cut_link_to_the_store_costs_a_login_at_most_the_timeout() {
     });
     println!("slowest login: {slowest_before:?} with the link up, {slowest:?} with it cut");
 }
+
+#[test]
+fn the_store_stopped_mid_stream_the_window_reported_is_the_one_that_happened() {
+    if common::on_hsm() {
+        return;
+    }
+    let mut fleet = Fleet::new();
+    let a = fleet.bastion("local", &[]);
+    let keys = a.make_keys();
+    fleet.init(&a);
+    let b = fleet.bastion("local", &keys).start();
+    let a = a.start();
+    let sockets = [a.socket(), b.socket()];
+    let keys: Vec<Mutex<SoftYubiKey>> = keys.into_iter().map(Mutex::new).collect();
+    // Every OK answer, per OTP; logins made so far.
+    let accepted: Mutex<HashMap<String, u32>> = Mutex::new(HashMap::new());
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let logins_made = || done.load(std::sync::atomic::Ordering::SeqCst);
+    thread::scope(|s| {
+        for client in 0..2usize {
+            let (keys, accepted, done, stop, sockets) = (&keys, &accepted, &done, &stop, &sockets);
+            s.spawn(move || {
+                let mut n = client;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 2;
+                    let k = n % keys.len();
+                    let otp = keys[k]
+                        .lock()
+                        .unwrap()
+                        .next_otp()
+                        .to_typed_string()
+                        .to_string();
+                    // Each OTP at one bastion, and every other one replayed
+                    // at the other right after.
+                    let first = n % 2;
+                    let mut at = vec![first];
+                    if n % 4 < 2 {
+                        at.push(1 - first);
+                    }
+                    for i in at {
+                        let status = verify(&sockets[i], &user(k), &otp);
+                        assert!(
+                            matches!(status, Status::Ok | Status::ReplayedOtp),
+                            "{status:?}"
+                        );
+                        if status == Status::Ok {
+                            *accepted.lock().unwrap().entry(otp.clone()).or_default() += 1;
+                        }
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        // Stop the store mid-stream, and start it again, while the logins
+        // go on.
+        let after = |n: u64| {
+            let target = logins_made() + n;
+            wait_until("logins", Duration::from_secs(30), || {
+                logins_made() >= target
+            });
+        };
+        after(200);
+        fleet.pg.stop();
+        after(200);
+        fleet.pg.start_again();
+        after(200);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    for (name, x) in [("a", &a), ("b", &b)] {
+        wait_until(
+            &format!("bastion {name} synced"),
+            Duration::from_secs(15),
+            || {
+                let f = x.fleet_status();
+                f["connected"] == true && f["unsynced_keys"] == 0
+            },
+        );
+    }
+    // What each bastion reports is what its audit trail says it accepted
+    // without the store, and every extra acceptance of an OTP is in it.
+    let mut window = 0;
+    for (name, x) in [("a", &a), ("b", &b)] {
+        let reported = x.fleet_status()["offline_accepts"].as_u64().unwrap();
+        let audited = x
+            .env
+            .logs()
+            .iter()
+            // Each line is there twice (stderr and syslog): stderr's.
+            .filter(|l| {
+                l.starts_with("ykhsmd: verify ")
+                    && l.contains("status=OK")
+                    && l.ends_with("fleet=offline")
+            })
+            .count() as u64;
+        assert_eq!(reported, audited, "bastion {name}");
+        window += reported;
+    }
+    let accepted = accepted.into_inner().unwrap();
+    let extra: u64 = accepted.values().map(|n| u64::from(n - 1)).sum();
+    assert!(window > 0, "no login was decided offline");
+    assert!(
+        extra <= window,
+        "{extra} extra acceptances, {window} reported"
+    );
+    println!(
+        "{} OTPs accepted, {extra} of them twice; {window} acceptances reported offline",
+        accepted.len()
+    );
+}
