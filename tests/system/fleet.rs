@@ -146,6 +146,19 @@ impl Bastion {
         v["fleet"].clone()
     }
 
+    /// Waits (15 s at most) until the store answers this bastion and it
+    /// has pushed everything it accepted.
+    fn wait_synced(&self) {
+        wait_until(
+            &format!("{} synced with the store", self.env.socket.display()),
+            Duration::from_secs(15),
+            || {
+                let f = self.fleet_status();
+                f["connected"] == true && f["unsynced_keys"] == 0
+            },
+        );
+    }
+
     /// The local (generation, counter, session use) of each key, from
     /// `ykadmin counters export`.
     fn local_rows(&self) -> HashMap<String, (i64, i64, i64)> {
@@ -394,15 +407,8 @@ fn with_the_store_down_local_bastions_go_on_and_count_and_converge_when_it_is_ba
 
     fleet.pg.start_again();
     // Back: within seconds every bastion pushed what it accepted.
-    for (name, x) in [("a", &a), ("b", &b), ("d", &d)] {
-        wait_until(
-            &format!("bastion {name} synced"),
-            Duration::from_secs(15),
-            || {
-                let f = x.fleet_status();
-                f["connected"] == true && f["unsynced_keys"] == 0
-            },
-        );
+    for x in [&a, &b, &d] {
+        x.wait_synced();
     }
     // The reported window is what happened.
     assert_eq!(a.fleet_status()["offline_accepts"], on_a);
@@ -495,10 +501,7 @@ fn a_cut_link_to_the_store_costs_a_login_at_most_the_timeout() {
     assert_eq!(f["offline_accepts"], 20, "{f}");
 
     ns.heal();
-    wait_until("the bastion synced", Duration::from_secs(15), || {
-        let f = a.fleet_status();
-        f["connected"] == true && f["unsynced_keys"] == 0
-    });
+    a.wait_synced();
     println!("slowest login: {slowest_before:?} with the link up, {slowest:?} with it cut");
 }
 
@@ -570,15 +573,8 @@ fn the_store_stopped_mid_stream_the_window_reported_is_the_one_that_happened() {
         after(200);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
-    for (name, x) in [("a", &a), ("b", &b)] {
-        wait_until(
-            &format!("bastion {name} synced"),
-            Duration::from_secs(15),
-            || {
-                let f = x.fleet_status();
-                f["connected"] == true && f["unsynced_keys"] == 0
-            },
-        );
+    for x in [&a, &b] {
+        x.wait_synced();
     }
     // What each bastion reports is what its audit trail says it accepted
     // without the store, and every extra acceptance of an OTP is in it.
