@@ -89,6 +89,15 @@ impl Fleet {
         Bastion { env, daemon: None }
     }
 
+    /// The fleet's first bastion (`offline = "local"`), which makes the
+    /// keys and the store's schema (`ykadmin fleet init`); not started.
+    fn first_bastion(&self) -> (Bastion, Vec<SoftYubiKey>) {
+        let a = self.bastion("local", &[]);
+        let keys = a.make_keys();
+        self.init(&a);
+        (a, keys)
+    }
+
     fn init(&self, b: &Bastion) {
         let o = ykadmin(&b.env, &["fleet", "init"]);
         assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
@@ -212,9 +221,7 @@ fn the_same_otp_at_two_bastions_at_once_is_accepted_once() {
         return;
     }
     let fleet = Fleet::new();
-    let a = fleet.bastion("local", &[]);
-    let mut keys = a.make_keys();
-    fleet.init(&a);
+    let (a, mut keys) = fleet.first_bastion();
     let b = fleet.bastion("local", &keys).start();
     let a = a.start();
     let key = &mut keys[0];
@@ -257,9 +264,7 @@ fn three_bastions_under_load_with_replays_accept_each_otp_at_most_once() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let fleet = Fleet::new();
-    let a = fleet.bastion("local", &[]);
-    let keys = a.make_keys();
-    fleet.init(&a);
+    let (a, keys) = fleet.first_bastion();
     let b = fleet.bastion("local", &keys).start();
     let c = fleet.bastion("local", &keys).start();
     let a = a.start();
@@ -357,9 +362,7 @@ fn with_the_store_down_local_bastions_go_on_and_count_and_converge_when_it_is_ba
         return;
     }
     let mut fleet = Fleet::new();
-    let a = fleet.bastion("local", &[]);
-    let mut keys = a.make_keys();
-    fleet.init(&a);
+    let (a, mut keys) = fleet.first_bastion();
     let b = fleet.bastion("local", &keys).start();
     let d = fleet.bastion("deny", &keys).start();
     let a = a.start();
@@ -514,9 +517,7 @@ fn the_store_stopped_mid_stream_the_window_reported_is_the_one_that_happened() {
         return;
     }
     let mut fleet = Fleet::new();
-    let a = fleet.bastion("local", &[]);
-    let keys = a.make_keys();
-    fleet.init(&a);
+    let (a, keys) = fleet.first_bastion();
     let b = fleet.bastion("local", &keys).start();
     let a = a.start();
     let sockets = [a.socket(), b.socket()];

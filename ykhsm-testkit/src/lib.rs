@@ -266,21 +266,13 @@ impl Env {
     /// Sets an environment variable for the daemons started from now on
     /// (and `ykhsmd --check` runs).
     pub fn daemon_env(&self, key: &str, value: impl AsRef<std::ffi::OsStr>) {
-        let value = value.as_ref().to_str().unwrap().to_owned();
-        self.daemon_env
-            .lock()
-            .unwrap()
-            .push((key.to_owned(), value));
+        push_var(&self.daemon_env, key, value.as_ref());
     }
 
     /// Sets an environment variable for the daemons and `ykadmin` runs
     /// started from now on: what both see of the system.
     pub fn system_env(&self, key: &str, value: impl AsRef<std::ffi::OsStr>) {
-        let value = value.as_ref().to_str().unwrap().to_owned();
-        self.system_env
-            .lock()
-            .unwrap()
-            .push((key.to_owned(), value));
+        push_var(&self.system_env, key, value.as_ref());
     }
 
     /// Every variable a daemon is started with: [`Env::system_env`]'s, then
@@ -522,6 +514,12 @@ pub fn one_pam_wrapper_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Adds `key=value` to a list of environment variables (UTF-8 values only).
+fn push_var(vars: &Mutex<Vec<(String, String)>>, key: &str, value: &std::ffi::OsStr) {
+    let value = value.to_str().unwrap().to_owned();
+    vars.lock().unwrap().push((key.to_owned(), value));
 }
 
 /// nss_wrapper, from Debian's libnss-wrapper (scripts/install-deps.sh).

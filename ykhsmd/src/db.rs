@@ -295,6 +295,10 @@ enum Op {
     FleetMarkAll {
         reply: Reply<()>,
     },
+    /// Every key's public id (no row read whole).
+    PublicIds {
+        reply: Reply<Vec<String>>,
+    },
 }
 
 /// The counter database: a queue of check-and-sets and the connection
@@ -362,19 +366,16 @@ impl std::fmt::Debug for Op {
             Op::FleetSettle { .. } => "FleetSettle",
             Op::FleetCounts { .. } => "FleetCounts",
             Op::FleetMarkAll { .. } => "FleetMarkAll",
+            Op::PublicIds { .. } => "PublicIds",
         })
     }
 }
 
-fn now() -> u64 {
+/// Unix seconds now.
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Unix seconds now.
-pub(crate) fn unix_now() -> u64 {
-    now()
 }
 
 mod fleet;
@@ -430,11 +431,6 @@ impl Db {
         DbError::new(&self.inner.path, kind)
     }
 
-    /// Whether a fleet is attached.
-    pub fn has_fleet(&self) -> bool {
-        self.inner.fleet.get().is_some()
-    }
-
     /// The fleet, if attached.
     pub fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.inner.fleet.get()
@@ -474,8 +470,7 @@ impl Db {
 
     /// Every key's public id (the reconciler's thread).
     pub fn public_ids(&self) -> Result<Vec<String>, DbError> {
-        let records = self.blocking(|reply| Op::Export { reply })?;
-        Ok(records.into_iter().map(|r| r.public_id).collect())
+        self.blocking(|reply| Op::PublicIds { reply })
     }
 
     /// The fleet's numbers.
@@ -958,6 +953,12 @@ fn merge_in(tx: &Connection, records: &[CounterRecord]) -> rusqlite::Result<Merg
     Ok(out)
 }
 
+fn public_ids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached("SELECT public_id FROM counters ORDER BY public_id")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
 fn export_all(conn: &Connection) -> rusqlite::Result<Vec<CounterRecord>> {
     let mut st = conn.prepare(&format!(
         "SELECT {ROW_COLUMNS} FROM counters ORDER BY public_id"
@@ -984,6 +985,7 @@ enum Done {
     Reset(Reply<ResetOutcome>, Result<ResetOutcome, DbError>),
     FleetCounts(Reply<FleetCounts>, Result<FleetCounts, DbError>),
     Unit(Reply<()>, Result<(), DbError>),
+    Ids(Reply<Vec<String>>, Result<Vec<String>, DbError>),
 }
 
 impl Done {
@@ -995,6 +997,7 @@ impl Done {
             Done::Reset(reply, r) => reply(r),
             Done::FleetCounts(reply, r) => reply(r),
             Done::Unit(reply, r) => reply(r),
+            Done::Ids(reply, r) => reply(r),
         }
     }
 
@@ -1004,7 +1007,7 @@ impl Done {
             Done::Accept(_, r) => matches!(r, Ok(Accept::Fresh | Accept::Offline | Accept::Lost)),
             Done::Merge(_, r) => r.as_ref().is_ok_and(|m| m.raised > 0),
             Done::Reset(_, r) => r.is_ok(),
-            Done::Export(..) | Done::FleetCounts(..) | Done::Unit(..) => false,
+            Done::Export(..) | Done::FleetCounts(..) | Done::Unit(..) | Done::Ids(..) => false,
         }
     }
 
@@ -1014,6 +1017,7 @@ impl Done {
             Done::Accept(reply, _) => Done::Accept(reply, Err(e.clone())),
             Done::Merge(reply, _) => Done::Merge(reply, Err(e.clone())),
             Done::Export(reply, r) => Done::Export(reply, r),
+            Done::Ids(reply, r) => Done::Ids(reply, r),
             Done::FleetCounts(reply, r) => Done::FleetCounts(reply, r),
             Done::Unit(reply, _) => Done::Unit(reply, Err(e.clone())),
             Done::Reset(reply, _) => Done::Reset(reply, Err(e.clone())),
@@ -1139,6 +1143,7 @@ fn run_batch(
                 Done::FleetCounts(reply, fleet::counts(tx.conn).map_err(err))
             }
             Op::FleetMarkAll { reply } => Done::Unit(reply, fleet::mark_all(tx.conn).map_err(err)),
+            Op::PublicIds { reply } => Done::Ids(reply, public_ids(tx.conn).map_err(err)),
         };
         let broke = match &d {
             Done::Accept(_, Err(e))
@@ -1215,6 +1220,7 @@ fn failed(ops: Vec<Op>, e: &DbError) -> Vec<Done> {
             Op::FleetSettle { reply, .. } => Done::Merge(reply, Err(e.clone())),
             Op::FleetCounts { reply } => Done::FleetCounts(reply, Err(e.clone())),
             Op::FleetMarkAll { reply } => Done::Unit(reply, Err(e.clone())),
+            Op::PublicIds { reply } => Done::Ids(reply, Err(e.clone())),
         })
         .collect()
 }

@@ -116,7 +116,7 @@ impl Fleet {
     }
 
     /// Whether a batch of logins should ask the store: always while it
-    /// answers; while it is down, one batch per [`LOGIN_RETRY`] (the
+    /// answers; while it is down, one batch per [`LOGIN_RETRY_MS`] (the
     /// others are decided at once by the mode, not after a timeout each;
     /// the reconciler notices the store's return within its backoff too).
     pub(crate) fn worth_asking(&self) -> bool {
@@ -156,8 +156,7 @@ impl Fleet {
     pub(crate) fn note<T>(&self, r: &Result<T, String>) {
         match r {
             Ok(_) => {
-                self.last_contact
-                    .store(crate::db::unix_now(), Ordering::Relaxed);
+                self.last_contact.store(crate::db::now(), Ordering::Relaxed);
                 if self.state.swap(UP, Ordering::Relaxed) != UP {
                     self.log.info("fleet: the counter store answers");
                 }
@@ -182,8 +181,7 @@ impl Fleet {
 }
 
 /// While the store is down, how often a batch of logins tries it.
-pub const LOGIN_RETRY: Duration = Duration::from_secs(1);
-const LOGIN_RETRY_MS: u64 = 1000;
+pub const LOGIN_RETRY_MS: u64 = 1000;
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;

@@ -455,7 +455,7 @@ impl Service {
             presented,
             committer,
             Box::new(move |r| {
-                let fleet = FleetWord::of(&r, this.db.has_fleet());
+                let fleet = FleetWord::of(&r, this.db.fleet().is_some());
                 let status = match this.settled(&public_id, pair, &path, r) {
                     Ok(()) => Status::Ok,
                     Err(e) => status_of(&e),

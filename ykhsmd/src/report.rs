@@ -81,6 +81,7 @@ fn fleet_part(fleet: &Fleet, counts: Result<FleetCounts, DbError>) -> (Check, Fl
         Offline::Deny => "deny",
     };
     let counts = counts.unwrap_or_default();
+    let (round_trips, logins_sent) = fleet.traffic();
     let stats = FleetStats {
         connected: fleet.is_connected(),
         last_contact: fleet.last_contact(),
@@ -89,8 +90,8 @@ fn fleet_part(fleet: &Fleet, counts: Result<FleetCounts, DbError>) -> (Check, Fl
         oldest_unsynced: counts.oldest_unsynced,
         offline_accepts: counts.offline_accepts,
         last_offline_accept: counts.last_offline_accept,
-        round_trips: fleet.traffic().0,
-        logins_sent: fleet.traffic().1,
+        round_trips,
+        logins_sent,
     };
     let (health, detail) = match (stats.connected, fleet.offline) {
         (false, Offline::Deny) => (

@@ -16,7 +16,8 @@
 use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use ykhsm_core::counters::{Counters, Position};
+use ykhsm_core::counters::Counters;
+use ykhsm_fleet::position;
 use ykhsm_proto::CounterRecord;
 
 use super::{Op, Presented, merge_in, now, read_row};
@@ -59,14 +60,6 @@ pub struct FleetCounts {
     pub offline_accepts: u64,
     /// Unix seconds of the last of them.
     pub last_offline_accept: Option<u64>,
-}
-
-/// A record's place in the fleet's order.
-pub(super) fn position(r: &CounterRecord) -> Position {
-    Position {
-        generation: r.generation,
-        last: r.last.and_then(|(c, u)| Counters::new(c, u)),
-    }
 }
 
 /// The store's verdicts for a batch: each op with its [`Call`] (`None`: not
@@ -120,7 +113,7 @@ pub(super) fn round(
     if sent.is_empty() {
         return (out, later);
     }
-    let records: Vec<CounterRecord> = sent.iter().map(|(_, r)| r.clone()).collect();
+    let (at, records): (Vec<usize>, Vec<CounterRecord>) = sent.into_iter().unzip();
     let asked = fleet.worth_asking();
     let answer = if !asked {
         Err("the store did not answer a moment ago".to_owned())
@@ -142,24 +135,24 @@ pub(super) fn round(
     if asked {
         fleet.note(&answer);
     }
-    match answer {
-        Ok(verdicts) => {
-            for ((at, _), v) in sent.iter().zip(verdicts) {
-                out[*at].1 = Some(match v {
-                    Raised::Won => Call::Won,
-                    Raised::Lost(held) => Call::Lost(held),
-                });
-            }
-        }
-        Err(_) => {
-            let call = match fleet.offline {
-                Offline::Local => || Call::Offline,
-                Offline::Deny => || Call::Down,
-            };
-            for (at, _) in &sent {
-                out[*at].1 = Some(call());
-            }
-        }
+    let calls: Vec<Call> = match answer {
+        Ok(verdicts) => verdicts
+            .into_iter()
+            .map(|v| match v {
+                Raised::Won => Call::Won,
+                Raised::Lost(held) => Call::Lost(held),
+            })
+            .collect(),
+        Err(_) => at
+            .iter()
+            .map(|_| match fleet.offline {
+                Offline::Local => Call::Offline,
+                Offline::Deny => Call::Down,
+            })
+            .collect(),
+    };
+    for (i, call) in at.into_iter().zip(calls) {
+        out[i].1 = Some(call);
     }
     (out, later)
 }
@@ -243,15 +236,18 @@ pub(super) fn unsynced(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<
 }
 
 /// Raises local rows to `records` (the store's, or what was pushed to it)
-/// and clears the unsynced mark of every key whose local row is now at or
-/// below what the store holds.
+/// and clears the unsynced mark of every marked key whose local row is now
+/// at or below what the store holds (a pull of every key reads again only
+/// the few that are marked).
 pub(super) fn settle(
     tx: &Connection,
     records: &[CounterRecord],
 ) -> rusqlite::Result<super::MergeOutcome> {
     let out = merge_in(tx, records)?;
+    let mut marked = tx.prepare_cached("SELECT 1 FROM fleet_unsynced WHERE public_id = ?1")?;
     for rec in records {
-        if let Some(local) = read_row(tx, &rec.public_id)?
+        if marked.exists(params![rec.public_id])?
+            && let Some(local) = read_row(tx, &rec.public_id)?
             && position(&local) <= position(rec)
         {
             synced(tx, &rec.public_id)?;
@@ -310,7 +306,8 @@ mod tests {
                 .iter()
                 .map(|r| {
                     let held = rows.get(&r.public_id);
-                    if raises(held.map(position), position(r)) {
+                    let presented = position(r).expect("a sane record");
+                    if raises(held.and_then(position), presented) {
                         rows.insert(r.public_id.clone(), r.clone());
                         Raised::Won
                     } else {
